@@ -1,0 +1,199 @@
+"""Real Redis, NATS (JetStream), OpenBao (Vault API) and Envoy servers for the tests.
+
+Each is started only when a test asks for its fixture, on a free loopback port, with a readiness
+wait and a clean teardown. Binaries come from the project's pip extras (``[servers]``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import ManagedProcess, binary, free_port, port_open
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    process: ManagedProcess
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def start_redis(log_dir: Path) -> RedisServer:
+    port = free_port()
+    argv = [
+        binary("redis-server"),
+        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--protected-mode", "yes", "--dir", str(log_dir),
+    ]
+    proc = ManagedProcess(
+        f"redis-{port}", argv, log_dir=log_dir, ready=lambda: _redis_ping(port)
+    ).start()
+    return RedisServer(proc, port)
+
+
+@dataclass
+class NatsServer:
+    process: ManagedProcess
+    port: int
+    monitor_port: int
+    store_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def restart(self) -> None:
+        """Start again on the same port and store directory (JetStream state survives)."""
+        self.process.start()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - loopback only
+            return bool(200 <= resp.status < 300)
+    except OSError:
+        return False
+
+
+def start_nats(log_dir: Path) -> NatsServer:
+    port, monitor = free_port(), free_port()
+    store = log_dir / f"nats-{port}-store"
+    store.mkdir(parents=True, exist_ok=True)
+    argv = [
+        binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port),
+        "-m", str(monitor), "-sd", str(store),
+    ]
+    proc = ManagedProcess(
+        f"nats-{port}", argv, log_dir=log_dir,
+        ready=lambda: _http_ok(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"),
+    ).start()
+    return NatsServer(proc, port, monitor, store)
+
+
+VAULT_ROOT_TOKEN = "test-root-token"
+
+
+@dataclass
+class VaultServer:
+    process: ManagedProcess
+    port: int
+    token: str = VAULT_ROOT_TOKEN
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_vault(log_dir: Path) -> VaultServer:
+    """OpenBao in dev mode: in-memory, unsealed, KV v2 mounted at ``secret/``."""
+    port = free_port()
+    argv = [
+        binary("bao"), "server", "-dev",
+        f"-dev-root-token-id={VAULT_ROOT_TOKEN}",
+        f"-dev-listen-address=127.0.0.1:{port}",
+    ]
+    proc = ManagedProcess(
+        f"openbao-{port}", argv, log_dir=log_dir,
+        env={"BAO_DEV_ROOT_TOKEN_ID": VAULT_ROOT_TOKEN, "HOME": str(log_dir)},
+        ready=lambda: _http_ok(f"http://127.0.0.1:{port}/v1/sys/health"),
+    ).start()
+    return VaultServer(proc, port)
+
+
+def envoy_validate(config_path: Path) -> subprocess.CompletedProcess[str]:
+    """``envoy --mode validate`` on a config file; the caller asserts on returncode/output."""
+    return subprocess.run(
+        [binary("envoy"), "--mode", "validate", "-c", str(config_path), "-l", "error"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@dataclass
+class EnvoyServer:
+    process: ManagedProcess
+    admin_port: int
+
+    def stats(self) -> dict[str, int]:
+        url = f"http://127.0.0.1:{self.admin_port}/stats?format=json"
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+            doc = json.load(resp)
+        return {
+            s["name"]: int(s["value"]) for s in doc.get("stats", []) if "value" in s
+        }
+
+
+def start_envoy(config_path: Path, admin_port: int, log_dir: Path, name: str = "envoy") -> EnvoyServer:
+    argv = [
+        binary("envoy"), "-c", str(config_path), "--log-level", "warn",
+        "--base-id", str(admin_port), "--concurrency", "2", "--drain-time-s", "1",
+    ]
+    proc = ManagedProcess(
+        f"{name}-{admin_port}", argv, log_dir=log_dir,
+        ready=lambda: _http_ok(f"http://127.0.0.1:{admin_port}/ready"), ready_timeout=60,
+    ).start()
+    return EnvoyServer(proc, admin_port)
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_logs: Path) -> Iterator[RedisServer]:
+    server = start_redis(server_logs)
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A Redis URL whose database is flushed after the test."""
+    yield redis_server.url
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=2) as sock:
+        sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
+        sock.recv(16)
+
+
+@pytest.fixture
+def nats_server(server_logs: Path) -> Iterator[NatsServer]:
+    """A fresh NATS with JetStream per test (tests stop and restart it)."""
+    server = start_nats(server_logs)
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def vault_server(server_logs: Path) -> Iterator[VaultServer]:
+    server = start_vault(server_logs)
+    yield server
+    server.process.stop()
+
+
+__all__ = [
+    "EnvoyServer", "NatsServer", "RedisServer", "VaultServer", "envoy_validate", "port_open",
+    "start_envoy", "start_nats", "start_redis", "start_vault",
+]
