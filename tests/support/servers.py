@@ -42,8 +42,18 @@ def start_redis(log_dir: Path) -> RedisServer:
     port = free_port()
     argv = [
         binary("redis-server"),
-        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--protected-mode", "yes", "--dir", str(log_dir),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--dir",
+        str(log_dir),
     ]
     proc = ManagedProcess(
         f"redis-{port}", argv, log_dir=log_dir, ready=lambda: _redis_ping(port)
@@ -80,11 +90,21 @@ def start_nats(log_dir: Path) -> NatsServer:
     store = log_dir / f"nats-{port}-store"
     store.mkdir(parents=True, exist_ok=True)
     argv = [
-        binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port),
-        "-m", str(monitor), "-sd", str(store),
+        binary("nats-server"),
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        str(monitor),
+        "-sd",
+        str(store),
     ]
     proc = ManagedProcess(
-        f"nats-{port}", argv, log_dir=log_dir,
+        f"nats-{port}",
+        argv,
+        log_dir=log_dir,
         ready=lambda: _http_ok(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"),
     ).start()
     return NatsServer(proc, port, monitor, store)
@@ -108,12 +128,16 @@ def start_vault(log_dir: Path) -> VaultServer:
     """OpenBao in dev mode: in-memory, unsealed, KV v2 mounted at ``secret/``."""
     port = free_port()
     argv = [
-        binary("bao"), "server", "-dev",
+        binary("bao"),
+        "server",
+        "-dev",
         f"-dev-root-token-id={VAULT_ROOT_TOKEN}",
         f"-dev-listen-address=127.0.0.1:{port}",
     ]
     proc = ManagedProcess(
-        f"openbao-{port}", argv, log_dir=log_dir,
+        f"openbao-{port}",
+        argv,
+        log_dir=log_dir,
         env={"BAO_DEV_ROOT_TOKEN_ID": VAULT_ROOT_TOKEN, "HOME": str(log_dir)},
         ready=lambda: _http_ok(f"http://127.0.0.1:{port}/v1/sys/health"),
     ).start()
@@ -124,7 +148,10 @@ def envoy_validate(config_path: Path) -> subprocess.CompletedProcess[str]:
     """``envoy --mode validate`` on a config file; the caller asserts on returncode/output."""
     return subprocess.run(
         [binary("envoy"), "--mode", "validate", "-c", str(config_path), "-l", "error"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -137,19 +164,31 @@ class EnvoyServer:
         url = f"http://127.0.0.1:{self.admin_port}/stats?format=json"
         with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
             doc = json.load(resp)
-        return {
-            s["name"]: int(s["value"]) for s in doc.get("stats", []) if "value" in s
-        }
+        return {s["name"]: int(s["value"]) for s in doc.get("stats", []) if "value" in s}
 
 
-def start_envoy(config_path: Path, admin_port: int, log_dir: Path, name: str = "envoy") -> EnvoyServer:
+def start_envoy(
+    config_path: Path, admin_port: int, log_dir: Path, name: str = "envoy"
+) -> EnvoyServer:
     argv = [
-        binary("envoy"), "-c", str(config_path), "--log-level", "warn",
-        "--base-id", str(admin_port), "--concurrency", "2", "--drain-time-s", "1",
+        binary("envoy"),
+        "-c",
+        str(config_path),
+        "--log-level",
+        "warn",
+        "--base-id",
+        str(admin_port),
+        "--concurrency",
+        "2",
+        "--drain-time-s",
+        "1",
     ]
     proc = ManagedProcess(
-        f"{name}-{admin_port}", argv, log_dir=log_dir,
-        ready=lambda: _http_ok(f"http://127.0.0.1:{admin_port}/ready"), ready_timeout=60,
+        f"{name}-{admin_port}",
+        argv,
+        log_dir=log_dir,
+        ready=lambda: _http_ok(f"http://127.0.0.1:{admin_port}/ready"),
+        ready_timeout=60,
     ).start()
     return EnvoyServer(proc, admin_port)
 
@@ -194,6 +233,14 @@ def vault_server(server_logs: Path) -> Iterator[VaultServer]:
 
 
 __all__ = [
-    "EnvoyServer", "NatsServer", "RedisServer", "VaultServer", "envoy_validate", "port_open",
-    "start_envoy", "start_nats", "start_redis", "start_vault",
+    "EnvoyServer",
+    "NatsServer",
+    "RedisServer",
+    "VaultServer",
+    "envoy_validate",
+    "port_open",
+    "start_envoy",
+    "start_nats",
+    "start_redis",
+    "start_vault",
 ]

@@ -1,0 +1,172 @@
+"""Pure authorization logic: plain inputs in, an Allow or a Deny out. No gRPC, no I/O.
+
+The adapter (``authz.server``) turns an Envoy CheckRequest into a :class:`CheckInput` and a
+decision back into a CheckResponse; ``authz.service`` runs the I/O (JWKS, Billing) around these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
+
+from authz.entitlement import Entitlement
+from authz.errors import NotEntitled, TokenError, TokenMalformed, VideoNotSpecified
+from authz.tokens import Identity
+from playback_drm.problem import PlaybackError
+
+MODE_JWT = "jwt"  # viewer JWT + entitlement for the video the request names
+MODE_JWT_ONLY = "jwt_only"  # viewer JWT, no particular video (e.g. DRM certificates)
+MODE_SIGNED_URL = "signed_url"  # a signed media/key URL (``pdt``), no JWT
+
+USER_HEADER = "x-playback-user"
+PLAN_HEADER = "x-playback-plan"
+VIDEO_HEADER = "x-playback-video"
+ENTITLEMENT_HEADER = "x-playback-entitlement"
+SESSION_HEADER = "x-playback-session"
+IDENTITY_HEADERS = (USER_HEADER, PLAN_HEADER, VIDEO_HEADER, ENTITLEMENT_HEADER, SESSION_HEADER)
+
+TOKEN_PARAM = "token"  # noqa: S105 - a parameter name, not a secret
+MAX_BODY_FOR_VIDEO = 64 * 1024
+
+_VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_WWW_AUTH_BASE = 'Bearer realm="playback"'
+
+
+@dataclass(frozen=True, slots=True)
+class CheckInput:
+    """What authz needs from one HTTP request, independent of Envoy's types."""
+
+    method: str
+    path: str  # without the query string
+    query: str  # raw, without '?'
+    authorization: str | None
+    client_ip: str | None
+    mode: str
+    content_type: str | None = None
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    headers: tuple[tuple[str, str], ...]
+    remove_query: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    status: int
+    code: str
+    title: str
+    detail: str
+    www_authenticate: str | None = None
+
+
+Decision = Allow | Deny
+
+
+def split_path(raw: str) -> tuple[str, str]:
+    path, _, query = raw.partition("?")
+    return path, query
+
+
+def extract_token(inp: CheckInput) -> str | None:
+    """The viewer's JWT: ``Authorization: Bearer`` first, else the ``token`` query parameter."""
+    auth = inp.authorization
+    if auth is not None:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        raise TokenMalformed("Authorization header is not a Bearer token")
+    if "token=" not in inp.query:
+        return None
+    values = [v for k, v in parse_qsl(inp.query, keep_blank_values=True) if k == TOKEN_PARAM]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise TokenMalformed("more than one token query parameter")
+    return values[0] or None
+
+
+def has_token_param(query: str) -> bool:
+    return "token=" in query and any(
+        k == TOKEN_PARAM for k, _ in parse_qsl(query, keep_blank_values=True)
+    )
+
+
+def valid_video_id(value: str) -> bool:
+    return _VIDEO_ID.fullmatch(value) is not None and ".." not in value
+
+
+def video_for(inp: CheckInput) -> str:
+    """The video a JWT-mode request is about: from the path, the query or the JSON body."""
+    parts = inp.path.split("/")
+    # /playback/{videoId}/manifest   /media/{videoId}/...   /drm/key/{videoId}/{kid}
+    candidate: str | None = None
+    if len(parts) >= 3 and parts[1] in ("playback", "media"):
+        candidate = unquote(parts[2])
+    elif len(parts) >= 4 and parts[1] == "drm" and parts[2] == "key":
+        candidate = unquote(parts[3])
+    else:
+        if "videoId=" in inp.query:
+            found = [v for k, v in parse_qsl(inp.query) if k == "videoId"]
+            candidate = found[0] if len(found) == 1 else None
+        if candidate is None and inp.body:
+            candidate = _video_from_body(inp.body)
+    if candidate is None:
+        raise VideoNotSpecified("the request names no videoId (path, query or JSON body)")
+    if not valid_video_id(candidate):
+        raise VideoNotSpecified("videoId is not a valid identifier")
+    return candidate
+
+
+def _video_from_body(body: bytes) -> str | None:
+    if len(body) > MAX_BODY_FOR_VIDEO:
+        return None
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(doc, dict):
+        value = doc.get("videoId")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def entitled(ident: Identity, ent: Entitlement, remove_token: bool) -> Decision:
+    if not ent.entitled:
+        reason = ent.reason or "no entitlement"
+        return deny(NotEntitled(f"user is not entitled to this video: {reason}", reason=reason))
+    headers = [
+        (USER_HEADER, ident.sub),
+        (PLAN_HEADER, ent.plan or ""),
+        (VIDEO_HEADER, ent.video),
+        (ENTITLEMENT_HEADER, ent.facts_header),
+    ]
+    if ident.session is not None:
+        headers.append((SESSION_HEADER, ident.session))
+    return Allow(tuple(headers), (TOKEN_PARAM,) if remove_token else ())
+
+
+def identified(ident: Identity, remove_token: bool) -> Decision:
+    headers = [(USER_HEADER, ident.sub)]
+    if ident.session is not None:
+        headers.append((SESSION_HEADER, ident.session))
+    return Allow(tuple(headers), (TOKEN_PARAM,) if remove_token else ())
+
+
+def deny(error: BaseException) -> Deny:
+    """Map an error to a denial; anything unexpected fails closed as a 503 with a stable code."""
+    if isinstance(error, PlaybackError):
+        www = _www_authenticate(error) if isinstance(error, TokenError) else None
+        return Deny(error.status, error.code, error.title, error.detail, www)
+    return Deny(503, "authz_internal_error", "Authorization failed", "authorization failed")
+
+
+def _www_authenticate(error: TokenError) -> str:
+    if error.code == "token_missing":
+        return _WWW_AUTH_BASE
+    detail = error.detail.replace('"', "'")
+    return f'{_WWW_AUTH_BASE}, error="invalid_token", error_description="{detail}"'

@@ -1,0 +1,98 @@
+"""Errors of the authz service. Each maps to one Envoy denial (status, problem+json, metric label).
+
+PlaybackError (playback_drm.problem)
+└── AuthzError
+    ├── TokenError                 401, WWW-Authenticate: Bearer error="invalid_token"
+    │   ├── TokenMissing           no token in the `token` query parameter or Bearer header
+    │   ├── TokenMalformed         not a compact JWS, bad base64/JSON, oversized
+    │   ├── TokenAlgorithmRejected alg none, not allowlisted, or not matching the key type
+    │   ├── TokenUnknownKey        kid not in the Auth service's JWKS (after a refresh)
+    │   ├── TokenBadSignature      signature does not verify
+    │   ├── TokenExpired           exp in the past (beyond leeway)
+    │   ├── TokenNotYetValid       nbf/iat in the future (beyond leeway)
+    │   └── TokenClaimsInvalid     wrong iss/aud, missing sub/exp
+    ├── NotEntitled                403, Billing says no (no subscription, plan too low, ...)
+    ├── VideoNotSpecified          400, the request names no video to check
+    ├── KeySourceUnavailable       503, JWKS cannot be fetched and no cached key fits
+    └── BillingUnavailable         503, Billing unreachable/timed out/invalid answer
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from playback_drm.problem import PlaybackError
+
+
+class AuthzError(PlaybackError):
+    code: ClassVar[str] = "authz_error"
+
+
+class TokenError(AuthzError):
+    code: ClassVar[str] = "invalid_token"
+    status: ClassVar[int] = 401
+    title: ClassVar[str] = "Invalid token"
+
+
+class TokenMissing(TokenError):
+    code = "token_missing"
+    title = "Token missing"
+
+
+class TokenMalformed(TokenError):
+    code = "token_malformed"
+    title = "Malformed token"
+
+
+class TokenAlgorithmRejected(TokenError):
+    code = "token_algorithm_rejected"
+    title = "Token algorithm not allowed"
+
+
+class TokenUnknownKey(TokenError):
+    code = "token_unknown_key"
+    title = "Token signed by an unknown key"
+
+
+class TokenBadSignature(TokenError):
+    code = "token_bad_signature"
+    title = "Token signature invalid"
+
+
+class TokenExpired(TokenError):
+    code = "token_expired"
+    title = "Token expired"
+
+
+class TokenNotYetValid(TokenError):
+    code = "token_not_yet_valid"
+    title = "Token not yet valid"
+
+
+class TokenClaimsInvalid(TokenError):
+    code = "token_claims_invalid"
+    title = "Token claims invalid"
+
+
+class NotEntitled(AuthzError):
+    code = "not_entitled"
+    status = 403
+    title = "Not entitled"
+
+
+class VideoNotSpecified(AuthzError):
+    code = "video_not_specified"
+    status = 400
+    title = "No video specified"
+
+
+class KeySourceUnavailable(AuthzError):
+    code = "key_source_unavailable"
+    status = 503
+    title = "Token key source unavailable"
+
+
+class BillingUnavailable(AuthzError):
+    code = "billing_unavailable"
+    status = 503
+    title = "Entitlement service unavailable"

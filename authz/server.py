@@ -1,0 +1,387 @@
+"""gRPC adapter: Envoy's ext_authz (envoy.service.auth.v3) and rate limit service
+(envoy.service.ratelimit.v3) on one grpc.aio server, plus /health and /metrics over HTTP.
+
+This module only converts between Envoy's protobuf types and ``authz.decision``'s plain types;
+what to decide lives in ``authz.service`` and ``authz.decision``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from authz import metrics
+from authz.config import AuthzConfig
+from authz.decision import Allow, CheckInput, Decision, Deny
+from authz.entitlement import BillingClient, EntitlementCache, RedisCache
+from authz.ratelimit import (
+    MemorySlidingWindow,
+    RateLimitBackendUnavailable,
+    RedisSlidingWindow,
+    SlidingWindow,
+)
+from authz.service import Authorizer, UrlVerifier
+from authz.tokens import JwksCache, TokenVerifier
+from playback_drm.events import PLAYBACK_ERROR, Event, EventSink, NullSink
+from playback_drm.problem import PROBLEM_CONTENT_TYPE, problem_body
+
+log = logging.getLogger(__name__)
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+_GRPC_CODE_FOR_HTTP = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+}
+_CONTENT_TYPE = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="content-type", value=PROBLEM_CONTENT_TYPE),
+    append_action=_OVERWRITE,
+)
+_NO_STORE = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="cache-control", value="no-store"),
+    append_action=_OVERWRITE,
+)
+SOURCE = "/playback-drm/authz"
+
+
+def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
+    attrs = request.attributes
+    http = attrs.request.http
+    raw_path = http.path
+    path, sep, query = raw_path.partition("?")
+    if not sep and http.query:
+        query = http.query
+    headers = http.headers
+    mode = attrs.context_extensions.get("mode", "jwt")
+    body = http.raw_body or (http.body.encode() if http.body else b"")
+    client_ip = attrs.source.address.socket_address.address or None
+    return CheckInput(
+        method=http.method,
+        path=path,
+        query=query,
+        authorization=headers.get("authorization"),
+        client_ip=client_ip,
+        mode=mode,
+        content_type=headers.get("content-type"),
+        body=body,
+    )
+
+
+def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
+    if isinstance(decision, Allow):
+        ok = external_auth_pb2.OkHttpResponse(
+            headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE
+                )
+                for k, v in decision.headers
+            ],
+            query_parameters_to_remove=decision.remove_query,
+        )
+        return external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)
+    headers = [_CONTENT_TYPE, _NO_STORE]
+    if decision.www_authenticate is not None:
+        headers.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key="www-authenticate", value=decision.www_authenticate
+                ),
+                append_action=_OVERWRITE,
+            )
+        )
+    denied = external_auth_pb2.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(code=decision.status),
+        headers=headers,
+        body=problem_body(decision.code, decision.status, decision.title, decision.detail).decode(),
+    )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(
+            code=_GRPC_CODE_FOR_HTTP.get(decision.status, code_pb2.UNAVAILABLE),
+            message=decision.code,
+        ),
+        denied_response=denied,
+    )
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, authorizer: Authorizer, events: EventSink) -> None:
+        self._authorizer = authorizer
+        self._events = events
+        self._allow_counters: dict[str, Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> external_auth_pb2.CheckResponse:
+        started = time.perf_counter()
+        inp = to_input(request)
+        decision = await self._authorizer.check(inp)
+        mode = inp.mode
+        if isinstance(decision, Allow):
+            counter = self._allow_counters.get(mode)
+            if counter is None:
+                counter = self._allow_counters[mode] = metrics.CHECKS.labels(mode, "allow", "ok")
+            counter.inc()
+        else:
+            metrics.CHECKS.labels(mode, "deny", decision.code).inc()
+            self._record_denial(inp, decision)
+        hist = self._latency.get(mode)
+        if hist is None:
+            hist = self._latency[mode] = metrics.CHECK_SECONDS.labels(mode)
+        hist.observe(time.perf_counter() - started)
+        return to_response(decision)
+
+    def _record_denial(self, inp: CheckInput, decision: Deny) -> None:
+        log.info(
+            "denied %s %s: %s",
+            inp.method,
+            inp.path,
+            decision.code,
+            extra={"code": decision.code, "status": decision.status},
+        )
+        self._events.emit(
+            Event(
+                type=PLAYBACK_ERROR,
+                source=SOURCE,
+                subject=inp.path,
+                data={"code": decision.code, "status": decision.status, "path": inp.path},
+            )
+        )
+
+
+_RL_UNIT_SECOND = rls_pb2.RateLimitResponse.RateLimit.SECOND
+
+
+class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    """Envoy rate limit service: every descriptor is limited by the sliding window."""
+
+    def __init__(self, window: SlidingWindow, limit: int) -> None:
+        self._window = window
+        self._limit = rls_pb2.RateLimitResponse.RateLimit(
+            name="per_user", requests_per_unit=limit, unit=_RL_UNIT_SECOND
+        )
+
+    async def ShouldRateLimit(
+        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rls_pb2.RateLimitResponse:
+        hits = request.hits_addend or 1
+        statuses = []
+        overall = rls_pb2.RateLimitResponse.OK
+        retry_after = 0.0
+        for descriptor in request.descriptors:
+            key = request.domain + "|" + "|".join(f"{e.key}={e.value}" for e in descriptor.entries)
+            try:
+                result = await self._window.hit(key, hits)
+            except RateLimitBackendUnavailable:
+                # Envoy's failure_mode_deny decides; answering an error makes that explicit.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit backend unavailable")
+                raise  # unreachable: abort raises
+            code = (
+                rls_pb2.RateLimitResponse.OK
+                if result.allowed
+                else rls_pb2.RateLimitResponse.OVER_LIMIT
+            )
+            if not result.allowed:
+                overall = rls_pb2.RateLimitResponse.OVER_LIMIT
+                retry_after = max(retry_after, result.reset_after)
+            seconds = int(result.reset_after)
+            statuses.append(
+                rls_pb2.RateLimitResponse.DescriptorStatus(
+                    code=code,
+                    current_limit=self._limit,
+                    limit_remaining=result.remaining,
+                    duration_until_reset=duration_pb2.Duration(
+                        seconds=seconds, nanos=int((result.reset_after - seconds) * 1e9)
+                    ),
+                )
+            )
+        response = rls_pb2.RateLimitResponse(overall_code=overall, statuses=statuses)
+        if overall == rls_pb2.RateLimitResponse.OVER_LIMIT:
+            metrics.RATE_LIMIT.labels("over_limit").inc()
+            wait = max(1, int(retry_after + 0.999))
+            response.response_headers_to_add.extend(
+                [
+                    base_pb2.HeaderValue(key="retry-after", value=str(wait)),
+                    base_pb2.HeaderValue(key="content-type", value=PROBLEM_CONTENT_TYPE),
+                ]
+            )
+            response.raw_body = problem_body(
+                "rate_limited",
+                429,
+                "Too many requests",
+                f"per-user limit reached; retry in {wait}s",
+            )
+        else:
+            metrics.RATE_LIMIT.labels("ok").inc()
+        return response
+
+
+class Health:
+    """Readiness of authz: JWKS loaded, Billing reachable, Redis reachable when configured."""
+
+    def __init__(
+        self,
+        jwks: JwksCache,
+        session: aiohttp.ClientSession,
+        billing_url: str,
+        redis: RedisCache | None,
+    ) -> None:
+        self._jwks = jwks
+        self._session = session
+        self._billing_health = billing_url + "/health"
+        self._redis = redis
+        self._cached: tuple[float, dict[str, Any]] | None = None
+
+    async def report(self) -> dict[str, Any]:
+        if self._cached is not None and time.monotonic() - self._cached[0] < 1.0:
+            return self._cached[1]
+        checks: dict[str, str] = {"jwks": "ok" if self._jwks.loaded else "unavailable"}
+        try:
+            async with self._session.get(
+                self._billing_health, timeout=aiohttp.ClientTimeout(total=0.5)
+            ) as resp:
+                checks["billing"] = "ok" if resp.status < 500 else f"http {resp.status}"
+        except (aiohttp.ClientError, TimeoutError):
+            checks["billing"] = "unreachable"
+        if self._redis is not None:
+            checks["redis"] = "ok" if await self._redis.ping() else "unreachable"
+        ready = all(v == "ok" for v in checks.values())
+        report = {"status": "ok" if ready else "unavailable", "service": "authz", "checks": checks}
+        self._cached = (time.monotonic(), report)
+        return report
+
+
+def build_http_app(health: Health) -> web.Application:
+    async def ready(_: web.Request) -> web.Response:
+        report = await health.report()
+        return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+
+    async def live(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": "authz"})
+
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/health", ready)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+def url_verifier_from(config: AuthzConfig) -> UrlVerifier:
+    from playback_drm import urlsign
+
+    ring = urlsign.KeyRing.from_spec(config.url_signing_keys)
+
+    def verify(path: str, query: str, client_ip: str | None) -> Any:
+        return urlsign.verify(ring, path, query, now=time.time(), client_ip=client_ip)
+
+    return verify
+
+
+@contextlib.asynccontextmanager
+async def running_authz(
+    config: AuthzConfig, events: EventSink | None = None
+) -> AsyncIterator[tuple[grpc.aio.Server, Authorizer]]:
+    """Start the gRPC and HTTP servers; on exit: NOT_SERVING, stop accepting, drain, close."""
+    events = events or NullSink()
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30, ttl_dns_cache=60)
+    )
+    redis = RedisCache(config.redis_url) if config.redis_url else None
+    window: SlidingWindow
+    if config.redis_url:
+        window = RedisSlidingWindow(
+            config.redis_url, config.rate_limit_per_user, config.rate_limit_window
+        )
+    else:
+        window = MemorySlidingWindow(config.rate_limit_per_user, config.rate_limit_window)
+
+    async def fetch_jwks() -> dict[str, Any]:
+        async with session.get(config.jwks_url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            resp.raise_for_status()
+            doc: dict[str, Any] = await resp.json(content_type=None)
+            return doc
+
+    allowed = frozenset(a for a in config.algorithms if a != "HS256")
+    jwks = JwksCache(fetch_jwks, allowed, min_refresh=config.jwks_min_refresh)
+    verifier = TokenVerifier(
+        jwks,
+        issuer=config.issuer,
+        audience=config.audience,
+        algorithms=config.algorithms,
+        hs256_secret=config.hs256_secret,
+        leeway=config.leeway,
+        max_token_bytes=config.max_token_bytes,
+    )
+    billing = BillingClient(config.billing_url, config.billing_timeout, session)
+    entitlements = EntitlementCache(
+        billing, ttl=config.entitlement_ttl, deny_ttl=config.entitlement_deny_ttl, shared=redis
+    )
+    authorizer = Authorizer(verifier, entitlements, url_verifier_from(config))
+
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)]
+    )
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        AuthorizationService(authorizer, events), server
+    )
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+        RateLimitService(window, config.rate_limit_per_user), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
+
+    await jwks.refresh(force=True)
+    if not jwks.loaded:
+        log.warning("JWKS not loaded at start-up; will retry on the first token")
+
+    async def periodic_refresh() -> None:
+        while True:
+            await asyncio.sleep(config.jwks_refresh)
+            await jwks.refresh(force=True)
+
+    refresher = asyncio.create_task(periodic_refresh())
+    http_runner = web.AppRunner(build_http_app(Health(jwks, session, config.billing_url, redis)))
+    await http_runner.setup()
+    await web.TCPSite(http_runner, config.http_host, config.http_port).start()
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("authz serving gRPC on %s:%d", config.grpc_host, config.grpc_port)
+    try:
+        yield server, authorizer
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        refresher.cancel()
+        await http_runner.cleanup()
+        await session.close()
+        if redis is not None:
+            await redis.close()
+        if isinstance(window, RedisSlidingWindow):
+            await window.close()
+
+
+async def serve(config: AuthzConfig, events: EventSink | None = None) -> None:
+    async with running_authz(config, events):
+        await asyncio.Event().wait()

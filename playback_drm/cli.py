@@ -1,0 +1,313 @@
+"""The ``playback-drm`` command.
+
+    playback-drm up                      start the local stack (what `make run` runs)
+    playback-drm token --sub alice       print a development JWT
+    playback-drm events [--follow]       print recorded events, one CloudEvent per line
+    playback-drm serve COMPONENT         run one component (authz, extproc, broker, emulators, origin)
+    playback-drm envoy-config --profile local|k8s [--out FILE]
+
+This module is the only place that reads ``os.environ``; it hands the mapping to each
+component's ``Config.from_env``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from playback_drm.settings import ConfigError
+
+DEFAULT_ROOT = Path(".local")
+
+
+def _addr(env: Mapping[str, str], name: str, default: str) -> tuple[str, int]:
+    value = env.get(name) or default
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"{name} must be host:port, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+async def _run_app(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+async def _serve_auth_emulator(env: Mapping[str, str]) -> None:
+    from playback_drm.emulators.auth import AuthEmulator, load_or_create_key
+
+    emulator = AuthEmulator(issuer=env.get("JWT_ISSUER") or AuthEmulator.issuer)
+    key_file = env.get("JWT_SIGNING_KEY_FILE")
+    if key_file:
+        emulator.keys.append(load_or_create_key(Path(key_file)))
+    await _run_app(emulator.build_app(), *_addr(env, "AUTH_EMULATOR_ADDR", "127.0.0.1:9101"))
+
+
+async def _serve_billing_emulator(env: Mapping[str, str]) -> None:
+    from playback_drm.emulators.billing import BillingEmulator
+
+    await _run_app(
+        BillingEmulator().build_app(), *_addr(env, "BILLING_EMULATOR_ADDR", "127.0.0.1:9102")
+    )
+
+
+async def _serve_origin(env: Mapping[str, str]) -> None:
+    from playback_drm.emulators.auth import DEFAULT_ISSUER, load_or_create_key, sign_token
+    from playback_drm.emulators.origin import OriginSettings, build_app
+
+    issue = None
+    key_file = env.get("JWT_SIGNING_KEY_FILE")
+    if key_file:
+        key = load_or_create_key(Path(key_file))
+        issuer = env.get("JWT_ISSUER") or DEFAULT_ISSUER
+
+        def issue(sub: str, ttl: int) -> str:
+            return sign_token(key, sub, issuer=issuer, ttl=ttl)
+
+    settings = OriginSettings(
+        media_dir=Path(env.get("ORIGIN_DIR") or ".local/media/origin"),
+        node_modules=Path(env["NODE_MODULES_DIR"]) if env.get("NODE_MODULES_DIR") else None,
+        events_log=Path(env["EVENTS_LOG_PATH"]) if env.get("EVENTS_LOG_PATH") else None,
+        issue_token=issue,
+    )
+    await _run_app(build_app(settings), *_addr(env, "ORIGIN_ADDR", "127.0.0.1:9104"))
+
+
+async def _serve_drm_emulator(env: Mapping[str, str]) -> None:
+    from playback_drm.emulators import drm
+
+    await drm.serve_from_env(env)
+
+
+async def _serve_authz(env: Mapping[str, str]) -> None:
+    from authz.config import AuthzConfig
+    from authz.server import serve
+    from playback_drm.events import EventsConfig, open_sink
+
+    config = AuthzConfig.from_env(env)
+    async with open_sink(EventsConfig.from_env(env), name="authz") as sink:
+        await serve(config, sink)
+
+
+async def _serve_extproc(env: Mapping[str, str]) -> None:
+    from extproc.config import ExtprocConfig
+    from extproc.server import serve
+
+    from playback_drm.events import EventsConfig, open_sink
+
+    config = ExtprocConfig.from_env(env)
+    async with open_sink(EventsConfig.from_env(env), name="extproc") as sink:
+        await serve(config, sink)
+
+
+async def _serve_broker(env: Mapping[str, str]) -> None:
+    from license_broker.app import serve
+
+    from license_broker.config import BrokerConfig
+    from playback_drm.events import EventsConfig, open_sink
+
+    config = BrokerConfig.from_env(env)
+    async with open_sink(EventsConfig.from_env(env), name="broker") as sink:
+        await serve(config, sink)
+
+
+SERVERS: dict[str, Callable[[Mapping[str, str]], Awaitable[None]]] = {
+    "auth-emulator": _serve_auth_emulator,
+    "billing-emulator": _serve_billing_emulator,
+    "drm-emulator": _serve_drm_emulator,
+    "origin": _serve_origin,
+    "authz": _serve_authz,
+    "extproc": _serve_extproc,
+    "broker": _serve_broker,
+}
+
+
+def _configure_logging(component: str, env: Mapping[str, str]) -> None:
+    from playback_drm.logs import configure_logging
+
+    configure_logging(component, env.get("LOG_LEVEL") or "INFO")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    _configure_logging(args.component, env)
+    server = SERVERS[args.component]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await server(env)
+
+    _run(main())
+    return 0
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from playback_drm.emulators.auth import load_or_create_key, sign_token
+
+    key = load_or_create_key(Path(args.root) / "secrets" / "jwt-signing.pem")
+    print(sign_token(key, args.sub, ttl=args.ttl))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from playback_drm.events import EventsConfig, print_events
+
+    env = dict(os.environ)
+    env.setdefault("EVENTS_LOG_PATH", str(Path(args.root) / "events.jsonl"))
+    config = EventsConfig.from_env(env)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(print_events(config, follow=args.follow, out=sys.stdout))
+    return 0
+
+
+def cmd_envoy_config(args: argparse.Namespace) -> int:
+    from playback_drm.envoy_config import k8s_settings, render
+
+    if args.profile != "k8s":
+        print("only --profile k8s renders standalone; `playback-drm up` renders the local one")
+        return 2
+    text = render(k8s_settings())
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from playback_drm.stack import Stack, StackSettings
+
+    env = dict(os.environ)
+    stack = Stack(StackSettings.from_env(env, Path(args.root)))
+    if not args.no_media:
+        print("preparing demo media (first run generates it; later runs reuse it) ...", flush=True)
+        stack.ensure_media()
+    started = time.monotonic()
+    try:
+        stack.start()
+    except RuntimeError as exc:
+        stack.stop()
+        print(f"\nstart-up failed: {exc}", file=sys.stderr)
+        return 1
+    print(_banner(stack, time.monotonic() - started), flush=True)
+    stop = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stop:
+            time.sleep(0.5)
+            for name, proc in stack.processes.items():
+                if not proc.running:
+                    print(f"{name} exited; see {proc.log_path}", file=sys.stderr)
+                    stop = True
+    except KeyboardInterrupt:
+        pass
+    print("\nstopping ...", flush=True)
+    stack.stop()
+    return 0
+
+
+def _banner(stack: object, seconds: float) -> str:
+    from playback_drm.stack import Stack
+
+    assert isinstance(stack, Stack)
+    gw = stack.gateway
+    pki = stack.root / "pki"
+    return f"""
+playback-drm is ready in {seconds:.1f}s
+
+  demo page      {gw}/demo/
+  gateway        {gw}            (plays the API gateway; forwards over mTLS)
+  sidecar        {stack.sidecar}   (mutual TLS; what a pod exposes)
+  envoy admin    http://127.0.0.1:{stack.ports.admin}/
+  logs           {stack.logs}/
+  events         {stack.events_log}   (`playback-drm events --follow`)
+
+try:
+  TOKEN=$(.venv/bin/playback-drm token --sub alice)
+  curl -s "{gw}/playback/demo/manifest?token=$TOKEN"
+  curl -s "{gw}/playback/demo/manifest?format=dash" -H "Authorization: Bearer $TOKEN"
+  curl -s "{gw}/playback/demo-uhd/manifest?token=$(.venv/bin/playback-drm token --sub bob)"
+  curl -s -X POST "{gw}/drm/license" -H "Authorization: Bearer $TOKEN" \\
+       -H 'content-type: application/json' -d '{{"videoId":"demo","licenseRequest":"..."}}'
+  curl -sk --cacert {pki}/ca.crt {stack.sidecar}/drm/license   # refused: no client cert
+
+Ctrl-C stops every process.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="playback-drm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the local stack")
+    up.add_argument("--root", default=str(DEFAULT_ROOT), help="working folder (git-ignored)")
+    up.add_argument("--no-media", action="store_true", help="do not generate demo media")
+    up.set_defaults(func=cmd_up)
+
+    token = sub.add_parser("token", help="print a development JWT")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--ttl", type=int, default=3600)
+    token.add_argument("--root", default=str(DEFAULT_ROOT))
+    token.set_defaults(func=cmd_token)
+
+    events = sub.add_parser("events", help="print recorded events as JSON lines")
+    events.add_argument("--follow", action="store_true")
+    events.add_argument("--root", default=str(DEFAULT_ROOT))
+    events.set_defaults(func=cmd_events)
+
+    serve = sub.add_parser("serve", help="run one component")
+    serve.add_argument("component", choices=sorted(SERVERS))
+    serve.set_defaults(func=cmd_serve)
+
+    envoy = sub.add_parser("envoy-config", help="render an Envoy configuration")
+    envoy.add_argument("--profile", choices=["local", "k8s"], default="k8s")
+    envoy.add_argument("--out")
+    envoy.set_defaults(func=cmd_envoy_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The demo origin: serves generated media the way object storage or a packager would, plus the
+demo page and its development-only helpers.
+
+    GET /{videoId}/master.m3u8, /{videoId}/manifest.mpd, /{videoId}/...   media (ORIGIN_DIR)
+    GET /demo/                     the demo page (playback_drm/demo)
+    GET /demo/vendor/{package}/... player libraries from node_modules (shaka-player, hls.js, dashjs)
+    GET /demo/api/token?sub=alice  a development JWT (local stack only)
+    GET /demo/api/events           the most recent analytics events (from the local event log)
+    GET /health
+
+Manifests are served with their registered media types so the sidecar recognises them.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+VENDOR_PACKAGES = ("shaka-player", "hls.js", "dashjs")
+
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".m4a": "audio/mp4",
+    ".aac": "audio/aac",
+    ".vtt": "text/vtt",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".map": "application/json",
+}
+
+
+@dataclass
+class OriginSettings:
+    media_dir: Path
+    node_modules: Path | None = None
+    events_log: Path | None = None
+    issue_token: Callable[[str, int], str] | None = None
+
+
+def _safe_file(root: Path, relative: str) -> Path | None:
+    if not relative or relative.startswith("/") or "\\" in relative or "\x00" in relative:
+        return None
+    candidate = (root / relative).resolve()
+    try:
+        candidate.relative_to(root.resolve())
+    except ValueError:
+        return None
+    return candidate if candidate.is_file() else None
+
+
+def _file_response(path: Path, *, cache: str) -> web.FileResponse:
+    ctype = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
+    headers = {"Cache-Control": cache}
+    if ctype:
+        headers["Content-Type"] = ctype
+    return web.FileResponse(path, headers=headers)
+
+
+def _not_found() -> web.Response:
+    return web.json_response(
+        {"type": "about:blank", "title": "Not found", "status": 404, "code": "not_found"},
+        status=404,
+        content_type="application/problem+json",
+    )
+
+
+def tail_events(path: Path | None, limit: int = 100) -> list[dict[str, Any]]:
+    if path is None or not path.exists():
+        return []
+    lines: deque[str] = deque(maxlen=limit)
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            lines.append(line)
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def build_app(settings: OriginSettings) -> web.Application:
+    media_root = settings.media_dir
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        path = _safe_file(media_root, request.match_info["path"])
+        if path is None:
+            return _not_found()
+        manifest = path.suffix in (".m3u8", ".mpd")
+        return _file_response(path, cache="no-cache" if manifest else "public, max-age=86400")
+
+    async def demo(request: web.Request) -> web.StreamResponse:
+        rel = request.match_info.get("path") or "index.html"
+        path = _safe_file(DEMO_DIR, rel)
+        if path is None or path.suffix == ".py":
+            return _not_found()
+        return _file_response(path, cache="no-cache")
+
+    async def vendor(request: web.Request) -> web.StreamResponse:
+        package = request.match_info["package"]
+        if settings.node_modules is None or package not in VENDOR_PACKAGES:
+            return _not_found()
+        path = _safe_file(settings.node_modules / package, request.match_info["path"])
+        if path is None:
+            return _not_found()
+        return _file_response(path, cache="public, max-age=3600")
+
+    async def token(request: web.Request) -> web.Response:
+        if settings.issue_token is None:
+            return _not_found()
+        sub = request.query.get("sub", "")
+        if sub not in {"alice", "bob", "carol"}:
+            return web.json_response({"error": "sub must be alice, bob or carol"}, status=400)
+        ttl = min(int(request.query.get("ttl", "3600") or 3600), 86400)
+        return web.json_response(
+            {"token": settings.issue_token(sub, ttl), "sub": sub, "ttl": ttl},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def events(_: web.Request) -> web.Response:
+        return web.json_response(
+            tail_events(settings.events_log), headers={"Cache-Control": "no-store"}
+        )
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": "origin"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/demo/api/token", token)
+    app.router.add_get("/demo/api/events", events)
+    app.router.add_get("/demo/vendor/{package}/{path:.+}", vendor)
+    app.router.add_get("/demo/", demo)
+    app.router.add_get("/demo/{path:.+}", demo)
+    app.router.add_get("/{path:.+}", media)
+    return app

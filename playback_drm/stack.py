@@ -1,0 +1,354 @@
+"""The whole local stack: Envoy (gateway + sidecar listeners), authz, extproc, the license broker,
+the demo origin and the emulators, each a child process; what ``playback-drm up`` runs and what the
+integration tests start on free ports.
+
+Embedded defaults: in-memory caches and key store, events to a local JSON-lines log. Set
+``REDIS_URL``, ``NATS_URL``, ``VAULT_ADDR``/``VAULT_TOKEN`` or ``ORIGIN_URL`` to use real ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import secrets
+import sys
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from playback_drm import media
+from playback_drm.devpki import DevPki, ensure_dev_pki
+from playback_drm.emulators.auth import (
+    DEFAULT_AUDIENCE,
+    DEFAULT_ISSUER,
+    load_or_create_key,
+    sign_token,
+)
+from playback_drm.envoy_config import Endpoint, EnvoySettings, TlsFiles, render
+from playback_drm.supervise import ManagedProcess, binary, free_port
+
+COMPONENTS = (
+    "auth-emulator",
+    "billing-emulator",
+    "drm-emulator",
+    "origin",
+    "authz",
+    "extproc",
+    "broker",
+    "envoy",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StackPorts:
+    gateway: int = 8080
+    sidecar: int = 8443
+    admin: int = 9901
+    authz_grpc: int = 9001
+    authz_http: int = 9011
+    extproc_grpc: int = 9002
+    extproc_http: int = 9012
+    broker: int = 9003
+    auth: int = 9101
+    billing: int = 9102
+    drm: int = 9103
+    origin: int = 9104
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        return cls(**{f.name: free_port() for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    root: Path
+    ports: StackPorts = field(default_factory=StackPorts)
+    redis_url: str | None = None
+    nats_url: str | None = None
+    vault_addr: str | None = None
+    vault_token: str | None = None
+    origin_url: str | None = None
+    media_dir: Path | None = None
+    url_token_ttl: int = 300
+    per_user_rps: int = 200
+    per_user_burst: int = 100
+    envoy_access_log: bool = True
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], root: Path, ports: StackPorts | None = None
+    ) -> StackSettings:
+        return cls(
+            root=root,
+            ports=ports or StackPorts(),
+            redis_url=env.get("REDIS_URL") or None,
+            nats_url=env.get("NATS_URL") or None,
+            vault_addr=env.get("VAULT_ADDR") or None,
+            vault_token=env.get("VAULT_TOKEN") or None,
+            origin_url=env.get("ORIGIN_URL") or None,
+        )
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.root = settings.root
+        self.ports = settings.ports
+        self.logs = self.root / "logs"
+        self.processes: dict[str, ManagedProcess] = {}
+        self.pki: DevPki | None = None
+
+    # ------------------------------------------------------------------ paths and generated files
+
+    @property
+    def jwt_key_path(self) -> Path:
+        return self.root / "secrets" / "jwt-signing.pem"
+
+    @property
+    def url_keys_path(self) -> Path:
+        return self.root / "secrets" / "url-signing-keys"
+
+    @property
+    def events_log(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def envoy_config_path(self) -> Path:
+        return self.root / "envoy.yaml"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.settings.media_dir or (self.root / "media")
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def sidecar(self) -> str:
+        return f"https://127.0.0.1:{self.ports.sidecar}"
+
+    def url_signing_keys(self) -> str:
+        path = self.url_keys_path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+            path.write_text(f"k{secrets.token_hex(2)}:{secret}\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def prepare(self) -> None:
+        """Create certificates, keys and the Envoy configuration (idempotent)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pki = ensure_dev_pki(self.root / "pki")
+        load_or_create_key(self.jwt_key_path)
+        self.url_signing_keys()
+        self.envoy_config_path.write_text(render(self.envoy_settings()))
+
+    def ensure_media(self) -> None:
+        media.generate(self.media_dir)
+
+    def envoy_settings(self) -> EnvoySettings:
+        assert self.pki is not None
+        p = self.ports
+        origin = Endpoint("127.0.0.1", p.origin)
+        origin_tls = False
+        host_header = None
+        if self.settings.origin_url:
+            parts = urlsplit(self.settings.origin_url)
+            origin_tls = parts.scheme == "https"
+            origin = Endpoint(
+                parts.hostname or "127.0.0.1", parts.port or (443 if origin_tls else 80)
+            )
+            host_header = parts.hostname
+        return EnvoySettings(
+            profile="local",
+            gateway_port=p.gateway,
+            sidecar_port=p.sidecar,
+            admin_port=p.admin,
+            authz_grpc=Endpoint("127.0.0.1", p.authz_grpc),
+            authz_http=Endpoint("127.0.0.1", p.authz_http),
+            extproc_grpc=Endpoint("127.0.0.1", p.extproc_grpc),
+            extproc_http=Endpoint("127.0.0.1", p.extproc_http),
+            broker=Endpoint("127.0.0.1", p.broker),
+            origin=origin,
+            origin_tls=origin_tls,
+            origin_host_header=host_header,
+            demo_site=Endpoint("127.0.0.1", p.origin),
+            sidecar_tls=TlsFiles(str(self.pki.server_cert), str(self.pki.server_key), ""),
+            client_ca=str(self.pki.ca_cert),
+            gateway_client_tls=TlsFiles(
+                str(self.pki.gateway_cert), str(self.pki.gateway_key), str(self.pki.ca_cert)
+            ),
+            per_user_rps=self.settings.per_user_rps,
+            per_user_burst=self.settings.per_user_burst,
+            use_rate_limit_service=self.settings.redis_url is not None,
+            access_log=self.settings.envoy_access_log,
+        )
+
+    # ------------------------------------------------------------------------------ environment
+
+    def common_env(self) -> dict[str, str]:
+        p = self.ports
+        env = {
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+            "JWKS_URL": f"http://127.0.0.1:{p.auth}/.well-known/jwks.json",
+            "JWT_ISSUER": DEFAULT_ISSUER,
+            "JWT_AUDIENCE": DEFAULT_AUDIENCE,
+            "JWT_SIGNING_KEY_FILE": str(self.jwt_key_path),
+            "BILLING_URL": f"http://127.0.0.1:{p.billing}",
+            "URL_SIGNING_KEYS": self.url_signing_keys(),
+            "URL_TOKEN_TTL": str(self.settings.url_token_ttl),
+            "ORIGIN_URL": self.settings.origin_url or f"http://127.0.0.1:{p.origin}",
+            "ORIGIN_DIR": str(self.media_dir / "origin"),
+            "KEYS_FILE": str(self.media_dir / "keys.json"),
+            "EVENTS_LOG_PATH": str(self.events_log),
+            "EVENTS_SPILL_DIR": str(self.root / "events-spill"),
+            "AUTHZ_GRPC_ADDR": f"127.0.0.1:{p.authz_grpc}",
+            "AUTHZ_HTTP_ADDR": f"127.0.0.1:{p.authz_http}",
+            "EXTPROC_GRPC_ADDR": f"127.0.0.1:{p.extproc_grpc}",
+            "EXTPROC_HTTP_ADDR": f"127.0.0.1:{p.extproc_http}",
+            "BROKER_HOST": "127.0.0.1",
+            "BROKER_PORT": str(p.broker),
+            "AUTH_EMULATOR_ADDR": f"127.0.0.1:{p.auth}",
+            "BILLING_EMULATOR_ADDR": f"127.0.0.1:{p.billing}",
+            "DRM_EMULATOR_ADDR": f"127.0.0.1:{p.drm}",
+            "DRM_EMULATOR_URL": f"http://127.0.0.1:{p.drm}",
+            "ORIGIN_ADDR": f"127.0.0.1:{p.origin}",
+            "NODE_MODULES_DIR": str(Path.cwd() / "node_modules"),
+            "RATE_LIMIT_PER_USER": str(self.settings.per_user_rps),
+        }
+        optional = {
+            "REDIS_URL": self.settings.redis_url,
+            "NATS_URL": self.settings.nats_url,
+            "VAULT_ADDR": self.settings.vault_addr,
+            "VAULT_TOKEN": self.settings.vault_token,
+        }
+        env.update({k: v for k, v in optional.items() if v})
+        env.update(self.settings.extra_env)
+        return env
+
+    # -------------------------------------------------------------------------------- processes
+
+    def _process(self, name: str) -> ManagedProcess:
+        p = self.ports
+        env = self.common_env()
+        if name == "envoy":
+            argv = [
+                binary("envoy"),
+                "-c",
+                str(self.envoy_config_path),
+                "--log-level",
+                "warn",
+                "--base-id",
+                str(p.admin),
+                "--concurrency",
+                "2",
+                "--drain-time-s",
+                "2",
+            ]
+            ready = _http_probe(f"http://127.0.0.1:{p.admin}/ready")
+            timeout = 60.0
+        else:
+            argv = [sys.executable, "-m", "playback_drm.cli", "serve", name]
+            health = {
+                "auth-emulator": f"http://127.0.0.1:{p.auth}/health",
+                "billing-emulator": f"http://127.0.0.1:{p.billing}/health",
+                "drm-emulator": f"http://127.0.0.1:{p.drm}/health",
+                "origin": f"http://127.0.0.1:{p.origin}/health",
+                "authz": f"http://127.0.0.1:{p.authz_http}/health/live",
+                "extproc": f"http://127.0.0.1:{p.extproc_http}/health/live",
+                "broker": f"http://127.0.0.1:{p.broker}/health/live",
+            }[name]
+            ready = _http_probe(health)
+            timeout = 30.0
+        return ManagedProcess(
+            name, argv, log_dir=self.logs, env=env, ready=ready, ready_timeout=timeout
+        )
+
+    def start(self, components: Iterable[str] = COMPONENTS) -> None:
+        self.prepare()
+        wanted = list(components)
+        for name in wanted:
+            if name not in COMPONENTS:
+                raise ValueError(f"unknown component {name!r}")
+        # Envoy last: it should find its upstreams ready.
+        python_parts = [n for n in wanted if n != "envoy"]
+        started = [self._process(n) for n in python_parts]
+        for proc in started:
+            self.processes[proc.name] = proc
+            _launch(proc)
+        for proc in started:
+            _await_ready(proc)
+        if "envoy" in wanted:
+            proc = self._process("envoy")
+            self.processes["envoy"] = proc
+            proc.start()
+
+    def start_component(self, name: str) -> None:
+        proc = self._process(name)
+        self.processes[name] = proc
+        proc.start()
+
+    def stop_component(self, name: str) -> None:
+        proc = self.processes.get(name)
+        if proc is not None:
+            proc.stop()
+
+    def stop(self) -> None:
+        # Envoy first (stop taking traffic), then the services, then the emulators.
+        order = [
+            "envoy",
+            "authz",
+            "extproc",
+            "broker",
+            "origin",
+            "drm-emulator",
+            "billing-emulator",
+            "auth-emulator",
+        ]
+        for name in order:
+            self.stop_component(name)
+
+    def token(self, sub: str, ttl: int = 3600) -> str:
+        key = load_or_create_key(self.jwt_key_path)
+        return sign_token(key, sub, ttl=ttl)
+
+    def events(self) -> list[dict[str, object]]:
+        if not self.events_log.exists():
+            return []
+        out: list[dict[str, object]] = []
+        for line in self.events_log.read_text(encoding="utf-8").splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+        return out
+
+
+def _http_probe(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - loopback only
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    return probe
+
+
+def _launch(proc: ManagedProcess) -> None:
+    """Start without waiting, so the Python services import in parallel."""
+    proc.start(wait=False)
+
+
+def _await_ready(proc: ManagedProcess) -> None:
+    proc.wait_ready()

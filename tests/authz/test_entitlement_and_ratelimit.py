@@ -1,0 +1,127 @@
+"""Entitlement cache layers and the sliding-window rate limiter (memory and real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from authz.entitlement import Entitlement, EntitlementCache, RedisCache
+from authz.errors import BillingUnavailable
+from authz.ratelimit import MemorySlidingWindow, RateLimitBackendUnavailable, RedisSlidingWindow
+
+
+class CountingSource:
+    """Stands in for Billing behind our EntitlementSource protocol."""
+
+    def __init__(self, entitled: bool = True, fail: bool = False, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.entitled = entitled
+        self.fail = fail
+        self.delay = delay
+
+    async def fetch(self, user: str, video: str) -> Entitlement:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise BillingUnavailable("down")
+        return Entitlement(
+            user, video, self.entitled, "basic", None if self.entitled else "no_subscription"
+        )
+
+
+async def test_grants_are_cached_denials_for_less_time() -> None:
+    clock = [0.0]
+    source = CountingSource()
+    cache = EntitlementCache(source, ttl=60, deny_ttl=10, clock=lambda: clock[0])
+    await cache.get("alice", "demo")
+    await cache.get("alice", "demo")
+    assert source.calls == 1
+    clock[0] = 59
+    await cache.get("alice", "demo")
+    assert source.calls == 1
+    clock[0] = 61
+    await cache.get("alice", "demo")
+    assert source.calls == 2
+
+    deny_source = CountingSource(entitled=False)
+    deny_cache = EntitlementCache(deny_source, ttl=60, deny_ttl=10, clock=lambda: clock[0])
+    clock[0] = 100
+    await deny_cache.get("carol", "demo")
+    clock[0] = 111
+    await deny_cache.get("carol", "demo")
+    assert deny_source.calls == 2
+
+
+async def test_concurrent_misses_are_single_flight() -> None:
+    source = CountingSource(delay=0.05)
+    cache = EntitlementCache(source, ttl=60, deny_ttl=10)
+    results = await asyncio.gather(*(cache.get("alice", "demo") for _ in range(50)))
+    assert source.calls == 1
+    assert all(r.entitled for r in results)
+
+
+async def test_billing_failure_propagates_to_all_waiters_and_is_not_cached() -> None:
+    source = CountingSource(fail=True, delay=0.01)
+    cache = EntitlementCache(source, ttl=60, deny_ttl=10)
+    results = await asyncio.gather(*(cache.get("a", "v") for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, BillingUnavailable) for r in results)
+    source.fail = False
+    assert (await cache.get("a", "v")).entitled
+    assert source.calls == 2
+
+
+async def test_redis_layer_is_shared_between_replicas(redis_url: str) -> None:
+    source = CountingSource()
+    redis_one, redis_two = RedisCache(redis_url), RedisCache(redis_url)
+    one = EntitlementCache(source, ttl=60, deny_ttl=10, shared=redis_one)
+    two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=redis_two)
+    await one.get("alice", "demo")
+    ent = await two.get("alice", "demo")
+    assert ent.entitled and ent.plan == "basic"
+    assert source.calls == 1
+    await redis_one.close()
+    await redis_two.close()
+
+
+async def test_redis_down_is_a_miss_not_a_denial() -> None:
+    source = CountingSource()
+    redis = RedisCache("redis://127.0.0.1:1/0")
+    cache = EntitlementCache(source, ttl=60, deny_ttl=10, shared=redis)
+    assert (await cache.get("alice", "demo")).entitled
+    assert source.calls == 1
+    await redis.close()
+
+
+async def test_memory_window_admits_exactly_limit_per_window() -> None:
+    clock = [0.0]
+    window = MemorySlidingWindow(200, 1.0, clock=lambda: clock[0])
+    results = []
+    for i in range(300):
+        clock[0] = i * 0.001
+        results.append(window.hit_now("user=alice"))
+    assert sum(r.allowed for r in results) == 200
+    assert not results[-1].allowed and results[-1].reset_after > 0
+    clock[0] = 1.0005  # first entries leave the window
+    assert window.hit_now("user=alice").allowed
+    assert window.hit_now("user=bob").allowed
+
+
+async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
+    one = RedisSlidingWindow(redis_url, 50, 5.0)
+    two = RedisSlidingWindow(redis_url, 50, 5.0)
+    outcomes = [await (one if i % 2 else two).hit("user=alice") for i in range(80)]
+    assert sum(o.allowed for o in outcomes) == 50
+    denied = [o for o in outcomes if not o.allowed]
+    assert denied and all(0 < o.reset_after <= 5.0 for o in denied)
+    assert (await one.hit("user=bob")).allowed
+    await one.close()
+    await two.close()
+
+
+async def test_redis_window_unavailable_raises_typed_error() -> None:
+    window = RedisSlidingWindow("redis://127.0.0.1:1/0", 10, 1.0)
+    with pytest.raises(RateLimitBackendUnavailable):
+        await window.hit("user=x")
+    await window.close()
