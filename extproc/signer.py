@@ -1,0 +1,216 @@
+"""The manifest signer: given the request context and an origin response, produce the signed body.
+
+Pure apart from the clock: no gRPC, no aiohttp. ``extproc.server`` adapts it to Envoy's ext_proc
+stream and to the JSON endpoint. Signed manifests are cached per (public path, binding, expiry
+window, origin body digest), so a burst of players in one window costs one rewrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
+
+from extproc.config import ExtprocConfig
+from extproc.manifest import ManifestKind, ManifestLimits, UriMapper, decode_body, detect, rewrite
+from extproc.policy import Binding, SigningPolicy
+from playback_drm import urlsign
+
+MANIFEST_TYPES = frozenset(
+    {
+        "application/vnd.apple.mpegurl",
+        "application/x-mpegurl",
+        "audio/mpegurl",
+        "audio/x-mpegurl",
+        "application/dash+xml",
+    }
+)
+# Origins (object stores in particular) often label manifests generically: sniff these.
+SNIFF_TYPES = frozenset(
+    {
+        "",
+        "text/plain",
+        "application/octet-stream",
+        "binary/octet-stream",
+        "application/xml",
+        "text/xml",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestContext:
+    """What the signer needs to know about one viewer request."""
+
+    public_path: str  # the manifest's own public path, e.g. /media/demo/master.m3u8
+    request_path: str  # what the player asked for, e.g. /playback/demo/manifest
+    video: str
+    user: str | None
+    session: str | None
+    client_ip: str | None
+    request_id: str | None
+    entry: bool  # the player's entry point (/playback/...): a PlaybackStarted
+    format: str  # "hls" or "dash" (a hint; detection decides)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedManifest:
+    body: bytes
+    kind: ManifestKind
+    expires_at: int
+    cached: bool
+    decoded: bool  # the origin's content-encoding was removed
+
+
+MapperFactory = Callable[[ManifestContext, float], UriMapper]
+
+
+def mapper_factory(config: ExtprocConfig, policy: SigningPolicy) -> MapperFactory:
+    """Bind the signing policy to a request: document URL, public path, binding."""
+    prefix = config.media_prefix + "/"
+
+    def factory(ctx: ManifestContext, now: float) -> UriMapper:
+        video_prefix = f"{prefix}{ctx.video}/"
+        document = (
+            ctx.public_path[len(video_prefix) :]
+            if ctx.public_path.startswith(video_prefix)
+            else ctx.public_path
+        )
+        return policy.mapper(
+            video_id=ctx.video,
+            document_url=document,
+            now=now,
+            public_path=ctx.request_path,
+            client_ip=ctx.client_ip,
+            session_id=ctx.session,
+        )
+
+    return factory
+
+
+def wants_body(status: str, content_type: str | None) -> bool:
+    """Decide at response-headers time whether the body is worth buffering."""
+    if status != "200":
+        return False
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type in MANIFEST_TYPES or media_type in SNIFF_TYPES
+
+
+def context_from_request(
+    config: ExtprocConfig, path_and_query: str, headers: Mapping[str, str]
+) -> ManifestContext | None:
+    """Map the viewer's request path to the manifest's public path; None if not a manifest route."""
+    path, _, query = path_and_query.partition("?")
+    parts = path.split("/")
+    prefix = config.media_prefix
+    video: str | None = None
+    entry = False
+    fmt = "hls"
+    if len(parts) == 4 and parts[1] == "playback" and parts[3] == "manifest":
+        video = unquote(parts[2])
+        entry = True
+        if "format=" in query and ("format", "dash") in parse_qsl(query):
+            fmt = "dash"
+        template = config.dash_template if fmt == "dash" else config.hls_template
+        public_path = f"{prefix}/{template.replace('{videoId}', video)}"
+    elif path.startswith(prefix + "/") and len(parts) >= 4:
+        video = unquote(path[len(prefix) + 1 :].split("/", 1)[0])
+        public_path = path
+        fmt = "dash" if path.endswith(".mpd") else "hls"
+    else:
+        return None
+    if not video or "/" in video or ".." in video:
+        return None
+    return ManifestContext(
+        public_path=public_path,
+        request_path=path,
+        video=headers.get("x-playback-video") or video,
+        user=headers.get("x-playback-user") or None,
+        session=headers.get("x-playback-session") or None,
+        client_ip=_client_ip(headers),
+        request_id=headers.get("x-request-id"),
+        entry=entry,
+        format=fmt,
+    )
+
+
+def _client_ip(headers: Mapping[str, str]) -> str | None:
+    external = headers.get("x-envoy-external-address")
+    if external:
+        return external.strip()
+    xff = headers.get("x-forwarded-for")
+    if xff:
+        return xff.split(",")[0].strip() or None
+    return None
+
+
+class ManifestSigner:
+    def __init__(
+        self,
+        config: ExtprocConfig,
+        mapper_factory: MapperFactory,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._factory = mapper_factory
+        self._clock = clock
+        self._limits = ManifestLimits(max_bytes=config.max_manifest_bytes)
+        self._cache: OrderedDict[tuple[str, str, int, bytes], tuple[bytes, ManifestKind]] = (
+            OrderedDict()
+        )
+        self._cache_entries = config.cache_entries
+        self.hits = 0
+        self.misses = 0
+
+    def expires_at(self, now: float | None = None) -> int:
+        now = self._clock() if now is None else now
+        return urlsign.expiry_for(now, self._config.ttl, self._config.window)
+
+    def binding_value(self, ctx: ManifestContext) -> str:
+        binding = self._config.policy.binding
+        if binding is Binding.IP:
+            return ctx.client_ip or ""
+        if binding is Binding.SESSION:
+            return ctx.session or ""
+        return ""
+
+    def sign(
+        self,
+        ctx: ManifestContext,
+        content_type: str | None,
+        content_encoding: str | None,
+        body: bytes,
+    ) -> SignedManifest | None:
+        """The signed manifest, or None when the body is not a manifest (passed through as is).
+
+        Raises the typed errors of ``extproc.errors`` for malformed, oversized or forbidden input.
+        """
+        encoding = (content_encoding or "").strip().lower()
+        decoded = decode_body(body, encoding or None, self._limits)
+        kind = detect(content_type, decoded)
+        if kind is None:
+            return None
+        now = self._clock()
+        expires_at = self.expires_at(now)
+        key = (
+            ctx.public_path,
+            self.binding_value(ctx),
+            expires_at,
+            hashlib.blake2b(decoded, digest_size=16).digest(),
+        )
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return SignedManifest(hit[0], hit[1], expires_at, True, decoded is not body)
+        self.misses += 1
+        signed = rewrite(kind, decoded, self._factory(ctx, now), self._limits)
+        if self._cache_entries:
+            self._cache[key] = (signed, kind)
+            if len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return SignedManifest(signed, kind, expires_at, False, decoded is not body)
