@@ -1,0 +1,125 @@
+"""PlayReady: the SOAP ``AcquireLicense`` challenge forwarded byte for byte.
+
+The body is never parsed or re-encoded (PlayReady challenges are signed by the client). We add:
+
+- our authorization: ``Authorization: Bearer <token>`` (header mode, the header name is
+  configurable) or a ``CustomData`` query parameter (customdata mode);
+- the ``SOAPAction`` the player sent (or the standard AcquireLicense action);
+- ``X-Playback-License-Policy``: compact JSON of what the license may contain (content id, key
+  ids, highest track, persistence, duration, minimum security level, HDCP).
+
+A SOAP answer is relayed as is. A SOAP fault (HTTP 500 with a ``Fault`` element) is a refusal,
+not an outage: it is relayed verbatim to native clients and does not trip the breaker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final
+
+from license_broker.config import PLAYREADY_SOAP_ACTION, PlayReadySettings
+from license_broker.encoding import uuid_str
+from license_broker.errors import (
+    MalformedChallenge,
+    ProviderBadResponse,
+    ProviderRejected,
+    UnsupportedKeySystem,
+)
+from license_broker.http import ProviderHTTP, Reply
+from license_broker.keysystems import KeySystem
+from license_broker.model import Track
+from license_broker.providers.base import LicenseContext, ProviderLicense, check_status
+
+POLICY_HEADER: Final = "X-Playback-License-Policy"
+DEFAULT_CONTENT_TYPE: Final = "text/xml; charset=utf-8"
+_UTF16_ACQUIRE: Final = "Acquire".encode("utf-16-le")
+_FAULT: Final = re.compile(rb"<(?:[A-Za-z0-9_]+:)?Fault[\s>]")
+_FAULTSTRING: Final = re.compile(rb"<faultstring[^>]*>([^<]{0,200})</faultstring>")
+_SECURITY_LEVEL: Final[dict[Track, int]] = {
+    Track.AUDIO: 150,
+    Track.SD: 150,
+    Track.HD: 2000,
+    Track.UHD: 3000,
+}
+
+
+def check_challenge(challenge: bytes) -> None:
+    """Cheap sanity check before forwarding (the provider does the real parsing)."""
+    head = challenge[:512]
+    if b"AcquireLicense" in challenge or _UTF16_ACQUIRE in head:
+        return
+    if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        raise MalformedChallenge("PlayReady challenge is not SOAP XML")
+
+
+def license_policy(ctx: LicenseContext) -> str:
+    doc: dict[str, Any] = {
+        "contentId": ctx.content_id,
+        "keyIds": [uuid_str(k.kid) for k in ctx.keys],
+        "maxTrack": ctx.policy.max_track.name,
+        "persistent": ctx.policy.can_persist,
+        "licenseDurationSeconds": ctx.policy.license_duration_s,
+        "minSecurityLevel": max(_SECURITY_LEVEL[k.track] for k in ctx.keys),
+        "hdcp": max((ctx.policy.requirements(k.track)[1] for k in ctx.keys), default="HDCP_NONE"),
+    }
+    if ctx.policy.playback_duration_s:
+        doc["playbackDurationSeconds"] = ctx.policy.playback_duration_s
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def parse_answer(reply: Reply) -> ProviderLicense:
+    content_type = reply.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)
+    if reply.status >= 400 and _FAULT.search(reply.body[:4096]):
+        match = _FAULTSTRING.search(reply.body)
+        fault = match.group(1).decode("utf-8", "replace").strip() if match else "SOAP fault"
+        raise ProviderRejected(
+            f"playready SOAP fault: {fault}",
+            relay=(reply.status, content_type, reply.body),
+            providerStatus=reply.status,
+        )
+    check_status(reply, "playready")
+    if b"AcquireLicenseResponse" not in reply.body and b"<" not in reply.body[:64]:
+        raise ProviderBadResponse("playready answered something other than SOAP")
+    return ProviderLicense(reply.body, content_type)
+
+
+class PlayReadySoap:
+    name = "playready"
+    key_system = KeySystem.PLAYREADY
+
+    def __init__(self, settings: PlayReadySettings, http: ProviderHTTP) -> None:
+        assert settings.license_url is not None
+        self._settings = settings
+        self._url = settings.license_url
+        self._http = http
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def breaker_state(self) -> str:
+        return self._http.breaker.state.name.lower()
+
+    async def acquire(self, challenge: bytes, ctx: LicenseContext) -> ProviderLicense:
+        check_challenge(challenge)
+        content_type = ctx.request_headers.get("Content-Type", "")
+        headers = {
+            "Content-Type": content_type if "xml" in content_type else DEFAULT_CONTENT_TYPE,
+            "SOAPAction": ctx.request_headers.get("SOAPAction") or PLAYREADY_SOAP_ACTION,
+            POLICY_HEADER: license_policy(ctx),
+        }
+        params: dict[str, str] | None = None
+        if self._settings.auth_token:
+            if self._settings.auth_mode == "header":
+                headers[self._settings.auth_header] = f"Bearer {self._settings.auth_token}"
+            else:
+                params = {"CustomData": self._settings.auth_token}
+        return await self._http.call(
+            "POST", self._url, data=challenge, headers=headers, params=params, parse=parse_answer
+        )
+
+    async def certificate(self) -> bytes:
+        raise UnsupportedKeySystem("PlayReady has no certificate endpoint here")
