@@ -1,0 +1,157 @@
+"""CloudEvents mapping, subject scheme and events configuration (pure code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from playback_drm.events import (
+    AUTHZ_SOURCE,
+    BROKER_SOURCE,
+    CLOUDEVENT_TYPES,
+    EVENT_TYPES,
+    EXTPROC_SOURCE,
+    Event,
+    EventsConfig,
+    MalformedEvent,
+    MemorySink,
+    NullSink,
+    decode_cloudevent,
+    encode_cloudevent,
+    from_cloudevent,
+    license_issued,
+    playback_error,
+    playback_started,
+    subject_for,
+    to_cloudevent,
+)
+from playback_drm.settings import ConfigError
+
+
+def test_license_issued_is_a_structured_cloudevent() -> None:
+    event = license_issued(
+        BROKER_SOURCE, user_id="alice", video_id="big-buck-bunny", license_id="lic-1",
+        key_system="org.w3.clearkey", plan="premium", request_id="req-9",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+    )
+    doc = json.loads(encode_cloudevent(event))
+    assert doc == {
+        "specversion": "1.0",
+        "id": event.id,
+        "source": "/playback-drm/license-broker",
+        "type": "dev.playback-drm.license.issued.v1",
+        "time": doc["time"],
+        "subject": "big-buck-bunny",
+        "datacontenttype": "application/json",
+        "data": {
+            "userId": "alice", "videoId": "big-buck-bunny", "licenseId": "lic-1",
+            "keySystem": "org.w3.clearkey", "plan": "premium", "requestId": "req-9",
+            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+        },
+    }
+    assert doc["time"].endswith("Z")
+    assert abs(from_cloudevent(doc).time - event.time) < 1e-5
+
+
+def test_round_trip_keeps_every_field() -> None:
+    event = playback_error(AUTHZ_SOURCE, code="token_expired", status=401, user_id="bob",
+                           video_id="v1", request_id="r1")
+    back = decode_cloudevent(encode_cloudevent(event))
+    assert back.id == event.id
+    assert back.type == event.type
+    assert back.source == event.source
+    assert back.subject == event.subject
+    assert back.data == event.data
+    assert abs(back.time - event.time) < 1e-5
+
+
+def test_optional_fields_are_left_out_and_no_video_means_no_subject() -> None:
+    event = playback_error(AUTHZ_SOURCE, code="malformed_request")
+    assert event.data == {"code": "malformed_request"}
+    doc = to_cloudevent(event)
+    assert "subject" not in doc
+    started = playback_started(EXTPROC_SOURCE, user_id="u", video_id="v")
+    assert started.data == {"userId": "u", "videoId": "v"}
+
+
+@pytest.mark.parametrize(
+    ("event_type", "source", "subject"),
+    [
+        ("LicenseIssued", BROKER_SOURCE, "playback.events.license-issued.license-broker"),
+        ("PlaybackStarted", EXTPROC_SOURCE, "playback.events.playback-started.extproc"),
+        ("PlaybackError", AUTHZ_SOURCE, "playback.events.playback-error.authz"),
+        ("PlaybackError", "/playback-drm/Odd Service!/", "playback.events.playback-error.odd-service"),
+        ("PlaybackError", "", "playback.events.playback-error.unknown"),
+    ],
+)
+def test_subjects_follow_the_scheme(event_type: str, source: str, subject: str) -> None:
+    assert subject_for(event_type, source) == subject  # type: ignore[arg-type]
+
+
+def test_subjects_never_carry_ids() -> None:
+    """Subject cardinality is bounded by kinds x services, not by users or videos."""
+    subjects = {
+        subject_for(license_issued(BROKER_SOURCE, user_id=f"u{n}", video_id=f"v{n}",
+                                   license_id=f"l{n}", key_system="k").type, BROKER_SOURCE)
+        for n in range(50)
+    }
+    assert len(subjects) == 1
+
+
+def test_every_event_type_has_a_versioned_cloudevent_type() -> None:
+    assert set(CLOUDEVENT_TYPES) == set(EVENT_TYPES)
+    for ce_type in CLOUDEVENT_TYPES.values():
+        assert ce_type.startswith("dev.playback-drm.")
+        assert ce_type.endswith(".v1")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"[1,2]", b'{"type":"com.example.other","id":"1","source":"/x","time":"2024"}',
+     b'{"type":"dev.playback-drm.license.issued.v1","source":"/x","time":"2024-01-01T00:00:00Z"}'],
+)
+def test_foreign_or_broken_documents_are_rejected(raw: bytes) -> None:
+    with pytest.raises(MalformedEvent):
+        decode_cloudevent(raw)
+
+
+def test_memory_and_null_sinks_keep_the_seam() -> None:
+    event = Event("PlaybackStarted", EXTPROC_SOURCE, "v", {"videoId": "v"})
+    memory = MemorySink()
+    memory.emit(event)
+    assert memory.events == [event]
+    assert NullSink().emit(event) is None  # type: ignore[func-returns-value]
+
+
+def test_config_defaults_and_overrides() -> None:
+    default = EventsConfig.from_env({})
+    assert default.nats_url is None
+    assert default.log_path == Path(".local/events.jsonl")
+    assert default.duplicate_window_s >= 120
+    assert default.spill_fsync == "batch"
+    custom = EventsConfig.from_env({
+        "NATS_URL": "nats://a:4222, nats://b:4222", "EVENTS_QUEUE_SIZE": "50",
+        "EVENTS_SPILL_DIR": "/var/spool/events", "EVENTS_SPILL_FSYNC": "segment",
+        "EVENTS_DUPLICATE_WINDOW_S": "300",
+    })
+    assert custom.nats_servers == ["nats://a:4222", "nats://b:4222"]
+    assert custom.queue_size == 50
+    assert custom.spill_dir == Path("/var/spool/events")
+    assert custom.spill_fsync == "segment"
+    assert custom.duplicate_window_s == 300
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"EVENTS_SPILL_FSYNC": "sometimes"}, "EVENTS_SPILL_FSYNC"),
+        ({"EVENTS_DUPLICATE_WINDOW_S": "30"}, "EVENTS_DUPLICATE_WINDOW_S"),
+        ({"EVENTS_QUEUE_SIZE": "0"}, "EVENTS_QUEUE_SIZE"),
+        ({"EVENTS_STREAM": "a.b"}, "EVENTS_STREAM"),
+    ],
+)
+def test_bad_config_names_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        EventsConfig.from_env(env)
