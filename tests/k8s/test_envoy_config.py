@@ -1,0 +1,88 @@
+"""The Envoy configuration each overlay mounts into the sidecar passes ``envoy --mode validate``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.k8s.checks import EnvoyPod, Index, envoy_pods
+from tests.k8s.render import OVERLAYS, render_overlay
+from tests.support.servers import envoy_validate
+
+MOUNTED_TLS_FILES = ("tls.crt", "tls.key", "ca.crt")
+
+
+@pytest.fixture(scope="module")
+def throwaway_tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate standing in for the Secret's files (validate opens them)."""
+    directory = tmp_path_factory.mktemp("envoy-tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sidecar.playback-drm.local")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (directory / "tls.crt").write_bytes(pem)
+    (directory / "ca.crt").write_bytes(pem)
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory
+
+
+def _sidecar(overlay: str) -> EnvoyPod:
+    pods, errors = envoy_pods(Index(render_overlay(overlay)))
+    assert errors == []
+    (pod,) = pods
+    return pod
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mounted_envoy_config_passes_envoy_validate(
+    overlay: str, throwaway_tls: Path, tmp_path: Path
+) -> None:
+    pod = _sidecar(overlay)
+    text = pod.config_text
+    secret_files = sorted(path for path, content in pod.files.items() if content is None)
+    assert sorted(Path(p).name for p in secret_files) == sorted(MOUNTED_TLS_FILES)
+    for path in secret_files:
+        assert path in text, f"{path} is mounted but the Envoy config does not use it"
+        text = text.replace(path, str(throwaway_tls / Path(path).name))
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text)
+    result = envoy_validate(config)
+    assert result.returncode == 0, (
+        f"Deployment/{pod.deployment['metadata']['name']}: {pod.config_path} from the "
+        f"{overlay} overlay fails envoy --mode validate:\n{result.stdout}{result.stderr}"
+    )
+
+
+def test_validation_rejects_a_broken_config(throwaway_tls: Path, tmp_path: Path) -> None:
+    """The check above can fail: a config naming a cluster that does not exist is refused."""
+    pod = _sidecar("dev")
+    text = pod.config_text.replace("cluster: license_broker", "cluster: no_such_cluster", 1)
+    assert text != pod.config_text
+    for path in pod.files:
+        text = text.replace(path, str(throwaway_tls / Path(path).name))
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text)
+    assert envoy_validate(config).returncode != 0
