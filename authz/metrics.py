@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from playback_drm.metrics import CACHE_REQUESTS
+
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 CHECKS = Counter(
@@ -17,11 +19,7 @@ CHECK_SECONDS = Histogram(
     ["mode"],
     buckets=LATENCY_BUCKETS,
 )
-CACHE = Counter(
-    "playback_cache_requests_total",
-    "Cache lookups by cache and result (hit/miss)",
-    ["cache", "result"],
-)
+CACHE = CACHE_REQUESTS  # shared across services: playback_cache_requests_total{cache,result}
 RATE_LIMIT = Counter(
     "playback_ratelimit_decisions_total",
     "Rate limit service decisions",

@@ -13,6 +13,7 @@ Both return a :class:`WindowResult`; the gRPC adapter lives in ``authz.server``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -78,7 +79,8 @@ class MemorySlidingWindow:
             del self._logs[key]
 
 
-# KEYS[1] = window key. ARGV = limit, window_us, hits, member prefix.
+# KEYS[1] = window key. ARGV = limit, window_us, hits, unique call id.
+# Scores are Redis' own clock in µs (exact in a double); members never derive from floats.
 # Returns {allowed(0/1), count_after, oldest_score_us_or_-1, now_us}.
 _SLIDING_WINDOW_LUA = """
 local t = redis.call('TIME')
@@ -95,7 +97,8 @@ if count + hits > limit then
   return {0, count, first, now}
 end
 for i = 1, hits do
-  redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. now .. ':' .. i)
+  -- members must be unique per hit: ARGV[4] is unique per call (replica id + counter)
+  redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i)
 end
 redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
 return {1, count + hits, -1, now}
@@ -118,13 +121,14 @@ class RedisSlidingWindow:
         self._window_us = int(window * 1_000_000)
         self._window = window
         self._prefix = prefix
-        self._member = uuid.uuid4().hex[:12]  # distinguishes replicas' entries in the same µs
+        self._replica = uuid.uuid4().hex[:12]
+        self._calls = itertools.count()
 
     async def hit(self, key: str, hits: int = 1) -> WindowResult:
         try:
             allowed, count, oldest, now = await self._script(
                 keys=[self._prefix + key],
-                args=[self._limit, self._window_us, hits, self._member],
+                args=[self._limit, self._window_us, hits, f"{self._replica}:{next(self._calls)}"],
             )
         except Exception as exc:
             raise RateLimitBackendUnavailable(type(exc).__name__) from exc

@@ -38,6 +38,7 @@ from authz.ratelimit import (
 )
 from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
+from playback_drm import urlsign
 from playback_drm.events import PLAYBACK_ERROR, Event, EventSink, NullSink
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, problem_body
 
@@ -127,6 +128,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._events = events
         self._allow_counters: dict[str, Any] = {}
         self._latency: dict[str, Any] = {}
+        self._responses: dict[Allow, tuple[float, external_auth_pb2.CheckResponse]] = {}
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -147,7 +149,21 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         if hist is None:
             hist = self._latency[mode] = metrics.CHECK_SECONDS.labels(mode)
         hist.observe(time.perf_counter() - started)
+        if isinstance(decision, Allow):
+            return self._allow_response(decision)
         return to_response(decision)
+
+    def _allow_response(self, decision: Allow) -> external_auth_pb2.CheckResponse:
+        """Admissions repeat (same viewer, same video): reuse the built message for a second."""
+        now = time.monotonic()
+        cached = self._responses.get(decision)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        response = to_response(decision)
+        if len(self._responses) >= 10_000:
+            self._responses.clear()
+        self._responses[decision] = (now + 1.0, response)
+        return response
 
     def _record_denial(self, inp: CheckInput, decision: Deny) -> None:
         log.info(
@@ -288,8 +304,6 @@ def build_http_app(health: Health) -> web.Application:
 
 
 def url_verifier_from(config: AuthzConfig) -> UrlVerifier:
-    from playback_drm import urlsign
-
     ring = urlsign.KeyRing.from_spec(config.url_signing_keys)
 
     def verify(path: str, query: str, client_ip: str | None) -> Any:

@@ -190,12 +190,14 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    from playback_drm.envoy_config import k8s_settings, render
+    from playback_drm.envoy_config import RENDERED_FILES, render, settings_for
 
-    if args.profile != "k8s":
-        print("only --profile k8s renders standalone; `playback-drm up` renders the local one")
-        return 2
-    text = render(k8s_settings())
+    if args.all:
+        for path, profile in RENDERED_FILES.items():
+            Path(path).write_text(render(settings_for(profile)))
+            print(f"wrote {path}")
+        return 0
+    text = render(settings_for(args.profile))
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -296,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     envoy = sub.add_parser("envoy-config", help="render an Envoy configuration")
     envoy.add_argument("--profile", choices=["local", "k8s"], default="k8s")
     envoy.add_argument("--out")
+    envoy.add_argument("--all", action="store_true", help="rewrite every file under envoy/")
     envoy.set_defaults(func=cmd_envoy_config)
     return parser
 

@@ -437,7 +437,10 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": "media_manifest",
             "match": {"safe_regex": {"regex": MEDIA_MANIFEST_REGEX}},
-            "route": {**origin_route, "prefix_rewrite": "/"},
+            "route": {
+                **origin_route,
+                "regex_rewrite": {"pattern": {"regex": "^/media/"}, "substitution": "/"},
+            },
             "typed_per_filter_config": {
                 "envoy.filters.http.ext_authz": _authz_mode(MODE_SIGNED_URL),
                 "envoy.filters.http.ext_proc": _enable_extproc(),
@@ -764,7 +767,10 @@ def _gateway_listener(s: EnvoySettings) -> dict[str, Any]:
     routes: list[dict[str, Any]] = []
     if s.demo_site is not None:
         routes.append(
-            {"match": {"prefix": "/demo/"}, "route": {"cluster": "demo_site", "timeout": "30s"}}
+            {
+                "match": {"prefix": "/demo/"},
+                "route": {"cluster": "demo_site", "timeout": "30s", "prefix_rewrite": "/_demo/"},
+            }
         )
         routes.append({"match": {"path": "/"}, "redirect": {"path_redirect": "/demo/"}})
     routes.append({"match": {"prefix": "/"}, "route": {"cluster": "sidecar", "timeout": "60s"}})
@@ -975,6 +981,28 @@ def render(s: EnvoySettings) -> str:
         f"{s.profile}`; edit playback_drm/envoy_config.py, not this file.\n"
     )
     return header + yaml.safe_dump(build(s), sort_keys=False, width=100)
+
+
+def local_example_settings() -> EnvoySettings:
+    """The local stack's configuration with default ports and ``.local/pki`` certificates
+    (what ``playback-drm up`` renders into ``.local/envoy.yaml``)."""
+    pki = ".local/pki"
+    return EnvoySettings(
+        profile="local",
+        sidecar_tls=TlsFiles(f"{pki}/sidecar.crt", f"{pki}/sidecar.key", ""),
+        client_ca=f"{pki}/ca.crt",
+        gateway_client_tls=TlsFiles(f"{pki}/gateway.crt", f"{pki}/gateway.key", f"{pki}/ca.crt"),
+    )
+
+
+RENDERED_FILES = {
+    "envoy/sidecar-k8s.yaml": "k8s",
+    "envoy/local.yaml": "local",
+}
+
+
+def settings_for(profile: str) -> EnvoySettings:
+    return k8s_settings() if profile == "k8s" else local_example_settings()
 
 
 def k8s_settings() -> EnvoySettings:

@@ -76,6 +76,7 @@ class StackSettings:
     per_user_rps: int = 200
     per_user_burst: int = 100
     envoy_access_log: bool = True
+    instance: str = "main"  # a second replica in the same root gets its own logs and config
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -98,7 +99,7 @@ class Stack:
         self.settings = settings
         self.root = settings.root
         self.ports = settings.ports
-        self.logs = self.root / "logs"
+        self.logs = self.root / "logs" / settings.instance
         self.processes: dict[str, ManagedProcess] = {}
         self.pki: DevPki | None = None
 
@@ -118,7 +119,7 @@ class Stack:
 
     @property
     def envoy_config_path(self) -> Path:
-        return self.root / "envoy.yaml"
+        return self.root / f"envoy-{self.settings.instance}.yaml"
 
     @property
     def media_dir(self) -> Path:

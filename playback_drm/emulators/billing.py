@@ -3,6 +3,7 @@
     GET  /v1/entitlements?userId=U&videoId=V  -> 200 {"userId", "videoId", "entitled", "plan",
          "reason", "tier", "maxStreams", "rentalWindowSeconds", "playbackWindowSeconds", "hdcp"}
     PUT  /admin/users/{userId}  {"plan": "premium"|"basic"|null}   change a subscription
+    PUT  /admin/catalog/{videoId}  {"tier": "HD", "plan": "basic"}  add a video
     POST /admin/fail?status=503 | /admin/recover                    simulate an outage
     GET  /health
 
@@ -97,6 +98,14 @@ class BillingEmulator:
             self.users[request.match_info["user"]] = plan
             return web.json_response({"userId": request.match_info["user"], "plan": plan})
 
+        async def set_video(request: web.Request) -> web.Response:
+            body = await request.json()
+            tier, plan = body.get("tier"), body.get("plan")
+            if plan not in PLANS or not isinstance(tier, str):
+                return web.json_response({"error": "tier and a known plan required"}, status=400)
+            self.catalog[request.match_info["video"]] = {"tier": tier, "plan": plan}
+            return web.json_response({"videoId": request.match_info["video"], "plan": plan})
+
         async def fail(request: web.Request) -> web.Response:
             self.failing_status = int(request.query.get("status", "503"))
             return web.json_response({"failing": self.failing_status})
@@ -111,6 +120,7 @@ class BillingEmulator:
         app = web.Application()
         app.router.add_get("/v1/entitlements", entitlements)
         app.router.add_put("/admin/users/{user}", set_user)
+        app.router.add_put("/admin/catalog/{video}", set_video)
         app.router.add_post("/admin/fail", fail)
         app.router.add_post("/admin/recover", recover)
         app.router.add_get("/health", health)

@@ -2,11 +2,13 @@
 demo page and its development-only helpers.
 
     GET /{videoId}/master.m3u8, /{videoId}/manifest.mpd, /{videoId}/...   media (ORIGIN_DIR)
-    GET /demo/                     the demo page (playback_drm/demo)
-    GET /demo/vendor/{package}/... player libraries from node_modules (shaka-player, hls.js, dashjs)
-    GET /demo/api/token?sub=alice  a development JWT (local stack only)
-    GET /demo/api/events           the most recent analytics events (from the local event log)
+    GET /_demo/                     the demo page (public at /demo/ through the gateway)
+    GET /_demo/vendor/{package}/... player libraries from node_modules
+    GET /_demo/api/token?sub=alice  a development JWT (local stack only)
+    GET /_demo/api/events           the most recent analytics events (from the local event log)
     GET /health
+    GET /_origin/requests           what reached the origin (path, query, identity headers): lets
+                                    tests prove tokens and forged headers never get this far
 
 Manifests are served with their registered media types so the sidecar recognises them.
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+DEMO_PREFIX = "/_demo/"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 VENDOR_PACKAGES = ("shaka-player", "hls.js", "dashjs")
 
@@ -94,8 +97,30 @@ def tail_events(path: Path | None, limit: int = 100) -> list[dict[str, Any]]:
     return events
 
 
+RECORDED_HEADERS = ("x-playback-user", "x-playback-plan", "x-playback-video", "authorization")
+
+
 def build_app(settings: OriginSettings) -> web.Application:
     media_root = settings.media_dir
+    seen: deque[dict[str, Any]] = deque(maxlen=500)
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/_origin/"):
+            seen.append(
+                {
+                    "path": request.path,
+                    "query": request.query_string,
+                    "headers": {
+                        h: request.headers[h] for h in RECORDED_HEADERS if h in request.headers
+                    },
+                }
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def recorded(_: web.Request) -> web.Response:
+        return web.json_response(list(seen))
 
     async def media(request: web.Request) -> web.StreamResponse:
         path = _safe_file(media_root, request.match_info["path"])
@@ -140,12 +165,15 @@ def build_app(settings: OriginSettings) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service": "origin"})
 
-    app = web.Application()
+    app = web.Application(middlewares=[record])
     app.router.add_get("/health", health)
-    app.router.add_get("/demo/api/token", token)
-    app.router.add_get("/demo/api/events", events)
-    app.router.add_get("/demo/vendor/{package}/{path:.+}", vendor)
-    app.router.add_get("/demo/", demo)
-    app.router.add_get("/demo/{path:.+}", demo)
+    app.router.add_get("/_origin/requests", recorded)
+    # The demo page lives under an internal prefix (a video may well be called "demo"); the
+    # gateway maps the public /demo/ onto it.
+    app.router.add_get(f"{DEMO_PREFIX}api/token", token)
+    app.router.add_get(f"{DEMO_PREFIX}api/events", events)
+    app.router.add_get(DEMO_PREFIX + "vendor/{package}/{path:.+}", vendor)
+    app.router.add_get(DEMO_PREFIX, demo)
+    app.router.add_get(DEMO_PREFIX + "{path:.+}", demo)
     app.router.add_get("/{path:.+}", media)
     return app

@@ -1,0 +1,487 @@
+"""Edge benchmarks, each beside Envoy alone in the same run on the same box.
+
+    python bench/edge.py authz      # issue 2: Envoy alone vs Envoy + ext_authz (200 and 500 req/s)
+    python bench/edge.py manifest   # issue 3: Envoy alone vs authz + ext_proc, 150-segment HLS
+                                    #          media playlist and a 2-period DASH MPD (200 req/s)
+    python bench/edge.py license    # issue 4: license requests through the sidecar (mTLS, authz,
+                                    #          broker, Redis, Vault-cached keys) vs Envoy alone
+    python bench/edge.py all
+
+Options: --seconds N (per run, default 10). Prints p50/p99 latency, throughput and CPU µs per
+request of each process, with the difference to Envoy alone at the same rate.
+
+The authz and manifest scenarios use a dedicated bench Envoy (plain HTTP listeners: "alone" routes
+straight to the origin, the others add the filters under test); the license scenario uses the real
+local stack (gateway -> mTLS -> sidecar) and compares with a route of the same path that ends in a
+direct response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import Request, RunResult, run_open_loop, table  # noqa: E402
+from playback_drm.stack import Stack, StackPorts, StackSettings  # noqa: E402
+from playback_drm.supervise import ManagedProcess, binary, free_port  # noqa: E402
+
+T_HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+T_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+T_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+T_EXTPROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+T_HTTP_OPTS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _cluster(name: str, port: int, *, http2: bool = False) -> dict[str, Any]:
+    opts: dict[str, Any] = {"@type": T_HTTP_OPTS}
+    opts["explicit_http_config"] = (
+        {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}}
+    )
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096}
+            ]
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts
+        },
+    }
+
+
+def _listener(
+    name: str, port: int, routes: list[dict[str, Any]], filters: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": T_HCM,
+                            "stat_prefix": name,
+                            "route_config": {
+                                "virtual_hosts": [
+                                    {"name": name, "domains": ["*"], "routes": routes}
+                                ]
+                            },
+                            "http_filters": [
+                                *filters,
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {"@type": T_ROUTER},
+                                },
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+AUTHZ_FILTER = {
+    "name": "envoy.filters.http.ext_authz",
+    "typed_config": {
+        "@type": T_AUTHZ,
+        "transport_api_version": "V3",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "1s"},
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "allowed_headers": {"patterns": [{"exact": "authorization"}, {"exact": "traceparent"}]},
+    },
+}
+EXTPROC_FILTER = {
+    "name": "envoy.filters.http.ext_proc",
+    "typed_config": {
+        "@type": T_EXTPROC,
+        "grpc_service": {"envoy_grpc": {"cluster_name": "extproc"}, "timeout": "2s"},
+        "failure_mode_allow": False,
+        "message_timeout": "2s",
+        "allow_mode_override": True,
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "response_header_mode": "SEND",
+            "request_body_mode": "NONE",
+            "response_body_mode": "BUFFERED",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+    },
+}
+MANIFEST_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
+
+
+def _manifest_routes(cluster: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "match": {
+                "safe_regex": {"regex": MANIFEST_REGEX},
+                "query_parameters": [{"name": "format", "string_match": {"exact": "dash"}}],
+            },
+            "route": {
+                "cluster": cluster,
+                "regex_rewrite": {
+                    "pattern": {"regex": MANIFEST_REGEX},
+                    "substitution": r"/\1/manifest.mpd",
+                },
+            },
+        },
+        {
+            "match": {"safe_regex": {"regex": MANIFEST_REGEX}},
+            "route": {
+                "cluster": cluster,
+                "regex_rewrite": {
+                    "pattern": {"regex": MANIFEST_REGEX},
+                    "substitution": r"/\1/master.m3u8",
+                },
+            },
+        },
+    ]
+
+
+def bench_envoy_config(ports: dict[str, int], stack: Stack) -> dict[str, Any]:
+    direct = [
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+        }
+    ]
+    to_direct = [{"match": {"prefix": "/"}, "route": {"cluster": "direct"}}]
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports["admin"]}}
+        },
+        "static_resources": {
+            "listeners": [
+                _listener("direct", ports["direct"], direct, []),
+                _listener("alone", ports["alone"], to_direct, []),
+                _listener("authz", ports["authz"], to_direct, [AUTHZ_FILTER]),
+                _listener(
+                    "manifest_alone", ports["manifest_alone"], _manifest_routes("origin"), []
+                ),
+                _listener(
+                    "manifest_full",
+                    ports["manifest_full"],
+                    _manifest_routes("origin"),
+                    [AUTHZ_FILTER, EXTPROC_FILTER],
+                ),
+            ],
+            "clusters": [
+                _cluster("direct", ports["direct"]),
+                _cluster("origin", stack.ports.origin),
+                _cluster("authz", stack.ports.authz_grpc, http2=True),
+                _cluster("extproc", stack.ports.extproc_grpc, http2=True),
+            ],
+        },
+    }
+
+
+def write_bench_media(origin_dir: Path) -> None:
+    """A 150-segment HLS media playlist and a 2-period DASH MPD, as real packagers write them."""
+    hls = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:3",
+        "#EXT-X-TARGETDURATION:4",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+    ]
+    for i in range(150):
+        hls += ["#EXTINF:4.000,", f"segments/720p/seg_{i:05d}.ts"]
+    hls.append("#EXT-X-ENDLIST")
+    (origin_dir / "bench-hls").mkdir(parents=True, exist_ok=True)
+    (origin_dir / "bench-hls" / "master.m3u8").write_text("\n".join(hls) + "\n")
+    periods = []
+    for p in range(2):
+        reps = "".join(
+            f'<Representation id="v{h}" bandwidth="{h * 4000}" width="{h * 16 // 9}" height="{h}" codecs="avc1.64001f"/>'
+            for h in (360, 720, 1080)
+        )
+        periods.append(
+            f'  <Period id="p{p}" duration="PT300S">\n'
+            f'    <AdaptationSet mimeType="video/mp4" segmentAlignment="true">\n'
+            f'      <SegmentTemplate timescale="90000" initialization="p{p}/$RepresentationID$/init.mp4" '
+            f'media="p{p}/$RepresentationID$/$Number%05d$.m4s" startNumber="1" duration="360000"/>\n'
+            f"      {reps}\n    </AdaptationSet>\n"
+            f'    <AdaptationSet mimeType="audio/mp4" lang="en">\n'
+            f'      <SegmentTemplate timescale="48000" initialization="p{p}/a/init.mp4" '
+            f'media="p{p}/a/$Number%05d$.m4s" startNumber="1" duration="192000"/>\n'
+            f'      <Representation id="a" bandwidth="128000" codecs="mp4a.40.2"/>\n'
+            f"    </AdaptationSet>\n  </Period>"
+        )
+    mpd = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT600S" '
+        'minBufferTime="PT2S" profiles="urn:mpeg:dash:profile:isoff-live:2011">\n'
+        + "\n".join(periods)
+        + "\n</MPD>\n"
+    )
+    (origin_dir / "bench-dash").mkdir(parents=True, exist_ok=True)
+    (origin_dir / "bench-dash" / "manifest.mpd").write_text(mpd)
+
+
+def _put_json(url: str, doc: dict[str, Any]) -> None:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(doc).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(req, timeout=5).read()  # noqa: S310 - loopback only
+
+
+def start_bench_stack(root: Path) -> Stack:
+    media = root / "media"
+    stack = Stack(
+        StackSettings(root=root, ports=StackPorts.free(), media_dir=media, envoy_access_log=False)
+    )
+    write_bench_media(media / "origin")
+    stack.start(["auth-emulator", "billing-emulator", "origin", "authz", "extproc"])
+    for video in ("bench-hls", "bench-dash"):
+        _put_json(
+            f"http://127.0.0.1:{stack.ports.billing}/admin/catalog/{video}",
+            {"tier": "HD", "plan": "basic"},
+        )
+    return stack
+
+
+def start_bench_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[str, int]]:
+    ports = {
+        k: free_port()
+        for k in ("admin", "direct", "alone", "authz", "manifest_alone", "manifest_full")
+    }
+    config = root / "bench-envoy.yaml"
+    config.write_text(yaml.safe_dump(bench_envoy_config(ports, stack)))
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{ports['admin']}/ready", timeout=0.5
+            ) as r:  # noqa: S310
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    proc = ManagedProcess(
+        "bench-envoy",
+        [
+            binary("envoy"),
+            "-c",
+            str(config),
+            "--log-level",
+            "error",
+            "--concurrency",
+            "1",
+            "--base-id",
+            str(ports["admin"]),
+        ],
+        log_dir=root / "logs",
+        ready=ready,
+    ).start()
+    return proc, ports
+
+
+def pids(stack: Stack, envoy: ManagedProcess, names: tuple[str, ...]) -> dict[str, int]:
+    out = {"envoy": envoy.proc.pid if envoy.proc else 0}
+    for name in names:
+        proc = stack.processes[name].proc
+        assert proc is not None
+        out[name] = proc.pid
+    return out
+
+
+async def scenario_authz(seconds: float) -> list[RunResult]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        stack = start_bench_stack(root)
+        envoy, ports = start_bench_envoy(root, stack)
+        try:
+            token = stack.token("alice")
+            headers = {"Authorization": f"Bearer {token}"}
+            processes = pids(stack, envoy, ("authz",))
+            results = []
+            for rate in (200, 500):
+                for name in ("alone", "authz"):
+                    url = f"http://127.0.0.1:{ports[name]}/playback/demo/manifest"
+                    results.append(
+                        await run_open_loop(
+                            f"envoy_{name}",
+                            lambda _i, url=url: Request("GET", url, headers),
+                            rate=rate,
+                            seconds=seconds,
+                            processes=processes,
+                        )
+                    )
+            return results
+        finally:
+            envoy.stop()
+            stack.stop()
+
+
+async def scenario_manifest(seconds: float) -> list[RunResult]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        stack = start_bench_stack(root)
+        envoy, ports = start_bench_envoy(root, stack)
+        try:
+            token = stack.token("alice")
+            headers = {"Authorization": f"Bearer {token}"}
+            processes = pids(stack, envoy, ("authz", "extproc", "origin"))
+            results = []
+            for label, path in (
+                ("hls150", "/playback/bench-hls/manifest"),
+                ("dash2p", "/playback/bench-dash/manifest?format=dash"),
+            ):
+                for name in ("manifest_alone", "manifest_full"):
+                    url = f"http://127.0.0.1:{ports[name]}{path}"
+                    results.append(
+                        await run_open_loop(
+                            f"{label}_{name.split('_')[1]}",
+                            lambda _i, url=url: Request("GET", url, headers),
+                            rate=200,
+                            seconds=seconds,
+                            processes=processes,
+                        )
+                    )
+            return results
+        finally:
+            envoy.stop()
+            stack.stop()
+
+
+async def scenario_license(seconds: float) -> list[RunResult]:
+    from tests.support.servers import start_redis, start_vault
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        redis = start_redis(root)
+        vault = start_vault(root)
+        from playback_drm import media
+
+        manifest = media.generate(Path(".local/test-media"))
+        media.load_keys_into_vault(manifest, vault.url, vault.token)
+        stack = Stack(
+            StackSettings(
+                root=root,
+                ports=StackPorts.free(),
+                media_dir=manifest.root,
+                redis_url=redis.url,
+                vault_addr=vault.url,
+                vault_token=vault.token,
+                envoy_access_log=False,
+            )
+        )
+        try:
+            stack.start()
+            token = stack.token("alice")
+            kid = manifest.videos["demo"].video_key.kid
+            challenge = json.dumps(
+                {
+                    "kids": [base64.urlsafe_b64encode(bytes.fromhex(kid)).rstrip(b"=").decode()],
+                    "type": "temporary",
+                }
+            ).encode()
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            body = json.dumps(
+                {
+                    "videoId": "demo",
+                    "licenseRequest": base64.b64encode(challenge).decode(),
+                    "keySystem": "org.w3.clearkey",
+                }
+            ).encode()
+            processes = {
+                name: stack.processes[name].proc.pid  # type: ignore[union-attr]
+                for name in ("envoy", "authz", "broker")
+            }
+            results = []
+            alone = f"{stack.gateway}/health/live"
+            lic = f"{stack.gateway}/drm/license"
+            results.append(
+                await run_open_loop(
+                    "sidecar_alone",
+                    lambda _i: Request("GET", alone, {}),
+                    rate=200,
+                    seconds=seconds,
+                    processes=processes,
+                )
+            )
+            results.append(
+                await run_open_loop(
+                    "license",
+                    lambda _i: Request("POST", lic, headers, body),
+                    rate=200,
+                    seconds=seconds,
+                    processes=processes,
+                )
+            )
+            return results
+        finally:
+            stack.stop()
+            vault.process.stop()
+            redis.process.stop()
+
+
+SCENARIOS = {
+    "authz": (scenario_authz, "envoy_alone"),
+    "manifest": (scenario_manifest, None),
+    "license": (scenario_license, "sidecar_alone"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    for name in names:
+        run, baseline = SCENARIOS[name]
+        results = asyncio.run(run(args.seconds))
+        print(f"\n== {name} ({args.seconds:.0f}s per run)")
+        if name == "manifest":
+            for label in ("hls150", "dash2p"):
+                subset = [r for r in results if r.name.startswith(label)]
+                print(table(subset, baseline=f"{label}_alone"))
+        else:
+            print(table(results, baseline=baseline))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

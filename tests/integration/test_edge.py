@@ -1,0 +1,211 @@
+"""The protected edge as a new user meets it: the real Envoy, authz, emulators, through the gateway.
+
+Covers issue 2's must-show list: 401s for every bad token, 403 for the unentitled, 200 for the
+entitled, 503 (not 403) when Billing is down, mTLS on the license route, rate limits, health, and
+that tokens and forged identity headers never reach the origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import time
+import urllib.error
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from playback_drm.emulators.auth import load_or_create_key, sign_token
+from playback_drm.stack import Stack
+from tests.support.stack import http
+
+pytestmark = pytest.mark.integration
+
+
+def manifest(stack: Stack, video: str = "demo", **headers: str) -> tuple[int, dict[str, object]]:
+    reply = http(f"{stack.gateway}/playback/{video}/manifest", headers=headers)
+    try:
+        doc = json.loads(reply.body)
+    except ValueError:
+        doc = {}
+    return reply.status, doc if isinstance(doc, dict) else {}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_no_token_is_401_with_challenge(stack: Stack) -> None:
+    reply = http(f"{stack.gateway}/playback/demo/manifest")
+    assert reply.status == 401
+    assert reply.headers["www-authenticate"] == 'Bearer realm="playback"'
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.json()["code"] == "token_missing"
+
+
+def test_bad_tokens_are_401(stack: Stack) -> None:
+    key = load_or_create_key(stack.jwt_key_path)
+    good = stack.token("alice")
+    header, payload, _ = good.split(".")
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cases = {
+        "token_expired": sign_token(key, "alice", ttl=-120),
+        "token_algorithm_rejected": f"{b64(json.dumps({'alg': 'none'}).encode())}.{payload}.",
+        "token_claims_invalid": sign_token(key, "alice", audience="someone-else"),
+        "token_unknown_key": sign_token(stranger, "alice"),
+        "token_bad_signature": f"{header}.{payload}.{b64(b'x' * 256)}",
+        "token_malformed": "garbage",
+    }
+    for code, token in cases.items():
+        status, doc = manifest(stack, **bearer(token))
+        assert (status, doc.get("code")) == (401, code), code
+        # the same through the query parameter
+        reply = http(f"{stack.gateway}/playback/demo/manifest?token={token}")
+        assert reply.status == 401, code
+
+
+def test_entitlements(stack: Stack) -> None:
+    assert manifest(stack, **bearer(stack.token("alice")))[0] == 200
+    assert manifest(stack, "demo-uhd", **bearer(stack.token("alice")))[0] == 200
+    assert manifest(stack, **bearer(stack.token("bob")))[0] == 200
+    status, doc = manifest(stack, "demo-uhd", **bearer(stack.token("bob")))
+    assert (status, doc["code"]) == (403, "not_entitled")
+    status, doc = manifest(stack, **bearer(stack.token("carol")))
+    assert (status, doc["code"]) == (403, "not_entitled")
+
+
+def test_token_query_parameter_never_reaches_the_origin(stack: Stack) -> None:
+    token = stack.token("alice")
+    assert http(f"{stack.gateway}/playback/demo/manifest?token={token}").status == 200
+    seen = http(f"http://127.0.0.1:{stack.ports.origin}/_origin/requests").json()
+    assert seen, "the origin saw no request"
+    assert all("token" not in entry["query"] for entry in seen)
+    assert all(token not in json.dumps(entry) for entry in seen)
+
+
+def test_forged_identity_headers_are_stripped(stack: Stack) -> None:
+    # carol forges alice's identity: authz overwrites it, and the decision is carol's.
+    status, _ = manifest(
+        stack,
+        **bearer(stack.token("carol")),
+        **{"X-Playback-User": "alice", "X-Playback-Plan": "premium"},
+    )
+    assert status == 403
+    # on signed media URLs authz sets no user: a forged one must not survive to the origin
+    reply = http(
+        f"{stack.gateway}/playback/demo/manifest",
+        headers={**bearer(stack.token("alice")), "Accept": "application/json"},
+    )
+    url = reply.json()["url"]
+    forged = http(url, headers={"X-Playback-User": "mallory"})
+    assert forged.status == 200
+    seen = http(f"http://127.0.0.1:{stack.ports.origin}/_origin/requests").json()
+    assert all(entry["headers"].get("x-playback-user") != "mallory" for entry in seen)
+
+
+def test_billing_outage_is_503_not_403(stack: Stack) -> None:
+    stack.stop_component("billing-emulator")
+    try:
+        # a (user, video) pair nobody asked about yet: no cached answer to fall back on
+        status, doc = manifest(stack, "outage-probe", **bearer(stack.token("alice")))
+        assert (status, doc["code"]) == (503, "billing_unavailable")
+        health = http(f"{stack.gateway}/health")
+        assert health.status == 503
+        assert health.json()["checks"]["billing"] == "unreachable"
+    finally:
+        stack.start_component("billing-emulator")
+    assert manifest(stack, "outage-probe", **bearer(stack.token("alice")))[0] in (403, 404)
+
+
+def test_health_through_envoy(stack: Stack) -> None:
+    reply = http(f"{stack.gateway}/health")
+    assert reply.status == 200
+    assert reply.json()["checks"] == {"jwks": "ok", "billing": "ok"}
+    assert http(f"{stack.gateway}/health/live").status == 200
+
+
+def _tls_context(stack: Stack, cert: str | None = None) -> ssl.SSLContext:
+    assert stack.pki is not None
+    ctx = ssl.create_default_context(cafile=str(stack.pki.ca_cert))
+    ctx.check_hostname = False  # the dev cert names localhost and 127.0.0.1; SNI not needed here
+    if cert == "gateway":
+        ctx.load_cert_chain(str(stack.pki.gateway_cert), str(stack.pki.gateway_key))
+    elif cert == "other":
+        ctx.load_cert_chain(str(stack.pki.other_cert), str(stack.pki.other_key))
+    return ctx
+
+
+def test_sidecar_refuses_clients_without_certificate(stack: Stack) -> None:
+    url = f"{stack.sidecar}/drm/license"
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        http(url, method="POST", body=b"{}", context=_tls_context(stack))
+
+
+def test_license_route_admits_only_allowed_client_identities(stack: Stack) -> None:
+    url = f"{stack.sidecar}/drm/license"
+    other = http(url, method="POST", body=b"{}", context=_tls_context(stack, "other"))
+    assert other.status == 403
+    assert other.json()["code"] == "client_not_allowed"
+    gateway = http(url, method="POST", body=b"{}", context=_tls_context(stack, "gateway"))
+    assert gateway.status == 401  # past RBAC: authz asks for a token
+    assert gateway.json()["code"] == "token_missing"
+    # other routes only need a certificate from our CA
+    assert http(f"{stack.sidecar}/health/live", context=_tls_context(stack, "other")).status == 200
+
+
+def test_license_route_through_gateway_reaches_authz(stack: Stack) -> None:
+    reply = http(f"{stack.gateway}/drm/license", method="POST", body=b"{}")
+    assert reply.status == 401
+    assert reply.json()["code"] == "token_missing"
+    carol = http(
+        f"{stack.gateway}/drm/license",
+        method="POST",
+        body=json.dumps({"videoId": "demo", "licenseRequest": "e30"}).encode(),
+        headers={**bearer(stack.token("carol")), "Content-Type": "application/json"},
+    )
+    assert carol.status == 403
+
+
+def test_unknown_route_is_problem_json_404(stack: Stack) -> None:
+    reply = http(f"{stack.gateway}/nope")
+    assert reply.status == 404
+    assert reply.json()["code"] == "not_found"
+
+
+async def _burst(url: str, token: str, count: int) -> list[int]:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> int:
+            async with session.get(url, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def test_per_user_rate_limit(stack: Stack) -> None:
+    url = f"{stack.gateway}/playback/demo/manifest"
+    alice, bob = stack.token("alice"), stack.token("bob")
+    await _burst(url, alice, 1)  # warm caches and connections
+    await asyncio.sleep(1.1)
+    started = time.monotonic()
+    alice_codes, bob_codes = await asyncio.gather(_burst(url, alice, 300), _burst(url, bob, 40))
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"the burst took {elapsed:.2f}s; the test needs it within one second"
+    assert alice_codes.count(429) >= 90, alice_codes
+    assert set(alice_codes) <= {200, 429}
+    assert bob_codes == [200] * 40
+    reply = http(url, headers=bearer(alice) | {"Accept": "application/json"})
+    if reply.status == 429:
+        assert reply.headers["retry-after"]
+        assert reply.json()["code"] == "rate_limited"
+    await asyncio.sleep(1.1)  # leave the budget refilled for later tests

@@ -1,0 +1,73 @@
+"""The whole local stack as a pytest fixture: real Envoy, our services, emulators, demo media.
+
+``stack`` (session scope) is what the integration and browser tests use: the same
+``playback_drm.stack.Stack`` that ``playback-drm up`` runs, on free loopback ports, in a temporary
+folder. Demo media is generated once per machine into ``.local/test-media`` (reused while its
+content stamp matches).
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from playback_drm.stack import COMPONENTS, Stack, StackPorts, StackSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_MEDIA = REPO_ROOT / ".local" / "test-media"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+def http(
+    url: str,
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> Reply:
+    req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
+            return Reply(resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()})
+    except urllib.error.HTTPError as err:
+        return Reply(err.code, err.read(), {k.lower(): v for k, v in err.headers.items()})
+
+
+def start_stack(root: Path, **settings: Any) -> Stack:
+    stack = Stack(
+        StackSettings(root=root, ports=StackPorts.free(), media_dir=TEST_MEDIA, **settings)
+    )
+    stack.ensure_media()
+    try:
+        stack.start(COMPONENTS)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    started = start_stack(tmp_path_factory.mktemp("stack"))
+    yield started
+    started.stop()

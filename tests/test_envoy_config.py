@@ -1,0 +1,98 @@
+"""Every Envoy configuration in the repository is current and passes ``envoy --mode validate``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from playback_drm.devpki import ensure_dev_pki
+from playback_drm.envoy_config import (
+    RENDERED_FILES,
+    EnvoySettings,
+    build,
+    render,
+    settings_for,
+)
+from tests.conftest import REPO_ROOT
+from tests.support.servers import envoy_validate
+
+
+def _certificates_for(config_text: str, tmp_path: Path) -> str:
+    """Point the TLS file references at freshly generated throwaway certificates."""
+    pki = ensure_dev_pki(tmp_path / "pki")
+    replacements = {
+        "/etc/envoy/tls/tls.crt": pki.server_cert,
+        "/etc/envoy/tls/tls.key": pki.server_key,
+        "/etc/envoy/tls/ca.crt": pki.ca_cert,
+        ".local/pki/": str(tmp_path / "pki") + "/",
+    }
+    for old, new in replacements.items():
+        config_text = config_text.replace(old, str(new))
+    return config_text
+
+
+@pytest.mark.parametrize("path", sorted(RENDERED_FILES))
+def test_committed_config_is_current(path: str) -> None:
+    committed = (REPO_ROOT / path).read_text()
+    assert committed == render(settings_for(RENDERED_FILES[path])), (
+        f"{path} is stale: run `.venv/bin/playback-drm envoy-config --all`"
+    )
+
+
+@pytest.mark.parametrize("path", sorted(RENDERED_FILES))
+def test_committed_config_validates(path: str, tmp_path: Path) -> None:
+    config = tmp_path / "envoy.yaml"
+    config.write_text(_certificates_for((REPO_ROOT / path).read_text(), tmp_path))
+    result = envoy_validate(config)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_every_yaml_under_envoy_dir_is_rendered_and_checked() -> None:
+    on_disk = {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "envoy").glob("*.yaml")}
+    assert on_disk == set(RENDERED_FILES)
+
+
+def test_rate_limit_service_variant_validates(tmp_path: Path) -> None:
+    settings = dataclasses.replace(settings_for("local"), use_rate_limit_service=True)
+    config = tmp_path / "envoy.yaml"
+    config.write_text(_certificates_for(render(settings), tmp_path))
+    result = envoy_validate(config)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_edge_baseline_settings() -> None:
+    doc = build(settings_for("k8s"))
+    assert doc["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    sidecar = doc["static_resources"]["listeners"][0]
+    hcm = sidecar["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["normalize_path"] and hcm["merge_slashes"] and hcm["use_remote_address"]
+    assert (
+        hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+    )
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names.index("envoy.filters.http.header_mutation") == 0
+    assert names.index("envoy.filters.http.ext_authz") < names.index("envoy.filters.http.ext_proc")
+    authz = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz")
+    assert authz["typed_config"]["failure_mode_allow"] is False
+    assert authz["typed_config"]["status_on_error"]["code"] != 403
+    tls = sidecar["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True
+    routes = {r["name"]: r for r in hcm["route_config"]["virtual_hosts"][0]["routes"]}
+    assert "envoy.filters.http.rbac" in routes["license"]["typed_per_filter_config"]
+    extproc = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
+    assert extproc["disabled"] is True
+    enabled = {
+        n
+        for n, r in routes.items()
+        if "envoy.filters.http.ext_proc" in r.get("typed_per_filter_config", {})
+    }
+    assert enabled == {"manifest_dash", "manifest_hls", "media_manifest"}
+
+
+def test_origin_template_is_validated() -> None:
+    with pytest.raises(ValueError, match="videoId"):
+        build(dataclasses.replace(settings_for("k8s"), hls_path_template="master.m3u8"))
+    assert yaml.safe_load(render(EnvoySettings(profile="k8s", demo_site=None)))
