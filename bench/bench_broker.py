@@ -14,7 +14,10 @@ entitlement facts with ``maxStreams``, so the concurrent-stream check runs too).
 - ``clearkey-redis-hit``: Redis, one viewer repeating one request (stream refresh + GET hit).
 
 A real Redis is started for the run unless ``--redis-url`` is given. CPU is the broker process's
-user+system time during the measured window divided by the requests sent.
+user+system time during the measured window divided by the requests sent. On a shared or
+virtualized machine that figure includes the host's contention (a trivial aiohttp handler was
+measured at ~250 us there), so the run also prints ``LicenseService.issue`` timed in process,
+without HTTP: the broker's own cost per ClearKey license.
 """
 
 from __future__ import annotations
@@ -162,6 +165,44 @@ async def run(rate: float, seconds: float, redis_url: str) -> list[RunResult]:
     return results
 
 
+async def service_only(n: int = 5000) -> float:
+    """CPU microseconds per ClearKey license in ``LicenseService.issue`` (memory caches)."""
+    from license_broker.cache import MemoryLicenseCache
+    from license_broker.config import BrokerConfig
+    from license_broker.demo_keys import DEMO_KEYS
+    from license_broker.keys import CachedKeyStore, MemoryKeyStore
+    from license_broker.policy import Identity
+    from license_broker.service import LicenseService
+    from license_broker.streams import MemoryStreamTracker
+    from playback_drm.events import NullSink
+
+    keys = CachedKeyStore(
+        MemoryKeyStore.from_document(DEMO_KEYS),
+        ttl=60,
+        max_stale=3600,
+        negative_ttl=5,
+        max_videos=100,
+    )
+    service = LicenseService(
+        BrokerConfig(),
+        keys=keys,
+        cache=MemoryLicenseCache(100_000),
+        streams=MemoryStreamTracker(),
+        providers={},
+        events=NullSink(),
+    )
+    identities = [
+        Identity(user=f"viewer-{i}", plan="premium", video="demo", entitlement=FACTS)
+        for i in range(n + 200)
+    ]
+    for identity in identities[:200]:
+        await service.issue(identity, "demo", None, BODY)
+    started = time.process_time()
+    for identity in identities[200:]:
+        await service.issue(identity, "demo", None, BODY)
+    return 1e6 * (time.process_time() - started) / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
@@ -180,6 +221,11 @@ def main() -> None:
             if redis is not None:
                 redis.process.stop()
     print(table(results))
+    per_license = asyncio.run(service_only())
+    print(
+        f"LicenseService.issue in process (ClearKey, key system inferred): {per_license:.1f} us CPU"
+    )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

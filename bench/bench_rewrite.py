@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_rewrite.py [--repeat 2000]
 
 Inputs: a 150-segment HLS media playlist (with EXT-X-MAP and EXT-X-KEY), a 6-variant master
-playlist and a 2-period DASH MPD (SegmentTemplate, SegmentList, SegmentBase, several BaseURLs).
+playlist, a 2-period DASH MPD (SegmentTemplate, SegmentTimeline, several BaseURLs) and, for
+scaling, two large MPDs of the shared corpus (38 KiB and 87 KiB) when it is present.
 Mappers: ``identity`` (returns None: the scan alone), ``append`` (adds a fixed query parameter)
 and ``hmac`` (an HMAC-SHA256 over each URI via ``hmac.digest``, base64url, appended: a stand-in
 for per-URL signing). The whole ext_proc path has a budget of 300 us CPU per 150-segment manifest
@@ -20,12 +21,15 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from extproc.dash import rewrite_dash
 from extproc.hls import rewrite_hls
 from extproc.manifest import ManifestKind, UriKind, UriMapper, UriRef, rewrite
 
 _KEY = b"k" * 32
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+LARGE_CORPUS_MPDS = ("dash-mpd-rs__telenet-mid-ad-rolls.mpd", "dash-mpd-rs__avod-mediatailor.mpd")
 
 
 def media_playlist(segments: int = 150) -> str:
@@ -150,6 +154,13 @@ def main() -> None:
         ("hls master 6 variants", partial(rewrite_hls, master), len(master)),
         ("dash 2-period mpd", partial(rewrite_dash, mpd), len(mpd)),
     ]
+    for name in LARGE_CORPUS_MPDS:  # scaling, when the shared corpus is next to the repository
+        path = CORPUS / "dash" / name
+        if path.exists():
+            data = path.read_bytes()
+            cases.append(
+                (f"dash {len(data) // 1024} KiB (corpus)", partial(rewrite_dash, data), len(data))
+            )
     mappers: tuple[tuple[str, UriMapper], ...] = (
         ("identity", identity),
         ("append", append),

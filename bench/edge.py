@@ -32,9 +32,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Request, RunResult, run_open_loop, table  # noqa: E402
-from playback_drm.stack import Stack, StackPorts, StackSettings  # noqa: E402
-from playback_drm.supervise import ManagedProcess, binary, free_port  # noqa: E402
+from bench.harness import Request, RunResult, run_open_loop, table
+from playback_drm.stack import Stack, StackPorts, StackSettings
+from playback_drm.supervise import ManagedProcess, binary, free_port
 
 T_HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -230,14 +230,17 @@ def write_bench_media(origin_dir: Path) -> None:
     periods = []
     for p in range(2):
         reps = "".join(
-            f'<Representation id="v{h}" bandwidth="{h * 4000}" width="{h * 16 // 9}" height="{h}" codecs="avc1.64001f"/>'
+            f'<Representation id="v{h}" bandwidth="{h * 4000}" width="{h * 16 // 9}" '
+            f'height="{h}" codecs="avc1.64001f"/>'
             for h in (360, 720, 1080)
         )
         periods.append(
             f'  <Period id="p{p}" duration="PT300S">\n'
             f'    <AdaptationSet mimeType="video/mp4" segmentAlignment="true">\n'
-            f'      <SegmentTemplate timescale="90000" initialization="p{p}/$RepresentationID$/init.mp4" '
-            f'media="p{p}/$RepresentationID$/$Number%05d$.m4s" startNumber="1" duration="360000"/>\n'
+            f'      <SegmentTemplate timescale="90000" '
+            f'initialization="p{p}/$RepresentationID$/init.mp4" '
+            f'media="p{p}/$RepresentationID$/$Number%05d$.m4s" startNumber="1" '
+            f'duration="360000"/>\n'
             f"      {reps}\n    </AdaptationSet>\n"
             f'    <AdaptationSet mimeType="audio/mp4" lang="en">\n'
             f'      <SegmentTemplate timescale="48000" initialization="p{p}/a/init.mp4" '
@@ -247,7 +250,8 @@ def write_bench_media(origin_dir: Path) -> None:
         )
     mpd = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT600S" '
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+        'mediaPresentationDuration="PT600S" '
         'minBufferTime="PT2S" profiles="urn:mpeg:dash:profile:isoff-live:2011">\n'
         + "\n".join(periods)
         + "\n</MPD>\n"
@@ -263,7 +267,7 @@ def _put_json(url: str, doc: dict[str, Any]) -> None:
         method="PUT",
         headers={"Content-Type": "application/json"},
     )
-    urllib.request.urlopen(req, timeout=5).read()  # noqa: S310 - loopback only
+    urllib.request.urlopen(req, timeout=5).read()
 
 
 def start_bench_stack(root: Path) -> Stack:
@@ -293,7 +297,7 @@ def start_bench_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[st
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{ports['admin']}/ready", timeout=0.5
-            ) as r:  # noqa: S310
+            ) as r:
                 return bool(r.status == 200)
         except OSError:
             return False

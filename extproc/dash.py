@@ -28,8 +28,10 @@ and, in whatever namespace they appear (DRM signalling varies by vendor): ``Laur
 Security: a DOCTYPE is refused with :class:`ManifestForbiddenXml` as soon as Expat reports its
 start, before any entity is declared, so nothing is ever expanded (billion laughs) or fetched
 (XXE). Any well-formedness error is :class:`ManifestMalformed`, as is a tree nested deeper than
-``limits.max_depth``. Encodings: UTF-8 (with or without BOM), and a declared
-US-ASCII, ISO-8859-1 or windows-1252; UTF-16 is refused. Output keeps the input's encoding.
+``limits.max_depth`` (Expat itself would follow any depth). The mapper is called while Expat reads,
+so it may have seen URIs of a document refused further down; nothing it returned is used then.
+Encodings: UTF-8 (with or without BOM), and a declared US-ASCII, ISO-8859-1 or windows-1252;
+UTF-16 is refused. The output keeps the input's encoding.
 
 A changed value is written with canonical escaping (``&amp;``, ``&lt;``, the attribute's quote); a
 URI text node that holds comments or CDATA is replaced as a whole.
@@ -47,7 +49,14 @@ from extproc.errors import (
     ManifestTooLarge,
     MapperContractError,
 )
-from extproc.manifest import DEFAULT_LIMITS, ManifestLimits, UriKind, UriMapper, UriRef
+from extproc.manifest import (
+    DEFAULT_LIMITS,
+    ManifestLimits,
+    UriKind,
+    UriMapper,
+    UriRef,
+    is_opaque,
+)
 
 __all__ = ["rewrite_dash"]
 
@@ -99,13 +108,6 @@ _ELEMENTS: Final[dict[str, _Spec]] = {
     "CryptoPeriod": _Spec(None, {"keyUriTemplate": (UriKind.KEY, True)}, False),
 }
 _PREFIX_DECLARATION = re.compile(rb"""xmlns:([^\s=/>]++)\s*+=\s*+(?:"([^"]*+)"|'([^']*+)')""")
-
-# Used only on tags Expat has already accepted, to locate value spans; possessive quantifiers keep
-# them linear anyway.
-_START_TAG = re.compile(
-    rb"""<[^\s/>]++((?:\s++[^\s=/>]++\s*+=\s*+(?:"[^"]*+"|'[^']*+'))*+)\s*+(/?)>"""
-)
-_ATTRIBUTE = re.compile(rb"""\s++([^\s=/>]++)\s*+=\s*+(?:"([^"]*+)"|'([^']*+)')""")
 _REFERENCE = re.compile(r"&(?:#x([0-9A-Fa-f]{1,6})|#([0-9]{1,7})|(amp|lt|gt|quot|apos));")
 _URL_LIST_ITEM = re.compile(r"[^ \t\r\n]+")
 _NAMED: Final = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
@@ -231,19 +233,24 @@ class _Rewriter:
             spec = _ELEMENTS.get(local)
             if spec is not None and spec.mpd_only and prefix not in self.mpd_prefixes:
                 spec = None
-        if spec is not None or (
-            self.xlink_names and any(href in attributes for href in self.xlink_names)
-        ):
+        if spec is not None:
             self._uris(spec, attributes, depth)
+        elif self.xlink_names:
+            for href in self.xlink_names:
+                if href in attributes:
+                    self._uris(None, attributes, depth)
+                    return
 
     def _bases(self, depth: int) -> tuple[str, ...]:
-        return tuple(base for base in self.firsts[:depth] if base is not None)
+        """The BaseURL chain in scope for a child of the element at ``depth - 1``."""
+        return tuple(filter(None, self.firsts[:depth]))  # an empty BaseURL changes nothing
 
     def _uris(self, spec: _Spec | None, attributes: list[str], depth: int) -> None:
         """A start tag with URIs: offer each to the mapper, splice what changed."""
         tag = self.parser.CurrentByteIndex
         spans: list[tuple[int, int, str]] | None = None
         uri_attributes = spec.attributes if spec is not None else _NONE
+        bases: tuple[str, ...] | None = None
         for index in range(0, len(attributes), 2):
             name = attributes[index]
             target = uri_attributes.get(name)
@@ -258,25 +265,27 @@ class _Rewriter:
                         continue
                     new = self._url_list(value)
                 else:
-                    new = self._offer(value, kind, is_template, self._bases(depth))
+                    if bases is None:
+                        bases = self._bases(depth)
+                    new = self._offer(value, kind, is_template, bases)
             elif name in self.xlink_names:
                 new = self._offer(attributes[index + 1], UriKind.DASH_XLINK, False, ())
             else:
                 continue
             if new is not None:
                 if spans is None:
-                    spans = self._attribute_spans(tag)
+                    spans = self._attribute_spans(tag, len(attributes) // 2)[0]
                 start, end, quote = spans[index // 2]
                 self._splice(start, end, _escape_attribute(new, quote))
         if spec is not None and spec.text is not None:
-            self._text_uri(spec.text, tag, depth)
+            self._text_uri(spec.text, tag, depth, len(attributes) // 2)
 
     def _offer(
         self, value: str, kind: UriKind, is_template: bool, bases: tuple[str, ...]
     ) -> str | None:
         """The mapper's replacement for an attribute value, or None to keep it."""
         uri = value.strip(_XML_WS)
-        if not uri or _skipped(uri) or (kind is UriKind.DASH_XLINK and uri == RESOLVE_TO_ZERO):
+        if not uri or is_opaque(uri) or (kind is UriKind.DASH_XLINK and uri == RESOLVE_TO_ZERO):
             return None
         new = self.mapper(UriRef(uri, kind, is_template, bases))
         if new is None or new == uri:
@@ -292,7 +301,7 @@ class _Rewriter:
         def each(match: re.Match[str]) -> str:
             nonlocal changed
             uri = match.group()
-            new = None if _skipped(uri) else self.mapper(UriRef(uri, UriKind.DASH_UTC_TIMING))
+            new = None if is_opaque(uri) else self.mapper(UriRef(uri, UriKind.DASH_UTC_TIMING))
             if new is None or new == uri:
                 return uri
             changed = True
@@ -301,27 +310,31 @@ class _Rewriter:
         rewritten = _URL_LIST_ITEM.sub(each, value)
         return rewritten if changed else None
 
-    def _attribute_spans(self, tag: int) -> list[tuple[int, int, str]]:
-        """Value spans of the tag's attributes in document order, as Expat lists them
-        (``ordered_attributes``)."""
+    def _attribute_spans(self, tag: int, count: int) -> tuple[list[tuple[int, int, str]], int]:
+        """Value spans (start, end, quote) of the tag's ``count`` attributes, in the order Expat
+        lists them (``ordered_attributes``), and the offset just past the tag. Expat has already
+        accepted this start tag, so each attribute is ``name = "value"`` or ``name = 'value'``
+        and plain searches find them (names hold no ``=``, values no ``<``)."""
         data = self.data
-        match = _START_TAG.match(data, tag)
-        if match is None:  # Expat accepted the tag, so this cannot happen
-            raise ManifestMalformed(f"unreadable start tag at byte {tag}")
         spans = []
-        for attribute in _ATTRIBUTE.finditer(data, match.start(1), match.end(1)):
-            group = 2 if attribute.start(2) >= 0 else 3
-            spans.append((attribute.start(group), attribute.end(group), '"' if group == 2 else "'"))
-        return spans
+        pos = tag
+        for _ in range(count):
+            opening = data.find(b"=", pos) + 1
+            while data[opening] in b" \t\r\n":
+                opening += 1
+            quote = data[opening : opening + 1]
+            closing = data.find(quote, opening + 1)
+            spans.append((opening + 1, closing, quote.decode("ascii")))
+            pos = closing + 1
+        return spans, data.find(b">", pos) + 1
 
-    def _text_uri(self, kind: UriKind, tag: int, depth: int) -> None:
+    def _text_uri(self, kind: UriKind, tag: int, depth: int, attributes: int) -> None:
         """An element whose text is the URI. Its content is read from the bytes right away (Expat
         validates it later); an element with child elements holds no URI."""
         data = self.data
-        match = _START_TAG.match(data, tag)
-        if match is None or match.group(2):  # self-closing: empty
-            return
-        content_start = match.end()
+        content_start = self._attribute_spans(tag, attributes)[1]
+        if data[content_start - 2 : content_start - 1] == b"/":
+            return  # self-closing: empty
         segments: list[tuple[int, int, int]] = []
         complex_content = False
         pos = content_start
@@ -362,7 +375,7 @@ class _Rewriter:
             bases = self._bases(depth - 1)
             if self.firsts[depth - 1] is None:
                 self.firsts[depth - 1] = uri
-        if not uri or _skipped(uri):
+        if not uri or is_opaque(uri):
             return
         new = self.mapper(UriRef(uri, kind, False, bases))
         if new is None or new == uri:
@@ -396,14 +409,6 @@ def _attribute(attributes: list[str], wanted: str) -> str:
         if attributes[index] == wanted:
             return attributes[index + 1]
     return ""
-
-
-def _skipped(uri: str) -> bool:
-    """URIs never offered to the mapper: inline data and FairPlay key ids."""
-    if uri[0] in "dDsS":
-        scheme = uri[:5].lower()
-        return scheme == "data:" or scheme.startswith("skd:")
-    return False
 
 
 def _text_value(raw: str) -> str:

@@ -21,7 +21,14 @@ from __future__ import annotations
 from typing import Final
 
 from extproc.errors import ManifestMalformed, ManifestTooLarge, MapperContractError
-from extproc.manifest import DEFAULT_LIMITS, ManifestLimits, UriKind, UriMapper, UriRef
+from extproc.manifest import (
+    DEFAULT_LIMITS,
+    ManifestLimits,
+    UriKind,
+    UriMapper,
+    UriRef,
+    is_opaque,
+)
 
 __all__ = ["encode", "rewrite_hls"]
 
@@ -82,7 +89,8 @@ def rewrite_hls(text: str, mapper: UriMapper, limits: ManifestLimits = DEFAULT_L
             if uri[0] != "#":
                 kind = pending
                 pending = _SEGMENT
-                if "{$" in uri or (uri[0] in "dDsS" and _opaque(uri)):
+                # The first-letter test spares a call per segment; is_opaque repeats it.
+                if "{$" in uri or (uri[0] in "dDsS" and is_opaque(uri)):
                     continue
                 new = mapper(UriRef(uri, kind, False, ()))
                 if new is not None and new != uri:
@@ -119,12 +127,6 @@ def encode(text: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MapperContractError("mapper returned a URI that is not valid Unicode") from exc
-
-
-def _opaque(uri: str) -> bool:
-    """``data:`` and ``skd://`` (FairPlay key id) URIs: nothing to fetch, nothing to sign."""
-    scheme = uri[:5].lower()
-    return scheme == "data:" or scheme.startswith("skd:")
 
 
 def _uri_line(line: str, uri: str, new: str) -> str:
@@ -165,7 +167,7 @@ def _rewrite_attributes(
             uri = raw if quoted else raw.strip()
             if not quoted and '"' in uri:
                 raise ManifestMalformed(f"{name} attribute with a stray quote")
-            if uri and "{$" not in uri and not (uri[0] in "dDsS" and _opaque(uri)):
+            if uri and "{$" not in uri and not (uri[0] in "dDsS" and is_opaque(uri)):
                 new = mapper(UriRef(uri, kind))
                 if new is not None and new != uri:
                     if "\n" in new or "\r" in new or '"' in new:

@@ -59,6 +59,7 @@ __all__ = [
     "UriRef",
     "decode_body",
     "detect",
+    "is_opaque",
     "rewrite",
 ]
 
@@ -171,7 +172,8 @@ def _sniff_hls(head: bytes) -> bool:
 
 
 def _sniff_mpd_root(head: bytes) -> bool:
-    """Skip the prolog (XML declaration, comments, processing instructions) and look at the root."""
+    """Skip the prolog (XML declaration, comments, processing instructions) and look at the root.
+    A DOCTYPE before an ``<MPD`` still counts as DASH, so that the rewriter refuses it."""
     pos = 0
     while head.startswith(b"<?", pos) or head.startswith(b"<!--", pos):
         close = b"?>" if head[pos + 1] == ord("?") else b"-->"
@@ -181,6 +183,8 @@ def _sniff_mpd_root(head: bytes) -> bool:
         pos = end + len(close)
         while pos < len(head) and head[pos] in _XML_WS:
             pos += 1
+    if head.startswith(b"<!DOCTYPE", pos):
+        return _MPD_ROOT.search(head, pos) is not None
     return _MPD_ROOT.match(head, pos) is not None
 
 
@@ -245,6 +249,15 @@ _DECODERS: Final[dict[str, Callable[[bytes, int], bytes]]] = {
     "x-gzip": _gunzip,
     "deflate": _deflate,
 }
+
+
+def is_opaque(uri: str) -> bool:
+    """``data:`` and ``skd://`` (FairPlay key id) URIs: nothing to fetch, so nothing to sign; the
+    rewriters never offer them to a mapper. ``uri`` is not empty."""
+    if uri[0] in "dDsS":
+        scheme = uri[:5].lower()
+        return scheme == "data:" or scheme.startswith("skd:")
+    return False
 
 
 def rewrite(

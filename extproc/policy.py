@@ -62,7 +62,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from extproc.errors import ExtprocError
 from extproc.manifest import UriKind, UriRef
@@ -78,6 +78,7 @@ __all__ = [
     "SigningPolicy",
     "SigningUnavailable",
     "TokenMode",
+    "resolve_reference",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,13 @@ _DEFAULT_PORTS: Final = {"http": ":80", "https": ":443"}
 _VIDEO_ID_FIRST: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _VIDEO_ID_CHARS: Final = _VIDEO_ID_FIRST | frozenset("_.-")
 _MISS: Final = object()
+_C0_OR_SPACE: Final = "".join(chr(c) for c in range(0x21))
+_SCHEME_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+)
+_SPECIAL_SCHEMES: Final = frozenset({"http", "https"})
+_DOT: Final = frozenset({".", "%2e"})
+_DOT_DOT: Final = frozenset({"..", ".%2e", "%2e.", "%2e%2e"})
 
 
 class SigningUnavailable(ExtprocError):
@@ -251,6 +259,97 @@ def _is_simple(raw: str) -> bool:
     )
 
 
+def _split_reference(
+    ref: str,
+) -> tuple[str | None, str | None, str, str | None, str | None]:
+    """(scheme, authority, path, query, fragment); None marks an absent component."""
+    fragment = query = scheme = authority = None
+    hash_at = ref.find("#")
+    if hash_at >= 0:
+        ref, fragment = ref[:hash_at], ref[hash_at + 1 :]
+    question = ref.find("?")
+    if question >= 0:
+        ref, query = ref[:question], ref[question + 1 :]
+    colon = ref.find(":")
+    if colon > 0 and ref[0].isascii() and ref[0].isalpha() and set(ref[:colon]) <= _SCHEME_CHARS:
+        scheme, ref = ref[:colon].lower(), ref[colon + 1 :]
+    if scheme in _SPECIAL_SCHEMES or scheme is None:
+        ref = ref.replace("\\", "/")  # browsers treat \ as / in http(s) URLs
+    if ref.startswith("//"):
+        end = ref.find("/", 2)
+        end = len(ref) if end < 0 else end
+        authority, ref = ref[2:end], ref[end:]
+    return scheme, authority, ref, query, fragment
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4; like browsers, ``%2e`` counts as a dot."""
+    if "." not in path and "%" not in path:
+        return path
+    absolute = path.startswith("/")
+    segments = path.split("/")[1:] if absolute else path.split("/")
+    out: list[str] = []
+    for segment in segments:
+        lowered = segment.lower()
+        if lowered in _DOT_DOT:
+            if out:
+                out.pop()
+        elif lowered not in _DOT:
+            out.append(segment)
+    if segments and segments[-1].lower() in _DOT | _DOT_DOT:
+        out.append("")
+    joined = "/".join(out)
+    return "/" + joined if absolute else joined
+
+
+def resolve_reference(base: str, ref: str) -> str:
+    """Resolve ``ref`` against the absolute URL ``base`` like a player does: RFC 3986 section
+    5.2, non-strict (``http:g`` with an http base is relative), after the WHATWG clean-up of
+    leading/trailing C0 controls and spaces and of tabs and line breaks.
+
+    ``urllib.parse.urljoin`` is not used: it drops an empty ``;`` parameter and mishandles a
+    reference that starts with ``;`` (RFC 3986 5.4.1: ``;x`` is ``http://a/b/c/;x``).
+    """
+    ref = ref.strip(_C0_OR_SPACE)
+    if "\t" in ref or "\n" in ref or "\r" in ref:
+        ref = ref.replace("\t", "").replace("\n", "").replace("\r", "")
+    r_scheme, r_authority, r_path, r_query, r_fragment = _split_reference(ref)
+    b_scheme, b_authority, b_path, b_query, _ = _split_reference(base)
+    if r_scheme is not None and r_scheme == b_scheme and r_authority is None:
+        r_scheme = None
+    scheme: str | None
+    authority: str | None
+    query: str | None
+    if r_scheme is not None:
+        scheme, authority, query = r_scheme, r_authority, r_query
+        path = _remove_dot_segments(r_path)
+    else:
+        scheme = b_scheme
+        if r_authority is not None:
+            authority, path, query = r_authority, _remove_dot_segments(r_path), r_query
+        else:
+            authority = b_authority
+            if not r_path:
+                path, query = b_path, r_query if r_query is not None else b_query
+            else:
+                if r_path.startswith("/"):
+                    path = _remove_dot_segments(r_path)
+                elif b_authority is not None and not b_path:
+                    path = _remove_dot_segments("/" + r_path)
+                else:
+                    path = _remove_dot_segments(b_path[: b_path.rfind("/") + 1] + r_path)
+                query = r_query
+    out = f"{scheme}:" if scheme is not None else ""
+    if authority is not None:
+        out += "//" + authority
+    out += path
+    if query is not None:
+        out += "?" + query
+    if r_fragment is not None:
+        out += "#" + r_fragment
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Base:
     url: str  # absolute URL the references resolve against
@@ -351,7 +450,10 @@ class SigningPolicy:
 
     def public_path_of(self, url: str) -> str | None:
         """``/media/{videoId}/{path}`` (with the URL's query) for an origin URL, else None."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return None
         scheme = parts.scheme.lower()
         if scheme != self.origin_scheme:
             return None
@@ -488,7 +590,7 @@ class ManifestUriMapper:
     def stats(self) -> dict[str, int]:
         """Decisions so far, per URI occurrence (memoized repeats of slow-path URIs count once):
         ``signed``, ``in_place``, ``cdn:<name>``, ``third_party``, ``unsigned_kind``,
-        ``unmappable``, ``cdn_refused``."""
+        ``unmappable``, ``cdn_refused``, ``invalid``."""
         stats = dict(self._stats)
         if self._fast_signed:
             stats["signed"] = stats.get("signed", 0) + self._fast_signed
@@ -544,7 +646,7 @@ class ManifestUriMapper:
     def _base(self, bases: tuple[str, ...]) -> _Base:
         found = self._bases.get(bases)
         if found is None:
-            url = urljoin(self._base(bases[:-1]).url, bases[-1])
+            url = resolve_reference(self._base(bases[:-1]).url, bases[-1])
             found = self._make_base(url, self._policy.public_dir_of(url), self._relative_ok_bases)
             self._bases[bases] = found
         return found
@@ -569,8 +671,12 @@ class ManifestUriMapper:
                 target = raw if relative_ok else base.public_dir + raw
                 return self._sign_ours(raw, path, target, ref)
 
-        resolved = urljoin(base.url, raw)
-        parts = urlsplit(resolved)
+        resolved = resolve_reference(base.url, raw)
+        try:
+            parts = urlsplit(resolved)
+        except ValueError:  # e.g. an unterminated IPv6 literal: not a URL anyone can fetch
+            self._count("invalid")
+            return None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             self._count("third_party")
@@ -588,10 +694,11 @@ class ManifestUriMapper:
             public = policy.public_path(path, parts.query)
             if public is None:
                 self._count("unmappable")
-                logger.warning(
-                    "manifest URI on the origin outside ORIGIN_URL/{videoId}/ left unsigned",
-                    extra={"videoId": self.video_id, "uriKind": kind.value},
-                )
+                if self._stats["unmappable"] == 1:  # once per manifest, not once per URI
+                    logger.warning(
+                        "manifest URI on the origin outside ORIGIN_URL/{videoId}/ left unsigned",
+                        extra={"videoId": self.video_id, "uriKind": kind.value},
+                    )
                 return None
             if _is_relative_path(raw) and relative_ok:
                 target = raw

@@ -1,5 +1,7 @@
 """gRPC adapter: Envoy's ext_proc stream (envoy.service.ext_proc.v3) for manifest routes, plus a
-small HTTP app for the signed-manifest-URL JSON form, /health and /metrics.
+small HTTP app for /health and /metrics. The JSON form of the manifest route
+(``Accept: application/json`` -> ``{"url", "expiresAt"}``) is answered on the ext_proc stream
+itself, as an immediate response after authz admitted the viewer.
 
 Per request Envoy sends request headers, response headers and (BUFFERED) the response body. The
 adapter records the request context, lets non-manifest responses through without buffering
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -87,9 +90,16 @@ def immediate(status: int, code: str, title: str, detail: str) -> ep.ProcessingR
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, config: ExtprocConfig, signer: ManifestSigner, events: EventSink) -> None:
+    def __init__(
+        self,
+        config: ExtprocConfig,
+        signer: ManifestSigner,
+        policy: SigningPolicy,
+        events: EventSink,
+    ) -> None:
         self._config = config
         self._signer = signer
+        self._policy = policy
         self._events = events
 
     async def Process(
@@ -105,6 +115,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             if phase == "request_headers":
                 headers = headers_of(request.request_headers)
                 ctx = context_from_request(self._config, headers.get(":path", ""), headers)
+                if ctx is not None and ctx.entry and _wants_json(headers):
+                    # The JSON form: answered here, after authz admitted the viewer. Only Envoy
+                    # can ask, so no HTTP port of ours hands out signed URLs.
+                    yield self._manifest_url(ctx, headers)
+                    return
                 yield _CONTINUE_REQUEST_HEADERS
             elif phase == "response_headers":
                 headers = headers_of(request.response_headers)
@@ -118,6 +133,26 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 yield self._body(ctx, content_type, content_encoding, request.response_body.body)
             else:  # phases we never asked for: let them pass
                 yield _generic_continue(phase)
+
+    def _manifest_url(self, ctx: ManifestContext, headers: dict[str, str]) -> ep.ProcessingResponse:
+        if not ctx.user:
+            return immediate(401, "token_missing", "Token missing", "request did not pass authz")
+        base = f"{headers.get('x-forwarded-proto', 'http')}://{headers.get(':authority', '')}"
+        try:
+            doc = signed_manifest_url(self._config, self._policy, ctx, base, time.time())
+        except PlaybackError as exc:
+            return immediate(exc.status, exc.code, exc.title, exc.detail)
+        metrics.MANIFESTS.labels("url", "signed", "ok").inc()
+        return ep.ProcessingResponse(
+            immediate_response=ep.ImmediateResponse(
+                status=http_status_pb2.HttpStatus(code=200),
+                headers=ep.HeaderMutation(
+                    set_headers=[_header("content-type", "application/json"), _NO_STORE]
+                ),
+                body=json.dumps(doc, separators=(",", ":")).encode(),
+                details="manifest_url",
+            )
+        )
 
     def _body(
         self,
@@ -185,6 +220,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         )
 
 
+def _wants_json(headers: dict[str, str]) -> bool:
+    return "application/json" in headers.get("accept", "")
+
+
 def _generic_continue(phase: str | None) -> ep.ProcessingResponse:
     if phase == "request_body":
         return ep.ProcessingResponse(request_body=ep.BodyResponse())
@@ -217,30 +256,8 @@ def signed_manifest_url(
     return {"url": url, "expiresAt": expires, "format": ctx.format}
 
 
-def build_http_app(config: ExtprocConfig, policy: SigningPolicy) -> web.Application:
-    async def manifest_url(request: web.Request) -> web.Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        ctx = context_from_request(config, request.path_qs, headers)
-        if ctx is None or not headers.get("x-playback-user"):
-            # Only reachable through Envoy after authz admitted the viewer: fail closed otherwise.
-            return web.Response(
-                status=401,
-                body=problem_body(
-                    "token_missing", 401, "Token missing", "request did not pass authz"
-                ),
-                content_type=PROBLEM_CONTENT_TYPE,
-            )
-        proto = headers.get("x-forwarded-proto", "http")
-        base = f"{proto}://{request.host}"
-        try:
-            doc = signed_manifest_url(config, policy, ctx, base, time.time())
-        except PlaybackError as exc:
-            return web.Response(
-                status=exc.status,
-                body=exc.to_problem().to_json(),
-                content_type=PROBLEM_CONTENT_TYPE,
-            )
-        return web.json_response(doc, headers={"Cache-Control": "private, no-store"})
+def build_http_app() -> web.Application:
+    """Health and metrics only: signed URLs are handed out through Envoy (ext_proc), never here."""
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service": "extproc"})
@@ -252,7 +269,6 @@ def build_http_app(config: ExtprocConfig, policy: SigningPolicy) -> web.Applicat
     app.router.add_get("/health", live)
     app.router.add_get("/health/live", live)
     app.router.add_get("/metrics", prometheus)
-    app.router.add_get("/playback/{video}/manifest", manifest_url)
     return app
 
 
@@ -270,12 +286,12 @@ async def running_extproc(
         ]
     )
     ep_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(config, signer, events or NullSink()), server
+        ExternalProcessor(config, signer, policy, events or NullSink()), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
-    runner = web.AppRunner(build_http_app(config, policy), access_log=None)
+    runner = web.AppRunner(build_http_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, config.http_host, config.http_port).start()
     await server.start()

@@ -2,15 +2,19 @@
 
 Routes
 
-| route | answer |
-| --- | --- |
-| ``POST /drm/license`` | JSON ``{videoId, licenseRequest (base64), keySystem?}`` → ``{license, licenseId, expiresAt, keySystem}`` |
-| ``POST /drm/license/{keySystem}?videoId=`` | raw challenge → raw license (ClearKey JSON, Widevine bytes, PlayReady SOAP, FairPlay CKC in the SPC's encoding) |
-| ``GET /drm/certificate/{keySystem}`` | Widevine service certificate / FairPlay FPS certificate (raw bytes) |
-| ``GET /drm/key/{videoId}/{kid}`` | HLS AES-128 key: 16 raw bytes, ``Cache-Control: no-store`` |
-| ``GET /health`` | readiness JSON with dependency status (503 only while draining) |
-| ``GET /health/live`` | liveness |
-| ``GET /metrics`` | Prometheus |
+``POST /drm/license``
+    JSON ``{videoId, licenseRequest (base64), keySystem?}`` → JSON ``{license (base64),
+    licenseId, expiresAt, keySystem}``; the key system is inferred when absent (``keysystems``).
+``POST /drm/license/{keySystem}?videoId=``
+    raw challenge → raw license: ClearKey JWK set, Widevine bytes, PlayReady SOAP, FairPlay CKC
+    in the encoding of the SPC. ``keySystem`` is an EME name or alias (``org.w3.clearkey``,
+    ``com.widevine.alpha``, ``com.microsoft.playready``, ``com.apple.fps``, ``widevine``, ...).
+``GET /drm/certificate/{keySystem}``
+    Widevine service certificate / FairPlay FPS certificate (raw bytes).
+``GET /drm/key/{videoId}/{kid}``
+    HLS AES-128 key: exactly 16 raw bytes, ``Cache-Control: no-store``.
+``GET /health``, ``GET /health/live``, ``GET /metrics``
+    readiness JSON with dependency status (503 only while draining), liveness, Prometheus.
 
 ``expiresAt`` is RFC 3339 UTC. Native answers carry ``X-Playback-License-Id`` and
 ``X-Playback-License-Expires``. ``videoId`` of the native route falls back to ``x-playback-video``.
@@ -18,7 +22,7 @@ Every error is ``application/problem+json`` with a stable ``code`` (one middlewa
 PlayReady SOAP fault on the native route, which is relayed verbatim for PlayReady clients.
 CORS (preflight included) applies to ``/drm/*``; errors carry CORS headers too so browser players
 can read the problem.
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from license_broker import metrics
 from license_broker.cache import (
@@ -46,7 +49,6 @@ from license_broker.demo_keys import DEMO_KEYS
 from license_broker.encoding import b64, b64decode_lenient
 from license_broker.errors import (
     BadRequest,
-    BrokerError,
     KeyStoreUnavailable,
     MalformedChallenge,
     ProviderRejected,
@@ -59,6 +61,7 @@ from license_broker.providers import build_providers
 from license_broker.service import IssuedLicense, LicenseService
 from license_broker.streams import MemoryStreamTracker, RedisStreamTracker, StreamTracker
 from playback_drm.events import BROKER_SOURCE, EventSink, NullSink, playback_error
+from playback_drm.metrics import metrics_handler
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, Problem
 
 log = logging.getLogger(__name__)
@@ -147,7 +150,6 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _record_error(request: web.Request, exc: PlaybackError) -> None:
-    metrics.error(exc.code).inc()
     if not request.path.startswith("/drm/"):
         return
     identity = request.headers
@@ -176,22 +178,24 @@ def _record_error(request: web.Request, exc: PlaybackError) -> None:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes problem+json (or a relayed SOAP fault); every request is measured."""
     started = time.perf_counter()
-    route = (
-        request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
-    )
-    outcome = "ok"
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    status, code = 500, "internal_error"
     try:
-        return await handler(request)
+        response = await handler(request)
+        status, code = response.status, "ok"
+        return response
     except ProviderRejected as exc:
-        outcome = exc.code
+        status, code = exc.status, exc.code
         _record_error(request, exc)
         if exc.relay is not None and request.get(NATIVE_RKEY):
-            status, ctype, body = exc.relay
-            return web.Response(status=status, body=body, headers={"Content-Type": ctype})
+            relay_status, ctype, body = exc.relay
+            return web.Response(status=relay_status, body=body, headers={"Content-Type": ctype})
         return problem_response(exc.to_problem(request.path))
     except PlaybackError as exc:
-        outcome = exc.code
+        status, code = exc.status, exc.code
         _record_error(request, exc)
         headers: dict[str, str] = {}
         retry_after = exc.extensions.get("retryAfter")
@@ -202,31 +206,32 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         mapped = RequestTooLarge(
             f"request body exceeds {request.app[CONFIG_KEY].max_body_bytes} bytes"
         )
-        outcome = mapped.code
+        status, code = mapped.status, mapped.code
         _record_error(request, mapped)
         return problem_response(mapped.to_problem(request.path))
     except web.HTTPException as exc:
         if exc.status < 400:
+            status, code = exc.status, "ok"
             raise
         code, title = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
-        outcome = code
-        metrics.error(code).inc()
+        status = exc.status
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return problem_response(
             Problem(code=code, status=exc.status, title=title, detail=title, instance=request.path),
             headers,
         )
     except asyncio.CancelledError:
-        outcome = "cancelled"
+        status, code = 499, "client_closed"
         raise
     except Exception:
-        outcome = "internal_error"
         log.exception("unexpected error", extra={"videoId": request.get(VIDEO_RKEY)})
         err = PlaybackError("unexpected error; see the broker log")
         _record_error(request, err)
         return problem_response(err.to_problem(request.path))
     finally:
-        metrics.request_seconds(route, outcome).observe(time.perf_counter() - started)
+        metrics.REQUESTS.observe(
+            route, metrics.outcome_of(status), code, time.perf_counter() - started
+        )
 
 
 # ---------------------------------------------------------------------------------- handlers
@@ -384,12 +389,6 @@ async def liveness(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(
-        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
-
-
 # ---------------------------------------------------------------------------------- lifecycle
 
 
@@ -466,6 +465,7 @@ def _resources(
                 streams=streams,
                 providers=providers,
                 events=app[EVENTS_KEY],
+                overlap_io=redis is not None,
             )
             log.info(
                 "license broker ready: key store %s, cache %s, providers %s",
@@ -529,4 +529,4 @@ async def serve(config: BrokerConfig, events: EventSink | None = None) -> None:
         await runner.cleanup()
 
 
-__all__ = ["SERVICE_KEY", "BrokerError", "build_app", "serve"]
+__all__ = ["SERVICE_KEY", "build_app", "serve"]

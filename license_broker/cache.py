@@ -101,13 +101,13 @@ class MemoryLicenseCache:
     async def get(self, key: str) -> CachedLicense | None:
         entry = self._entries.get(key)
         if entry is None:
-            metrics.LICENSE_CACHE_RESULT["miss"].inc()
+            metrics.license_cache(False)
             return None
         if entry[0] <= self._clock():
             del self._entries[key]
-            metrics.LICENSE_CACHE_RESULT["miss"].inc()
+            metrics.license_cache(False)
             return None
-        metrics.LICENSE_CACHE_RESULT["hit"].inc()
+        metrics.license_cache(True)
         return entry[1]
 
     async def add(self, key: str, value: CachedLicense, ttl: int) -> CachedLicense:
@@ -174,25 +174,27 @@ class RedisLicenseCache:
 
     async def get(self, key: str) -> CachedLicense | None:
         if not self._guard.allow():
-            metrics.LICENSE_CACHE_RESULT["error"].inc()
+            metrics.REDIS_ERROR["license_cache"].inc()
+            metrics.license_cache(False)
             return None
         try:
             raw = await self._redis.get(key)
         except Exception as exc:  # redis errors must not escape this module
-            metrics.LICENSE_CACHE_RESULT["error"].inc()
+            metrics.REDIS_ERROR["license_cache"].inc()
+            metrics.license_cache(False)
             self._guard.failed("license cache get", exc)
             return None
         self._guard.succeeded()
         if raw is None:
-            metrics.LICENSE_CACHE_RESULT["miss"].inc()
+            metrics.license_cache(False)
             return None
         try:
             value = CachedLicense.from_bytes(raw)
         except (ValueError, KeyError, TypeError):
-            metrics.LICENSE_CACHE_RESULT["error"].inc()
+            metrics.license_cache(False)
             log.warning("license cache entry unreadable; ignored")
             return None
-        metrics.LICENSE_CACHE_RESULT["hit"].inc()
+        metrics.license_cache(True)
         return value
 
     async def add(self, key: str, value: CachedLicense, ttl: int) -> CachedLicense:
@@ -202,7 +204,7 @@ class RedisLicenseCache:
             stored = await self._redis.set(key, value.to_bytes(), ex=ttl, nx=True)
             raw = None if stored else await self._redis.get(key)
         except Exception as exc:
-            metrics.LICENSE_CACHE_RESULT["error"].inc()
+            metrics.REDIS_ERROR["license_cache"].inc()
             self._guard.failed("license cache add", exc)
             return value
         self._guard.succeeded()

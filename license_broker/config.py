@@ -112,10 +112,7 @@ from playback_drm.settings import (
 PLAYREADY_SOAP_ACTION: Final = '"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense"'
 
 
-def _hex(env: Mapping[str, str], name: str, length: int) -> bytes:
-    raw = env_opt(env, name)
-    if raw is None:
-        return b""
+def _hex_value(raw: str, name: str, length: int) -> bytes:
     try:
         value = bytes.fromhex(raw)
     except ValueError:
@@ -125,14 +122,21 @@ def _hex(env: Mapping[str, str], name: str, length: int) -> bytes:
     return value
 
 
-def _b64(env: Mapping[str, str], name: str) -> bytes | None:
-    raw = env_opt(env, name)
-    if raw is None:
-        return None
+def _b64_value(raw: str, name: str) -> bytes:
     try:
         return b64decode_lenient(raw)
     except (ValueError, binascii.Error):
         raise ConfigError(f"{name} must be base64") from None
+
+
+def _hex(env: Mapping[str, str], name: str, length: int) -> bytes:
+    raw = env_opt(env, name)
+    return b"" if raw is None else _hex_value(raw, name, length)
+
+
+def _b64(env: Mapping[str, str], name: str) -> bytes | None:
+    raw = env_opt(env, name)
+    return None if raw is None else _b64_value(raw, name)
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -363,26 +367,31 @@ class BrokerConfig:
             raise ConfigError("AXINOM_COM_KEY_ID and AXINOM_COM_KEY are required for axinom")
 
     def with_credentials(self, secret: Mapping[str, str]) -> BrokerConfig:
-        """A copy with provider credentials from a Vault secret (keys in the module docstring)."""
-        env = {f"X_{k.upper()}": str(v) for k, v in secret.items() if v is not None}
+        """A copy with provider credentials from a Vault secret (keys in the module docstring).
+
+        Errors name the secret's key (``vault:widevine_signing_key``), never its value."""
+        got = {k: str(v) for k, v in secret.items() if v is not None and str(v) != ""}
         widevine = self.widevine
-        if "X_WIDEVINE_SIGNER" in env:
-            widevine = replace(widevine, signer=env["X_WIDEVINE_SIGNER"])
-        if "X_WIDEVINE_SIGNING_KEY" in env:
-            widevine = replace(widevine, signing_key=_hex(env, "X_WIDEVINE_SIGNING_KEY", 32))
-        if "X_WIDEVINE_SIGNING_IV" in env:
-            widevine = replace(widevine, signing_iv=_hex(env, "X_WIDEVINE_SIGNING_IV", 16))
+        if "widevine_signer" in got:
+            widevine = replace(widevine, signer=got["widevine_signer"])
+        if "widevine_signing_key" in got:
+            key = _hex_value(got["widevine_signing_key"], "vault:widevine_signing_key", 32)
+            widevine = replace(widevine, signing_key=key)
+        if "widevine_signing_iv" in got:
+            iv = _hex_value(got["widevine_signing_iv"], "vault:widevine_signing_iv", 16)
+            widevine = replace(widevine, signing_iv=iv)
         playready = self.playready
-        if "X_PLAYREADY_AUTH_TOKEN" in env:
-            playready = replace(playready, auth_token=env["X_PLAYREADY_AUTH_TOKEN"])
+        if "playready_auth_token" in got:
+            playready = replace(playready, auth_token=got["playready_auth_token"])
         fairplay = self.fairplay
-        if "X_FAIRPLAY_AUTH_TOKEN" in env:
-            fairplay = replace(fairplay, auth_token=env["X_FAIRPLAY_AUTH_TOKEN"])
+        if "fairplay_auth_token" in got:
+            fairplay = replace(fairplay, auth_token=got["fairplay_auth_token"])
         axinom = self.axinom
-        if "X_AXINOM_COM_KEY_ID" in env:
-            axinom = replace(axinom, com_key_id=env["X_AXINOM_COM_KEY_ID"])
-        if "X_AXINOM_COM_KEY" in env:
-            axinom = replace(axinom, com_key=_b64(env, "X_AXINOM_COM_KEY") or b"")
+        if "axinom_com_key_id" in got:
+            axinom = replace(axinom, com_key_id=got["axinom_com_key_id"])
+        if "axinom_com_key" in got:
+            com_key = _b64_value(got["axinom_com_key"], "vault:axinom_com_key")
+            axinom = replace(axinom, com_key=com_key)
         updated = replace(
             self, widevine=widevine, playready=playready, fairplay=fairplay, axinom=axinom
         )

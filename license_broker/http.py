@@ -35,6 +35,7 @@ from license_broker.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from playback_drm.metrics import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ class ProviderHTTP:
         self.breaker = CircuitBreaker(
             failure_threshold=settings.breaker_threshold,
             cooldown=settings.breaker_cooldown,
-            on_change=lambda s: metrics.BREAKER_STATE.labels(name).set(int(s)),
+            on_change=lambda s: metrics.PROVIDERS.set_breaker(name, s == BreakerState.OPEN),
         )
-        metrics.BREAKER_STATE.labels(name).set(int(BreakerState.CLOSED))
+        metrics.PROVIDERS.set_breaker(name, False)
         self._session: aiohttp.ClientSession | None = None
         self._keepwarm: asyncio.Task[None] | None = None
         self._last_used = 0.0
@@ -157,21 +158,22 @@ class ProviderHTTP:
         """One guarded request; ``parse`` turns the reply into a result or raises a
         :class:`ProviderError` (failures in ``PROVIDER_FAILURES`` feed the breaker)."""
         if not self.breaker.allow():
-            metrics.PROVIDER_SECONDS.labels(self.name, "circuit_open").observe(0.0)
-            raise ProviderUnavailable(
+            exc = ProviderUnavailable(
                 f"{self.name} circuit is open",
                 retryAfter=round(self.breaker.retry_after, 1),
             )
+            metrics.PROVIDERS.observe(self.name, OUTCOME_ERROR, 0.0, exc.code)
+            raise exc
         started = self._clock()
         self._last_used = started
-        outcome = "error"
+        outcome, code = OUTCOME_ERROR, "internal_error"
         try:
             async with asyncio.timeout(self._settings.timeout):
                 reply = await self._send(method, url, data, headers, params)
             result = parse(reply)
         except TimeoutError:
             self.breaker.record_failure()
-            outcome = "timeout"
+            code = ProviderTimeout.code
             raise ProviderTimeout(
                 f"{self.name} did not answer within {self._settings.timeout:g}s"
             ) from None
@@ -180,17 +182,23 @@ class ProviderHTTP:
                 self.breaker.record_failure()
             else:
                 self.breaker.record_success()
-            outcome = exc.code
+                outcome = OUTCOME_REJECTED
+            code = exc.code
             raise
         except BaseException:
             self.breaker.release()
             raise
         else:
             self.breaker.record_success()
-            outcome = "ok"
+            outcome = OUTCOME_OK
             return result
         finally:
-            metrics.PROVIDER_SECONDS.labels(self.name, outcome).observe(self._clock() - started)
+            metrics.PROVIDERS.observe(
+                self.name,
+                outcome,
+                self._clock() - started,
+                None if outcome == OUTCOME_OK else code,
+            )
 
     async def _send(
         self,

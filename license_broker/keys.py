@@ -179,18 +179,22 @@ class CachedKeyStore:
             age = now - entry.fetched_at
             if age <= self._ttl:
                 metrics.KEY_LOOKUP["hit"].inc()
+                metrics.key_cache(True)
                 return entry.keys
             if age <= self._max_stale:
                 metrics.KEY_LOOKUP["stale"].inc()
+                metrics.key_cache(True)
                 self._refresh_in_background(video_id)
                 return entry.keys
         expires = self._negative.get(video_id)
         if expires is not None:
             if expires > now:
                 metrics.KEY_LOOKUP["unknown"].inc()
+                metrics.key_cache(True)
                 raise UnknownVideo(f"no keys for video {video_id!r}")
             del self._negative[video_id]
         metrics.KEY_LOOKUP["miss"].inc()
+        metrics.key_cache(False)
         return await self._load(video_id)
 
     async def _load(self, video_id: str) -> VideoKeys:

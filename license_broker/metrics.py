@@ -1,70 +1,52 @@
-"""Prometheus metrics of the license broker (``playback_broker_*``). Labels stay low-cardinality:
-key systems, routes, outcomes and error codes, never users or videos."""
+"""Prometheus metrics of the license broker.
+
+Shared conventions (``playback_drm.metrics``):
+``playback_broker_requests_total{route,outcome,code}`` and
+``playback_broker_request_duration_seconds{route}`` per request,
+``playback_cache_requests_total{cache="keys"|"licenses",result}``, and
+``playback_broker_provider_*`` for DRM provider calls (duration by outcome, errors by code,
+breaker open). Broker-specific ones are below. Labels stay
+low-cardinality: key systems, route names, outcomes and error codes, never users or videos.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter
 
-_LATENCY_BUCKETS: Final = (
-    0.0005,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
+from playback_drm.metrics import (
+    OUTCOME_ERROR,
+    OUTCOME_OK,
+    OUTCOME_REJECTED,
+    provider_metrics,
+    record_cache,
+    request_metrics,
 )
 
-REQUEST_SECONDS: Final = Histogram(
-    "playback_broker_request_seconds",
-    "Time to answer a broker request, by route and outcome.",
-    ["route", "outcome"],
-    buckets=_LATENCY_BUCKETS,
-)
+REQUESTS: Final = request_metrics("broker")
+PROVIDERS: Final = provider_metrics("broker")
+
 LICENSES_ISSUED: Final = Counter(
     "playback_broker_licenses_total",
     "Licenses and keys delivered, by key system and whether the license cache answered.",
     ["key_system", "cached"],
-)
-ERRORS: Final = Counter(
-    "playback_broker_errors_total",
-    "Requests that ended in a problem response, by stable error code.",
-    ["code"],
-)
-PROVIDER_SECONDS: Final = Histogram(
-    "playback_broker_provider_seconds",
-    "Duration of DRM provider calls (all attempts), by provider and outcome.",
-    ["provider", "outcome"],
-    buckets=_LATENCY_BUCKETS,
 )
 PROVIDER_RETRIES: Final = Counter(
     "playback_broker_provider_retries_total",
     "Extra attempts made after a retryable provider failure.",
     ["provider"],
 )
-BREAKER_STATE: Final = Gauge(
-    "playback_broker_breaker_state",
-    "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
-    ["provider"],
-)
 KEY_LOOKUPS: Final = Counter(
     "playback_broker_key_lookups_total",
-    "Content key lookups by result: hit, stale, miss, unknown, error.",
+    "Content key lookups by result: hit, stale (served while refreshing), miss, unknown, error.",
     ["result"],
 )
-LICENSE_CACHE: Final = Counter(
-    "playback_broker_license_cache_total",
-    "License cache lookups by result: hit, miss, error.",
-    ["result"],
+REDIS_ERRORS: Final = Counter(
+    "playback_broker_redis_errors_total",
+    "Redis commands that failed or were skipped while Redis is considered down, by use.",
+    ["use"],
 )
 STREAM_CHECKS: Final = Counter(
     "playback_broker_stream_checks_total",
@@ -72,11 +54,17 @@ STREAM_CHECKS: Final = Counter(
     ["result"],
 )
 
-
 # Label lookups cost a lock and a dict walk; the hot path uses these memoized children instead.
 KEY_LOOKUP: Final = {r: KEY_LOOKUPS.labels(r) for r in ("hit", "stale", "miss", "unknown", "error")}
-LICENSE_CACHE_RESULT: Final = {r: LICENSE_CACHE.labels(r) for r in ("hit", "miss", "error")}
 STREAM_RESULT: Final = {r: STREAM_CHECKS.labels(r) for r in ("allowed", "refused", "error")}
+REDIS_ERROR: Final = {u: REDIS_ERRORS.labels(u) for u in ("license_cache", "streams")}
+
+
+def outcome_of(status: int) -> str:
+    """``ok`` (2xx/3xx), ``rejected`` (4xx: the viewer was refused correctly), ``error`` (5xx)."""
+    if status < 400:
+        return OUTCOME_OK
+    return OUTCOME_REJECTED if status < 500 else OUTCOME_ERROR
 
 
 @lru_cache(maxsize=64)
@@ -84,11 +72,9 @@ def issued(key_system: str, cached: bool) -> Counter:
     return LICENSES_ISSUED.labels(key_system, "true" if cached else "false")
 
 
-@lru_cache(maxsize=256)
-def error(code: str) -> Counter:
-    return ERRORS.labels(code)
+def key_cache(hit: bool) -> None:
+    record_cache("keys", hit)
 
 
-@lru_cache(maxsize=512)
-def request_seconds(route: str, outcome: str) -> Histogram:
-    return REQUEST_SECONDS.labels(route, outcome)
+def license_cache(hit: bool) -> None:
+    record_cache("licenses", hit)

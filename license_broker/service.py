@@ -14,6 +14,7 @@ Order of checks for a license, cheapest and most fundamental first, failing clos
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -106,6 +107,7 @@ class LicenseService:
         providers: Mapping[KeySystem, LicenseProvider],
         events: EventSink,
         clock: Callable[[], float] = time.time,
+        overlap_io: bool = False,
     ) -> None:
         self._config = config
         self.keys = keys
@@ -114,6 +116,7 @@ class LicenseService:
         self.providers = dict(providers)
         self._events = events
         self._clock = clock
+        self._overlap_io = overlap_io
         self._policies: dict[Entitlement, LicensePolicy] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -196,18 +199,6 @@ class LicenseService:
         granted = select_keys(policy, video, parsed.kids)
         if parsed.clearkey is not None and parsed.clearkey.persistent and not policy.can_persist:
             raise PersistenceNotAllowed(f"plan {policy.plan!r} does not allow persistent licenses")
-        if policy.max_streams:
-            ok = await self.streams.acquire(
-                user,
-                identity.stream_id(video_id),
-                policy.max_streams,
-                self._config.stream_slot_ttl,
-            )
-            if not ok:
-                raise StreamLimitReached(
-                    f"already {policy.max_streams} concurrent streams",
-                    maxStreams=policy.max_streams,
-                )
         key = cache_key(
             ks.value,
             video_id,
@@ -215,7 +206,18 @@ class LicenseService:
             policy.fingerprint(),
             parsed.canonical + b"\x00" + b"".join(k.kid for k in granted),
         )
-        hit = await self.cache.get(key)
+        if policy.max_streams and self._overlap_io:
+            # Two independent network round trips (Redis): overlap them.
+            ok, hit = await asyncio.gather(
+                self._take_stream(identity, user, video_id, policy), self.cache.get(key)
+            )
+        else:
+            ok = await self._take_stream(identity, user, video_id, policy)
+            hit = await self.cache.get(key) if ok else None
+        if not ok:
+            raise StreamLimitReached(
+                f"already {policy.max_streams} concurrent streams", maxStreams=policy.max_streams
+            )
         result = self._from_cache(hit, ks, parsed, granted) if hit is not None else None
         if result is None:
             result = await self._produce(
@@ -260,6 +262,15 @@ class LicenseService:
                 },
             )
         return result
+
+    async def _take_stream(
+        self, identity: Identity, user: str, video_id: str, policy: LicensePolicy
+    ) -> bool:
+        if not policy.max_streams:
+            return True
+        return await self.streams.acquire(
+            user, identity.stream_id(video_id), policy.max_streams, self._config.stream_slot_ttl
+        )
 
     def _parse(self, ks: KeySystem, challenge: bytes, headers: Mapping[str, str]) -> _Parsed:
         if ks == KeySystem.CLEARKEY:

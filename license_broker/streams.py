@@ -101,6 +101,7 @@ class RedisStreamTracker:
     async def acquire(self, user: str, stream: str, limit: int, ttl: int) -> bool:
         if not self._guard.allow():
             metrics.STREAM_RESULT["error"].inc()
+            metrics.REDIS_ERROR["streams"].inc()
             return True
         try:
             allowed = await self._script(
@@ -108,6 +109,7 @@ class RedisStreamTracker:
             )
         except Exception as exc:  # redis errors must not escape this module
             metrics.STREAM_RESULT["error"].inc()
+            metrics.REDIS_ERROR["streams"].inc()
             self._guard.failed("stream check (allowing)", exc)
             return True
         self._guard.succeeded()

@@ -3,7 +3,7 @@
     playback-drm up                      start the local stack (what `make run` runs)
     playback-drm token --sub alice       print a development JWT
     playback-drm events [--follow]       print recorded events, one CloudEvent per line
-    playback-drm serve COMPONENT         run one component (authz, extproc, broker, emulators, origin)
+    playback-drm serve COMPONENT         run one component (authz, extproc, broker, emulators)
     playback-drm envoy-config --profile local|k8s [--out FILE]
 
 This module is the only place that reads ``os.environ``; it hands the mapping to each
@@ -107,7 +107,6 @@ async def _serve_authz(env: Mapping[str, str]) -> None:
 async def _serve_extproc(env: Mapping[str, str]) -> None:
     from extproc.config import ExtprocConfig
     from extproc.server import serve
-
     from playback_drm.events import EventsConfig, open_sink
 
     config = ExtprocConfig.from_env(env)
@@ -117,7 +116,6 @@ async def _serve_extproc(env: Mapping[str, str]) -> None:
 
 async def _serve_broker(env: Mapping[str, str]) -> None:
     from license_broker.app import serve
-
     from license_broker.config import BrokerConfig
     from playback_drm.events import EventsConfig, open_sink
 
@@ -179,7 +177,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from playback_drm.events import EventsConfig, print_events
+    from playback_drm.eventlog import print_events
+    from playback_drm.events import EventsConfig
 
     env = dict(os.environ)
     env.setdefault("EVENTS_LOG_PATH", str(Path(args.root) / "events.jsonl"))

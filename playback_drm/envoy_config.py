@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from authz.decision import IDENTITY_HEADERS, MODE_JWT, MODE_JWT_ONLY, MODE_SIGNED_URL
+from authz.decision import IDENTITY_HEADERS, MODE_JWT, MODE_SIGNED_URL
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, Problem
 
 Profile = Literal["local", "k8s"]
@@ -404,8 +404,19 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
                     }
                 ],
             },
-            "route": {"cluster": "extproc_http", "timeout": "5s"},
-            "typed_per_filter_config": {"envoy.filters.http.ext_authz": _authz_mode(MODE_JWT)},
+            # extproc answers with an immediate response at request headers. The route needs a
+            # real route entry all the same: the rate limit filter skips direct responses.
+            "route": {
+                **origin_route,
+                "regex_rewrite": {
+                    "pattern": {"regex": MANIFEST_ROUTE_REGEX},
+                    "substitution": hls_rewrite,
+                },
+            },
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": _authz_mode(MODE_JWT),
+                "envoy.filters.http.ext_proc": _enable_extproc(),
+            },
         },
         {
             "name": "manifest_dash",
@@ -535,7 +546,8 @@ def _per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
             "always_consume_default_token_bucket": False,
             "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
             "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            # no x-ratelimit-* headers here: requests without a user would report the
+            # catch-all bucket; 429s carry Retry-After (the rate limit service adds the rest)
             "response_headers_to_add": [
                 {
                     "header": {"key": "retry-after", "value": "1"},
@@ -651,7 +663,7 @@ def _sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
                     "request_trailer_mode": "SKIP",
                     "response_trailer_mode": "SKIP",
                 },
-                "allow_mode_override": False,
+                "allow_mode_override": True,  # non-manifest responses skip the body phase
                 "mutation_rules": {"allow_all_routing": False},
             },
         },
@@ -836,7 +848,6 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
         _cluster("authz", s.authz_grpc, http2=True),
         _cluster("authz_http", s.authz_http),
         _cluster("extproc", s.extproc_grpc, http2=True),
-        _cluster("extproc_http", s.extproc_http),
         _cluster("license_broker", s.broker, dns=dns),
         _cluster(
             "origin",

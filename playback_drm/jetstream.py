@@ -284,6 +284,19 @@ class SpillBuffer:
 # ------------------------------------------------------------------------------------- sink
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them. nats-py swallows ``CancelledError`` in places (its
+    publish flush path), so a task may survive one cancel: cancel again until it ends."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("event task failed", exc_info=task.exception())
+
+
 def _reconnect_delay(cap_s: float) -> Any:
     def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
         attempts = servers[0].reconnects if servers else 0
@@ -474,11 +487,7 @@ class JetStreamSink:
             return
         flushed = await self.drain()
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop(self._tasks)
         if not flushed:
             await self._persist_remaining()
         nc = self._nc
@@ -705,7 +714,7 @@ class JetStreamSink:
 
         async def disconnected() -> None:
             assert self._connected is not None
-            if self._connected.is_set():
+            if self._connected.is_set() and not self._closed:
                 logger.warning("NATS disconnected; events are buffered")
             self._connected.clear()
 

@@ -23,8 +23,9 @@ One query parameter, ``pdt`` (playback token), so stripping it restores the orig
 ``sig``
     base64url (unpadded) of ``HMAC-SHA256(secret, header + "\\n" + path)`` where ``header``
     is everything before the last dot (version, exp, kid, scope, binding) and ``path`` is the
-    canonical request path in per-URL mode and empty in prefix mode. Because the MAC covers the
-    header exactly as written, any change to any byte of the token fails.
+    request path in per-URL mode (in the :func:`canonical_path` form) and empty in prefix
+    mode. Because the MAC covers the header exactly as written, any change to any byte of the
+    token fails.
 
 The value only contains ``[A-Za-z0-9_.:-]``: URL-safe, no ``$`` (DASH templates) or ``&``.
 Query parameters other than ``pdt`` are not covered, so the ones players add later
@@ -382,13 +383,16 @@ def _normalize_ip(ip: str) -> str | None:
 
 
 def canonical_path(path: str) -> str:
-    """RFC 3986 section 6.2.2 normalization of percent-encoding: upper-case hex digits and
-    decode unreserved characters, so a proxy or player that re-encodes innocuously does not
-    break the signature. Characters outside printable ASCII (and spaces) are percent-encoded
-    as UTF-8 first, as a client sends them. Plain ASCII paths without ``%`` are returned as
-    they are (the common case)."""
+    """The form of a path that signatures cover, so that innocuous rewriting by a player or a
+    proxy does not break them: characters outside printable ASCII (and spaces) percent-encoded
+    as UTF-8, as a client sends them; RFC 3986 section 6.2.2 percent-encoding normalization
+    (upper-case hex digits, unreserved characters decoded); runs of ``/`` merged into one, as
+    Envoy's ``merge_slashes`` does. Plain paths are returned as they are (the common case)."""
     if not (path.isascii() and path.isprintable()) or " " in path:
         path = quote(path, safe=string.punctuation, errors="surrogatepass")
+    if "//" in path:
+        while "//" in path:
+            path = path.replace("//", "/")
     if "%" not in path:
         return path
     pieces = path.split("%")

@@ -68,7 +68,9 @@ def test_edge_baseline_settings() -> None:
     assert doc["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     sidecar = doc["static_resources"]["listeners"][0]
     hcm = sidecar["filter_chains"][0]["filters"][0]["typed_config"]
-    assert hcm["normalize_path"] and hcm["merge_slashes"] and hcm["use_remote_address"]
+    assert hcm["normalize_path"]
+    assert hcm["merge_slashes"]
+    assert hcm["use_remote_address"]
     assert (
         hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
     )
@@ -89,7 +91,7 @@ def test_edge_baseline_settings() -> None:
         for n, r in routes.items()
         if "envoy.filters.http.ext_proc" in r.get("typed_per_filter_config", {})
     }
-    assert enabled == {"manifest_dash", "manifest_hls", "media_manifest"}
+    assert enabled == {"manifest_url_json", "manifest_dash", "manifest_hls", "media_manifest"}
 
 
 def test_origin_template_is_validated() -> None:

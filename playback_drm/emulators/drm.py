@@ -17,6 +17,7 @@
 Control API (tests, demos) per system ``widevine|playready|fairplay|axinom``:
 
     POST   /control/{system}            {"delay": seconds, "failStatus": 500|null, "garbage": bool}
+                                        (answers the settings and the warm-up HEADs counted)
     GET    /control/{system}/received   what arrived, byte for byte: [{"method", "path", "query",
                                         "headers", "body" (base64)}]
     DELETE /control                     back to normal, received logs cleared
@@ -130,10 +131,12 @@ class SystemState:
     delay: float = 0.0
     fail_status: int | None = None
     garbage: bool = False
+    warmups: int = 0
     received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_RECEIVED))
 
     def reset(self) -> None:
         self.delay, self.fail_status, self.garbage = 0.0, None, False
+        self.warmups = 0
         self.received.clear()
 
 
@@ -378,7 +381,12 @@ async def control_set(request: web.Request) -> web.Response:
     if "garbage" in doc:
         state.garbage = bool(doc["garbage"])
     return web.json_response(
-        {"delay": state.delay, "failStatus": state.fail_status, "garbage": state.garbage}
+        {
+            "delay": state.delay,
+            "failStatus": state.fail_status,
+            "garbage": state.garbage,
+            "warmups": state.warmups,
+        }
     )
 
 
@@ -396,9 +404,13 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _ok(request: web.Request) -> web.Response:
-    """HEAD/GET on a license URL: what connection warm-up requests hit."""
-    return web.Response(status=200)
+def _warm(name: str) -> Handler:
+    async def ok(request: web.Request) -> web.Response:
+        """HEAD on a license URL: what the broker's connection warm-up sends (counted)."""
+        request.app[STATE_KEY][name].warmups += 1
+        return web.Response(status=200)
+
+    return ok
 
 
 def build_app(config: DrmEmulatorConfig | None = None) -> web.Application:
@@ -411,13 +423,13 @@ def build_app(config: DrmEmulatorConfig | None = None) -> web.Application:
     r.add_get("/fairplay/certificate", _system("fairplay", fairplay_certificate), allow_head=False)
     r.add_post("/fairplay/ksm", _system("fairplay", fairplay_ksm))
     r.add_post("/axinom/{drm}/AcquireLicense", _system("axinom", axinom))
-    for path in (
-        "/widevine/getlicense",
-        "/playready/rightsmanager.asmx",
-        "/fairplay/ksm",
-        "/axinom/{drm}/AcquireLicense",
+    for name, path in (
+        ("widevine", "/widevine/getlicense"),
+        ("playready", "/playready/rightsmanager.asmx"),
+        ("fairplay", "/fairplay/ksm"),
+        ("axinom", "/axinom/{drm}/AcquireLicense"),
     ):
-        r.add_route("HEAD", path, _ok)
+        r.add_route("HEAD", path, _warm(name))
     r.add_post("/control/{system}", control_set)
     r.add_get("/control/{system}/received", control_received, allow_head=False)
     r.add_delete("/control", control_reset)

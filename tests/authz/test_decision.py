@@ -137,4 +137,5 @@ def test_deny_mapping(error: Exception, status: int, code: str, www: str | None)
     if www is None:
         assert result.www_authenticate is None
     else:
-        assert result.www_authenticate is not None and www in result.www_authenticate
+        assert result.www_authenticate is not None
+        assert www in result.www_authenticate

@@ -79,7 +79,8 @@ async def test_redis_layer_is_shared_between_replicas(redis_url: str) -> None:
     two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=redis_two)
     await one.get("alice", "demo")
     ent = await two.get("alice", "demo")
-    assert ent.entitled and ent.plan == "basic"
+    assert ent.entitled
+    assert ent.plan == "basic"
     assert source.calls == 1
     await redis_one.close()
     await redis_two.close()
@@ -102,7 +103,8 @@ async def test_memory_window_admits_exactly_limit_per_window() -> None:
         clock[0] = i * 0.001
         results.append(window.hit_now("user=alice"))
     assert sum(r.allowed for r in results) == 200
-    assert not results[-1].allowed and results[-1].reset_after > 0
+    assert not results[-1].allowed
+    assert results[-1].reset_after > 0
     clock[0] = 1.0005  # first entries leave the window
     assert window.hit_now("user=alice").allowed
     assert window.hit_now("user=bob").allowed
@@ -115,7 +117,8 @@ async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
     outcomes = await asyncio.gather(*((one if i % 2 else two).hit("user=alice") for i in range(80)))
     assert sum(o.allowed for o in outcomes) == 50
     denied = [o for o in outcomes if not o.allowed]
-    assert denied and all(0 < o.reset_after <= 5.0 for o in denied)
+    assert denied
+    assert all(0 < o.reset_after <= 5.0 for o in denied)
     assert (await one.hit("user=bob")).allowed
     await one.close()
     await two.close()

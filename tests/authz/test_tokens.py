@@ -72,7 +72,8 @@ async def test_valid_rs256_token_verifies_and_is_cached(auth: AuthEmulator) -> N
     assert ident.session is not None
     again = await verifier.verify(token)
     assert again is ident
-    assert verifier.cache_hits == 1 and verifier.cache_misses == 1
+    assert verifier.cache_hits == 1
+    assert verifier.cache_misses == 1
     assert fetch.fetches == 1
 
 

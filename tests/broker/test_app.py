@@ -455,6 +455,8 @@ async def test_health_and_metrics(broker: Client) -> None:
     assert (await broker.get("/health/live")).status == 200
     text = await (await broker.get("/metrics")).text()
     assert 'playback_broker_licenses_total{cached="false",key_system="org.w3.clearkey"}' in text
+    assert 'playback_broker_requests_total{code="ok",outcome="ok",route="/drm/license"}' in text
+    assert 'playback_cache_requests_total{cache="keys",result="hit"}' in text
 
 
 # ---------------------------------------------------------------------------------- resilience
@@ -595,3 +597,12 @@ async def test_keys_file(tmp_path: Path, make_broker: BrokerFactory) -> None:
         "/drm/license/org.w3.clearkey?videoId=film", data=ck_request(KID_HD), headers=viewer()
     )
     assert jwk_keys(await resp.json()) == {KID_HD: KEY_HD}
+
+
+async def test_provider_pools_are_warmed_at_start(
+    make_broker: BrokerFactory, drm_emulator: Client
+) -> None:
+    await make_broker({"PROVIDER_WARM_CONNECTIONS": "3"})
+    for system in ("widevine", "playready", "fairplay"):
+        state = await (await drm_emulator.post(f"/control/{system}", json={})).json()
+        assert state["warmups"] == 3, system

@@ -661,3 +661,9 @@ async def test_redis_guard_spares_a_dead_redis() -> None:
     clock.now += 2
     assert await cache.get("k") is None  # one trial after the cool-down
     assert dead.calls == 4
+
+
+def test_vault_credentials_are_validated_by_name() -> None:
+    with pytest.raises(ConfigError, match="vault:widevine_signing_key") as info:
+        BrokerConfig().with_credentials({"widevine_signing_key": "abcd"})
+    assert "abcd" not in str(info.value)

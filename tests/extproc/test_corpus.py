@@ -143,17 +143,16 @@ def dash_player_view(data: bytes) -> tuple[list[tuple[str, str]], set[str]]:
     def chain(*levels: Element) -> list[str]:
         return [base for base in map(first_base, levels) if base is not None]
 
-    # BaseURL alternatives may all be fetched (players fail over): each one, resolved.
-    for level_path in (
-        [],
-        ["Period"],
-        ["Period", "AdaptationSet"],
-        ["Period", "AdaptationSet", "Representation"],
-    ):
-        for element in _descend(root, [prefix + name for name in level_path]):
-            outer = chain(*_ancestors(root, element))
-            for base in element.findall(prefix + "BaseURL"):
-                add(base.text, *outer)
+    # BaseURL alternatives may all be fetched (players fail over): each one, resolved against the
+    # first BaseURL of each level above its parent.
+    parents = {child: parent for parent in root.iter() for child in parent}
+    for base in root.iter(prefix + "BaseURL"):
+        above: list[Element] = []  # the ancestors of the BaseURL's parent, root first
+        level = parents[base]
+        while level in parents:
+            level = parents[level]
+            above.insert(0, level)
+        add(base.text, *chain(*above))
     for name in ("Location", "PatchLocation", "ContentSteering"):
         for element in root.iter(prefix + name):
             add(element.text)
@@ -215,24 +214,6 @@ def dash_player_view(data: bytes) -> tuple[list[tuple[str, str]], set[str]]:
     return requested, positions
 
 
-def _descend(root: Element, path: list[str]) -> Iterator[Element]:
-    if not path:
-        yield root
-        return
-    for child in root.findall(path[0]):
-        yield from _descend(child, path[1:])
-
-
-def _ancestors(root: Element, element: Element) -> list[Element]:
-    """The ancestors of ``element`` from the root down, excluding ``element`` itself."""
-    parents = {child: parent for parent in root.iter() for child in parent}
-    found = []
-    while element in parents:
-        element = parents[element]
-        found.append(element)
-    return found[::-1]
-
-
 @pytest.mark.parametrize("path", DASH_FILES, ids=[p.name for p in DASH_FILES])
 def test_dash_file(path: Path) -> None:
     original = path.read_bytes()
@@ -272,6 +253,7 @@ def test_dash_file(path: Path) -> None:
             b'<mpd:MPD xmlns:mpd="urn:mpeg:dash:schema:mpd:2011">',
             ManifestKind.DASH,
         ),
+        (None, b'<!DOCTYPE MPD [<!ENTITY a "b">]>\n<MPD>&a;</MPD>', ManifestKind.DASH),
         (None, b"<MPDX/>", None),
         (None, b"<html><body>MPD</body></html>", None),
         ("application/json", b'{"url": "x"}', None),

@@ -186,6 +186,18 @@ POSITIONS = [
         ],
     ),
     (
+        "whitespace around '=', line breaks in tags, '>' inside values",
+        "<SegmentURL\n  mediaRange='0-9' media\n =\t'a.m4s' index = \"b>c\"/>"
+        '<BaseURL serviceLocation="x>y" >d/</BaseURL>',
+        "<SegmentURL\n  mediaRange='0-9' media\n =\t'a.m4s?pdt=TEST' index = \"b>c?pdt=TEST\"/>"
+        '<BaseURL serviceLocation="x>y" >d/?pdt=TEST</BaseURL>',
+        [
+            ("a.m4s", UriKind.DASH_SEGMENT, False),
+            ("b>c", UriKind.DASH_INDEX, False),
+            ("d/", UriKind.DASH_BASE_URL, False),
+        ],
+    ),
+    (
         "character references and attribute whitespace decoded for the mapper",
         '<SegmentURL media=" a&#x2F;b&#38;c.m4s "/><BaseURL>x&lt;y&gt;</BaseURL>',
         '<SegmentURL media=" a/b&amp;c.m4s?pdt=TEST "/><BaseURL>x&lt;y&gt;?pdt=TEST</BaseURL>',

@@ -27,6 +27,7 @@ from extproc.policy import (
     SigningPolicy,
     SigningUnavailable,
     TokenMode,
+    resolve_reference,
 )
 from extproc.signers import AkamaiEdgeAuth, CloudFrontSigner, S3Presigner
 from playback_drm import urlsign
@@ -215,7 +216,8 @@ def test_unsigned_kinds_and_unmappable_origin_paths_are_left_alone() -> None:
     assert mapper(UriRef("../../../top.ts", UriKind.SEGMENT)) is None  # above {videoId}/
     assert mapper(UriRef("data:text/plain,hi", UriKind.SEGMENT)) is None
     assert mapper(UriRef("ftp://origin.internal:9104/demo/x", UriKind.SEGMENT)) is None
-    assert mapper.stats == {"unsigned_kind": 1, "unmappable": 1, "third_party": 2}
+    assert mapper(UriRef("http://[::1/x.ts", UriKind.SEGMENT)) is None
+    assert mapper.stats == {"unsigned_kind": 1, "unmappable": 1, "third_party": 2, "invalid": 1}
 
 
 def test_other_videos_on_the_origin_get_per_url_tokens_only() -> None:
@@ -453,6 +455,74 @@ def test_templates_with_dot_segments_keep_the_template_text() -> None:
     assert authz(policy, urljoin(PUBLIC + "/playback/demo/manifest", _expand(out)))
 
 
+# RFC 3986 section 5.4: reference resolution examples (base http://a/b/c/d;p?q), normal and
+# abnormal; "http:g" resolves the non-strict way, as browsers do.
+RFC3986_EXAMPLES = {
+    "g:h": "g:h",
+    "g": "http://a/b/c/g",
+    "./g": "http://a/b/c/g",
+    "g/": "http://a/b/c/g/",
+    "/g": "http://a/g",
+    "//g": "http://g",
+    "?y": "http://a/b/c/d;p?y",
+    "g?y": "http://a/b/c/g?y",
+    "#s": "http://a/b/c/d;p?q#s",
+    "g#s": "http://a/b/c/g#s",
+    "g?y#s": "http://a/b/c/g?y#s",
+    ";x": "http://a/b/c/;x",
+    "g;x": "http://a/b/c/g;x",
+    "g;x?y#s": "http://a/b/c/g;x?y#s",
+    "": "http://a/b/c/d;p?q",
+    ".": "http://a/b/c/",
+    "./": "http://a/b/c/",
+    "..": "http://a/b/",
+    "../": "http://a/b/",
+    "../g": "http://a/b/g",
+    "../..": "http://a/",
+    "../../": "http://a/",
+    "../../g": "http://a/g",
+    "../../../g": "http://a/g",
+    "../../../../g": "http://a/g",
+    "/./g": "http://a/g",
+    "/../g": "http://a/g",
+    "g.": "http://a/b/c/g.",
+    ".g": "http://a/b/c/.g",
+    "g..": "http://a/b/c/g..",
+    "..g": "http://a/b/c/..g",
+    "./../g": "http://a/b/g",
+    "./g/.": "http://a/b/c/g/",
+    "g/./h": "http://a/b/c/g/h",
+    "g/../h": "http://a/b/c/h",
+    "g;x=1/./y": "http://a/b/c/g;x=1/y",
+    "g;x=1/../y": "http://a/b/c/y",
+    "g?y/./x": "http://a/b/c/g?y/./x",
+    "g?y/../x": "http://a/b/c/g?y/../x",
+    "g#s/./x": "http://a/b/c/g#s/./x",
+    "g#s/../x": "http://a/b/c/g#s/../x",
+    "http:g": "http://a/b/c/g",
+}
+
+
+@pytest.mark.parametrize(("ref", "expected"), RFC3986_EXAMPLES.items())
+def test_resolve_reference_rfc3986_examples(ref: str, expected: str) -> None:
+    assert resolve_reference("http://a/b/c/d;p?q", ref) == expected
+
+
+def test_resolve_reference_like_browsers() -> None:
+    base = "http://a/b/c/d"
+    assert resolve_reference(base, "  \tg\n.ts ") == "http://a/b/c/g.ts"
+    assert resolve_reference(base, "%2e%2E/g") == "http://a/b/g"
+    assert resolve_reference(base, "..\\g") == "http://a/b/g"
+
+
+def test_a_reference_starting_with_a_semicolon_is_signed_where_players_fetch_it() -> None:
+    policy = make_policy(mode=TokenMode.URL)
+    out = master_mapper(policy)(UriRef(";v=1/x.ts", UriKind.SEGMENT))
+    assert out is not None
+    assert out.startswith("/media/demo/;v=1/x.ts?pdt=")
+    assert authz(policy, PUBLIC + out)
+
+
 # --- the corpus through the real rewriters --------------------------------------------------------
 
 
@@ -501,14 +571,17 @@ def test_every_corpus_uri_on_our_origin_is_signed_and_verifies(mode: TokenMode) 
 
 segment_names = st.text(
     alphabet=st.characters(
-        codec="utf-8", exclude_categories=("Cc", "Zs"), exclude_characters="#?\"'<>&%$:\\/"
+        # ';' excluded: the oracle, urllib's urljoin, mishandles a reference starting with ';'
+        codec="utf-8",
+        exclude_categories=("Cc", "Zs"),
+        exclude_characters="#?\"'<>&%$:;\\/",
     ),
     min_size=1,
     max_size=20,
 ).filter(lambda s: s not in (".", ".."))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     dirs=st.lists(segment_names, max_size=3),
     name=segment_names,
@@ -529,6 +602,25 @@ def test_property_relative_uris_verify_where_the_player_resolves_them(
     entry = master_mapper(policy)(UriRef(raw, UriKind.SEGMENT))
     assert entry is not None
     assert authz(policy, urljoin(PUBLIC + "/playback/demo/manifest", entry))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.text(min_size=1, max_size=40),
+    bases=st.lists(st.text(max_size=20), max_size=2).map(tuple),
+    kind=st.sampled_from(list(UriKind)),
+    is_template=st.booleans(),
+    mode=st.sampled_from([TokenMode.PREFIX, TokenMode.URL]),
+)
+def test_property_any_reference_maps_to_a_string_or_none(
+    raw: str, bases: tuple[str, ...], kind: UriKind, is_template: bool, mode: TokenMode
+) -> None:
+    mapper = master_mapper(_policies(mode))
+    out = mapper(UriRef(raw, kind, is_template, bases))
+    assert out is None or isinstance(out, str)
+    if out is not None and is_template:
+        assert raw in out  # the rewriter's template contract
+    assert mapper(UriRef(raw, kind, is_template, bases)) == out
 
 
 @functools.cache

