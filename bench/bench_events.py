@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,15 +49,20 @@ from playback_drm.events import (  # noqa: E402
     NullSink,
     license_issued,
 )
-from playback_drm.jetstream import JetStreamSink  # noqa: E402
+from playback_drm.jetstream import JetStreamSink, read_stream  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 from tests.support.servers import NatsServer, start_nats  # noqa: E402
 
 
 def make_event(n: int) -> Event:
     return license_issued(
-        BROKER_SOURCE, user_id="user-42", video_id="big-buck-bunny", license_id=f"lic-{n}",
-        key_system="org.w3.clearkey", plan="premium", request_id=f"req-{n}",
+        BROKER_SOURCE,
+        user_id="user-42",
+        video_id="big-buck-bunny",
+        license_id=f"lic-{n}",
+        key_system="org.w3.clearkey",
+        plan="premium",
+        request_id=f"req-{n}",
     )
 
 
@@ -81,14 +85,16 @@ async def micro(nats: NatsServer, tmp: Path) -> dict[str, float]:
             emit = sink.emit
             for event in batch:
                 emit(event)
+
         return run
 
     results["NullSink.emit"] = per_call_us(emit_all(NullSink(), events), 1) / len(events)
     memory = MemorySink()
     results["MemorySink.emit"] = per_call_us(emit_all(memory, events), 1) / len(events)
 
-    config = EventsConfig(nats_url=nats.url, spill_dir=tmp / "micro-spill", queue_size=200_000,
-                          drain_timeout_s=30)
+    config = EventsConfig(
+        nats_url=nats.url, spill_dir=tmp / "micro-spill", queue_size=200_000, drain_timeout_s=30
+    )
     async with JetStreamSink(config, name="micro") as sink:
         best = float("inf")
         for _ in range(5):  # no await inside a run: the publisher cannot interleave
@@ -98,8 +104,9 @@ async def micro(nats: NatsServer, tmp: Path) -> dict[str, float]:
             await sink.drain(30)
         results["JetStreamSink.emit (memory queue)"] = 1e6 * best / len(events)
 
-    spill_config = EventsConfig(nats_url=nats.url, spill_dir=tmp / "micro-spill2", queue_size=1,
-                                drain_timeout_s=30)
+    spill_config = EventsConfig(
+        nats_url=nats.url, spill_dir=tmp / "micro-spill2", queue_size=1, drain_timeout_s=30
+    )
     async with JetStreamSink(spill_config, name="micro") as sink:
         batch = events[:4000]  # within the spill writer's staging bound
         best = float("inf")
@@ -119,6 +126,7 @@ async def micro(nats: NatsServer, tmp: Path) -> dict[str, float]:
     def traced() -> None:
         with tracing.span(tracing.BROKER_ISSUE_LICENSE, videoId="v"):
             pass
+
     results["tracing.span (tracing off)"] = per_call_us(traced, 100_000)
     return results
 
@@ -176,56 +184,54 @@ def get_json(url: str) -> dict[str, object]:
     return doc
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+async def wait_ready(port: int, proc: asyncio.subprocess.Process) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc.returncode is not None:
             raise RuntimeError("bench server exited")
         try:
             get_json(f"http://127.0.0.1:{port}/stats")
             return
         except OSError:
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
     raise RuntimeError("bench server not ready")
 
 
-async def stream_ids(nats: NatsServer, stream: str) -> list[str]:
-    import nats as nats_client  # noqa: PLC0415
-
-    nc = await nats_client.connect(nats.url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        sub = await js.pull_subscribe("playback.events.>", stream=stream)
-        ids: list[str] = []
-        while len(ids) < info.state.messages:
-            for msg in await sub.fetch(1000, timeout=5):
-                ids.append(json.loads(msg.data)["id"])
-        return ids
-    finally:
-        await nc.close()
+async def stream_ids(nats: NatsServer) -> list[str]:
+    """Ids of every event in the stream, read like `playback-drm events` does."""
+    config = EventsConfig(nats_url=nats.url)
+    return [str(doc["id"]) async for doc in read_stream(config, follow=False)]
 
 
 async def endpoint(args: argparse.Namespace, nats: NatsServer, tmp: Path) -> None:
     port = free_port()
-    script = SERVER.format(repo=str(REPO), nats=nats.url, spill=str(tmp / "spill"),
-                           queue=args.queue_size, port=port)
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    script = SERVER.format(
+        repo=str(REPO), nats=nats.url, spill=str(tmp / "spill"), queue=args.queue_size, port=port
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
     sent = 0
     try:
-        wait_ready(port, proc)
+        await wait_ready(port, proc)
         counter = iter(range(10**9))
 
         def requests_for(sink: str) -> Callable[[int], Request]:
             def make(_: int) -> Request:
-                return Request("POST", f"http://127.0.0.1:{port}/{sink}/drm/license?n={next(counter)}")
+                return Request(
+                    "POST", f"http://127.0.0.1:{port}/{sink}/drm/license?n={next(counter)}"
+                )
+
             return make
 
         async def run(name: str, sink: str, warmup: int) -> RunResult:
             nonlocal sent
-            result = await run_open_loop(name, requests_for(sink), rate=args.rate,
-                                         seconds=args.seconds, processes={"server": proc.pid},
-                                         warmup=warmup)
+            result = await run_open_loop(
+                name,
+                requests_for(sink),
+                rate=args.rate,
+                seconds=args.seconds,
+                processes={"server": proc.pid},
+                warmup=warmup,
+            )
             if sink == "jetstream":
                 sent += warmup + result.count + result.errors
             return result
@@ -245,19 +251,23 @@ async def endpoint(args: argparse.Namespace, nats: NatsServer, tmp: Path) -> Non
         after = get_json(f"http://127.0.0.1:{port}/stats")
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        await asyncio.wait_for(proc.wait(), 30)
 
-    print(f"\nrequest loop at {args.rate:g} req/s, {args.seconds:g} s per scenario, "
-          f"memory queue {args.queue_size}:")
+    print(
+        f"\nrequest loop at {args.rate:g} req/s, {args.seconds:g} s per scenario, "
+        f"memory queue {args.queue_size}:"
+    )
     print(table(results, baseline="nats-up"))
     up, down = results[1], results[2]
-    print(f"\np99 before the outage {1e3 * up.percentile(99):.3f} ms, during it "
-          f"{1e3 * down.percentile(99):.3f} ms (delta "
-          f"{1e3 * (down.percentile(99) - up.percentile(99)):+.3f} ms)")
+    print(
+        f"\np99 before the outage {1e3 * up.percentile(99):.3f} ms, during it "
+        f"{1e3 * down.percentile(99):.3f} ms (delta "
+        f"{1e3 * (down.percentile(99) - up.percentile(99)):+.3f} ms)"
+    )
     print(f"sink before the outage: {before}")
     print(f"sink at the end of the outage: {during}")
     print(f"sink after draining: {after}")
-    ids = await stream_ids(nats, "PLAYBACK_EVENTS")
+    ids = await stream_ids(nats)
     print(f"events sent {sent}, in the stream {len(ids)}, distinct ids {len(set(ids))}")
     if len(ids) != sent or len(set(ids)) != sent:
         raise SystemExit("MISMATCH: events lost or duplicated")
@@ -283,7 +293,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--queue-size", type=int, default=2000,
-                        help="memory queue; the outage emits rate*seconds events (spills beyond)")
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=2000,
+        help="memory queue; the outage emits rate*seconds events (spills beyond)",
+    )
     parser.add_argument("--skip-micro", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -365,6 +365,7 @@ class SigningPolicy:
         "_origin_path",
         "_origin_url",
         "config",
+        "fast_kinds",
         "origin_netloc",
         "origin_scheme",
         "refresh_ttl",
@@ -379,6 +380,12 @@ class SigningPolicy:
         self.origin_netloc = _normalize_netloc(self.origin_scheme, parts.netloc)
         self._origin_path = parts.path
         self.refresh_ttl = config.playlist_ttl or config.ttl
+        signed = [kind for kind in UriKind if kind not in config.unsigned_kinds]
+        # [without, with] a separate playlist TTL: the kinds a mapper's fast path may sign.
+        self.fast_kinds = (
+            tuple(signed),
+            tuple(kind for kind in signed if kind not in REFRESH_KINDS),
+        )
 
     def origin_url_for(self, video_id: str, path: str) -> str:
         """The origin URL of ``/media/{video_id}/{path}`` (``path`` relative to the video)."""
@@ -563,12 +570,7 @@ class ManifestUriMapper:
         self._fast_signed = 0
         # Kinds the fast path may sign without looking further (compared by identity: hashing
         # an Enum member runs Python code).
-        self._fast_kinds = tuple(
-            kind
-            for kind in UriKind
-            if kind not in config.unsigned_kinds
-            and not (kind in REFRESH_KINDS and self._refresh_minter is not None)
-        )
+        self._fast_kinds = policy.fast_kinds[self._refresh_minter is not None]
         # Below a DASH BaseURL a relative URI may stay relative: the BaseURL is rewritten itself.
         self._relative_ok_bases = UriKind.DASH_BASE_URL not in config.unsigned_kinds
         doc_dir = policy.public_dir_of(document_url)

@@ -373,6 +373,13 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
     origin_route: dict[str, Any] = {"cluster": "origin", "timeout": "15s"}
     if s.origin_host_header:
         origin_route["host_rewrite_literal"] = s.origin_host_header
+    # the manifest signer decodes gzip and deflate; never let the origin pick br or zstd
+    manifest_encoding = [
+        {
+            "header": {"key": "accept-encoding", "value": "gzip, deflate"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
     manifest_filters = {
         "envoy.filters.http.ext_authz": _authz_mode(MODE_JWT),
         "envoy.filters.http.ext_proc": _enable_extproc(),
@@ -395,6 +402,7 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         },
         {
             "name": "manifest_url_json",
+            "request_headers_to_add": manifest_encoding,
             "match": {
                 "safe_regex": {"regex": MANIFEST_ROUTE_REGEX},
                 "headers": [
@@ -420,6 +428,7 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         },
         {
             "name": "manifest_dash",
+            "request_headers_to_add": manifest_encoding,
             "match": {
                 "safe_regex": {"regex": MANIFEST_ROUTE_REGEX},
                 "query_parameters": [{"name": "format", "string_match": {"exact": "dash"}}],
@@ -435,6 +444,7 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         },
         {
             "name": "manifest_hls",
+            "request_headers_to_add": manifest_encoding,
             "match": {"safe_regex": {"regex": MANIFEST_ROUTE_REGEX}},
             "route": {
                 **origin_route,
@@ -447,6 +457,7 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         },
         {
             "name": "media_manifest",
+            "request_headers_to_add": manifest_encoding,
             "match": {"safe_regex": {"regex": MEDIA_MANIFEST_REGEX}},
             "route": {
                 **origin_route,

@@ -169,6 +169,14 @@ class SpillDirectoryBusy(EventsError):
     title = "Event spill directory in use"
 
 
+class EventsUnavailable(EventsError):
+    """The event store (NATS) cannot be reached (reading events; publishing never raises)."""
+
+    code = "events_unavailable"
+    status = 503
+    title = "Event store unavailable"
+
+
 class MalformedEvent(EventsError):
     """A recorded line is not a CloudEvent of ours."""
 
@@ -464,6 +472,7 @@ __all__ = [
     "EventType",
     "EventsConfig",
     "EventsError",
+    "EventsUnavailable",
     "MalformedEvent",
     "MemorySink",
     "NullSink",

@@ -76,6 +76,7 @@ from playback_drm.events import (
     SUBJECT_WILDCARD,
     Event,
     EventsConfig,
+    EventsUnavailable,
     EventType,
     SpillDirectoryBusy,
     encode_cloudevent,
@@ -95,6 +96,10 @@ DROP_LOG_INTERVAL_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 2.0
 # Events waiting for the spill writer's next batch (it writes them within one loop iteration).
 STAGING_MIN_EVENTS: Final = 4096
+
+
+YIELD_EVERY: Final = 16  # publishes between two yields to the event loop
+ENCODE_SLICE: Final = 64  # events encoded between two yields to the event loop
 
 
 class _Item(NamedTuple):
@@ -131,6 +136,30 @@ def _item_from_line(line: bytes) -> _Item | None:
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+# A buffered event: in memory (Event), read back from a spill segment (raw line), or encoded.
+_Entry = Event | bytes | _Item
+
+
+def _take(source: deque[Any], limit: int) -> list[Any]:
+    count = min(limit, len(source))
+    popleft = source.popleft
+    return [popleft() for _ in range(count)]
+
+
+def _acked(future: asyncio.Future[js_api.PubAck]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+async def _encode_in_slices(events: list[Event]) -> list[bytes]:
+    """CloudEvent bytes of ``events``, yielding to the loop between slices."""
+    lines: list[bytes] = []
+    for start in range(0, len(events), ENCODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        lines.extend(encode_cloudevent(event) for event in events[start : start + ENCODE_SLICE])
+    return lines
 
 
 # ------------------------------------------------------------------------------- spill buffer
@@ -323,13 +352,15 @@ class JetStreamSink:
             config.spill_segment_bytes,
             config.spill_fsync,
         )
+        # Oldest first: retries, then the replayed segment, then memory, then live segments.
         self._mem: deque[Event] = deque()
         self._staging: list[Event] = []
-        self._retry: deque[_Item] = deque()
-        self._replay: deque[_Item] = deque()
+        self._retry: deque[_Entry] = deque()
+        self._replay: deque[bytes] = deque()
         self._replay_segment: tuple[Path, int] | None = None
         self._backlog: deque[tuple[Path, int]] = deque()
         self._inflight = 0
+        self._spill_batch = 0
         self._spilling = False
         self._closed = False
         self._started = False
@@ -399,10 +430,11 @@ class JetStreamSink:
             self._drops_since_log = 0
 
     def depth(self) -> int:
-        """Events held by this process and not yet acknowledged (memory, in flight, retries)."""
+        """Events held in memory and not yet acknowledged (queued, staged, in flight, retries)."""
         return (
             len(self._mem)
             + len(self._staging)
+            + self._spill_batch
             + len(self._retry)
             + len(self._replay)
             + self._inflight
@@ -439,6 +471,7 @@ class JetStreamSink:
     async def start(self) -> None:
         if self._started:
             return
+        leftovers = await asyncio.to_thread(self._spill.open)
         self._started = True
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -447,7 +480,6 @@ class JetStreamSink:
         self._spill_done = asyncio.Event()
         self._connected = asyncio.Event()
         self._disk_lock = asyncio.Lock()
-        leftovers = await asyncio.to_thread(self._spill.open)
         self._backlog.extend(leftovers)
         if leftovers:
             logger.info(
@@ -507,8 +539,16 @@ class JetStreamSink:
         )
 
     async def _persist_remaining(self) -> None:
-        """At shutdown: memory events (not yet on disk) go to the spill buffer for the next run."""
-        lines = [item.payload for item in self._retry if not item.from_disk]
+        """At shutdown: events only held in memory go to the spill buffer for the next run.
+
+        Raw lines (retries or replays read from a segment) are still in their segment file.
+        """
+        lines: list[bytes] = []
+        for entry in self._retry:
+            if isinstance(entry, Event):
+                lines.append(encode_cloudevent(entry))
+            elif isinstance(entry, _Item) and not entry.from_disk:
+                lines.append(entry.payload)
         lines.extend(encode_cloudevent(event) for event in self._mem)
         lines.extend(encode_cloudevent(event) for event in self._staging)
         self._retry.clear()
@@ -533,24 +573,34 @@ class JetStreamSink:
         assert self._spill_wake is not None
         assert self._spill_done is not None
         assert self._disk_lock is not None
+        assert self._wake is not None
         while True:
             await self._spill_wake.wait()
             self._spill_wake.clear()
             while self._staging:
-                batch, self._staging = self._staging, []
-                lines = [encode_cloudevent(event) for event in batch]
+                # Holding the lock while a batch is out of `_staging` keeps the publisher from
+                # concluding that the disk is empty in the meantime.
                 async with self._disk_lock:
+                    batch, self._staging = self._staging, []
+                    self._spill_batch = len(batch)
                     try:
+                        try:
+                            lines = await _encode_in_slices(batch)
+                        except asyncio.CancelledError:
+                            self._staging[:0] = batch  # shutting down: close() persists them
+                            raise
+                        # Cancelled from here on, the worker thread still completes the write.
                         written = await self._spill.write(lines)
                     except OSError:
                         logger.exception("cannot write the event spill buffer")
                         written = 0
+                    finally:
+                        self._spill_batch = 0
                 self.stats.spilled += written
                 metrics.EVENTS_SPILLED.inc(written)
-                if written < len(lines):
-                    self._drop(metrics.DROP_BUFFER_FULL, len(lines) - written)
+                if written < len(batch):
+                    self._drop(metrics.DROP_BUFFER_FULL, len(batch) - written)
             self._spill_done.set()
-            assert self._wake is not None
             self._wake.set()
 
     # -------------------------------------------------------------------------- publisher
@@ -570,13 +620,13 @@ class JetStreamSink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            items, is_retry = batch
-            self._inflight = len(items)
+            entries, is_retry = batch
+            self._inflight = len(entries)
             try:
                 if is_retry:
-                    failed = await self._publish_sequential(items)
+                    failed = await self._publish_sequential(entries)
                 else:
-                    failed = await self._publish_pipelined(items)
+                    failed = await self._publish_pipelined(entries)
             finally:
                 self._inflight = 0
             if failed:
@@ -585,14 +635,14 @@ class JetStreamSink:
                 metrics.EVENTS_RETRIED.inc(len(failed))
                 await asyncio.sleep(RETRY_PAUSE_S * (1 + random.random()))  # noqa: S311
 
-    async def _next_batch(self) -> tuple[list[_Item], bool] | None:
+    async def _next_batch(self) -> tuple[list[_Entry], bool] | None:
         """The next events to publish, oldest first, and whether they are retries."""
         limit = self.config.max_inflight
         while True:
             if self._retry:
-                return self._take(self._retry, limit), True
+                return _take(self._retry, limit), True
             if self._replay:
-                return self._take(self._replay, limit), False
+                return list(_take(self._replay, limit)), False
             if self._replay_segment is not None:
                 path, size = self._replay_segment  # every event of it is acknowledged
                 self._replay_segment = None
@@ -602,9 +652,7 @@ class JetStreamSink:
                 await self._load_segment(self._backlog.popleft())
                 continue
             if self._mem:
-                count = min(limit, len(self._mem))
-                popleft = self._mem.popleft
-                return [_item_from_event(popleft()) for _ in range(count)], False
+                return list(_take(self._mem, limit)), False
             if not self._spilling:
                 return None
             # Memory is empty: the next events are on disk or about to be written there.
@@ -624,62 +672,73 @@ class JetStreamSink:
                 segment = self._spill.sealed.popleft()
             await self._load_segment(segment)
 
-    @staticmethod
-    def _take(source: deque[_Item], limit: int) -> list[_Item]:
-        count = min(limit, len(source))
-        return [source.popleft() for _ in range(count)]
-
     async def _load_segment(self, segment: tuple[Path, int]) -> None:
-        lines = await asyncio.to_thread(_read_lines, segment[0])
-        items = [_item_from_line(line) for line in lines]
-        bad = sum(1 for item in items if item is None)
-        if bad:
-            logger.warning("skipped %d unreadable line(s) in %s", bad, segment[0])
-        self._replay.extend(item for item in items if item is not None)
+        self._replay.extend(await asyncio.to_thread(_read_lines, segment[0]))
         self._replay_segment = segment
 
-    async def _publish_pipelined(self, items: list[_Item]) -> list[_Item]:
-        """Send every item, then wait (bounded) for the acks; return the items to retry."""
+    async def _publish_pipelined(self, entries: list[_Entry]) -> list[_Entry]:
+        """Send every entry, then wait (bounded) for the acks; return the entries to retry.
+
+        Yields to the event loop every few messages: a batch must not delay requests.
+        """
         js = self._js
         assert js is not None
         sent: list[tuple[_Item, asyncio.Future[js_api.PubAck]]] = []
-        for index, item in enumerate(items):
-            try:
-                future = await js.publish_async(
-                    item.subject,
-                    item.payload,
-                    headers={MSG_ID_HEADER: item.msg_id},
-                    stream=self.config.stream,
+        index = 0
+        try:
+            for index, entry in enumerate(entries):
+                if index and index % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                item = self._to_item(entry)
+                if item is None:
+                    continue
+                try:
+                    future = await js.publish_async(
+                        item.subject,
+                        item.payload,
+                        headers={MSG_ID_HEADER: item.msg_id},
+                        stream=self.config.stream,
+                    )
+                except nats.errors.MaxPayloadError:
+                    self._reject(item, "larger than the server's max payload")
+                    continue
+                except Exception:  # disconnected or outbound buffer full: retry from here
+                    for _, pending in sent:
+                        pending.cancel()
+                    return [sent_item for sent_item, _ in sent] + entries[index:]
+                sent.append((item, future))
+            index = len(entries)
+            if sent:
+                await asyncio.wait(
+                    [future for _, future in sent], timeout=self.config.ack_timeout_s
                 )
-            except nats.errors.MaxPayloadError:
-                self._reject(item, "larger than the server's max payload")
-                continue
-            except Exception:  # disconnected or outbound buffer full: retry from here
-                for _, pending in sent:
-                    pending.cancel()
-                return [sent_item for sent_item, _ in sent] + items[index:]
-            sent.append((item, future))
-        if not sent:
-            return []
-        await asyncio.wait([future for _, future in sent], timeout=self.config.ack_timeout_s)
-        failed: list[_Item] = []
+        except asyncio.CancelledError:
+            # Shutting down mid-batch: whatever is not acknowledged goes back for persisting.
+            unacked: list[_Entry] = [i for i, f in sent if not _acked(f)]
+            self._retry.extendleft(reversed(unacked + entries[index:]))
+            raise
+        failed: list[_Entry] = []
         for item, future in sent:
+            if _acked(future):
+                self._published(item)
+                continue
             if not future.done():
                 future.cancel()  # frees nats-py's slot; a late ack is deduplicated on retry
-                failed.append(item)
-            elif future.cancelled() or future.exception() is not None:
-                if isinstance(future.exception(), js_errors.NoStreamResponseError):
-                    self._stream_ready = False
-                failed.append(item)
-            else:
-                self._published(item)
+            elif not future.cancelled() and isinstance(
+                future.exception(), js_errors.NoStreamResponseError
+            ):
+                self._stream_ready = False
+            failed.append(item)
         return failed
 
-    async def _publish_sequential(self, items: list[_Item]) -> list[_Item]:
+    async def _publish_sequential(self, entries: list[_Entry]) -> list[_Entry]:
         """Retries: one request at a time, so server errors are reported (and classified)."""
         js = self._js
         assert js is not None
-        for index, item in enumerate(items):
+        for index, entry in enumerate(entries):
+            item = self._to_item(entry)
+            if item is None:
+                continue
             try:
                 await js.publish(
                     item.subject,
@@ -693,11 +752,22 @@ class JetStreamSink:
                 continue
             except js_errors.NoStreamResponseError:
                 self._stream_ready = False
-                return items[index:]
+                return [item, *entries[index + 1 :]]
             except Exception:
-                return items[index:]
+                return [item, *entries[index + 1 :]]
             self._published(item)
         return []
+
+    def _to_item(self, entry: _Entry) -> _Item | None:
+        if isinstance(entry, _Item):
+            return entry
+        if isinstance(entry, Event):
+            return _item_from_event(entry)
+        item = _item_from_line(entry)
+        if item is None:
+            logger.warning("skipped an unreadable line of the event spill buffer")
+            self._drop(metrics.DROP_REJECTED, 1)
+        return item
 
     def _published(self, item: _Item) -> None:
         self.stats.published += 1
@@ -788,26 +858,40 @@ async def read_stream(config: EventsConfig, follow: bool) -> AsyncIterator[dict[
     """CloudEvents stored in the stream, oldest first, through an ephemeral ordered consumer.
 
     Without ``follow`` it stops at the last message stored when it started (or when no message
-    arrives for a few seconds); with it, it keeps waiting for new ones.
+    arrives for a few seconds); with it, it keeps waiting for new ones (and for NATS).
+    Raises :class:`~playback_drm.events.EventsUnavailable` when NATS cannot be reached.
     """
+
+    async def quiet(exc: Exception) -> None:
+        logger.debug("NATS connection error: %s", exc)
+
     nc = NATS()
-    await nc.connect(
-        servers=config.nats_servers,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        allow_reconnect=follow,
-        max_reconnect_attempts=-1 if follow else 0,
-        name="playback-drm-events-reader",
-    )
+    try:
+        await nc.connect(
+            servers=config.nats_servers,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            allow_reconnect=follow,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=INITIAL_CONNECT_WAIT_S,
+            name="playback-drm-events-reader",
+            error_cb=quiet,
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise EventsUnavailable(f"cannot reach NATS at {config.nats_url}: {exc}") from exc
     try:
         js = nc.jetstream()
-        try:
-            info = await js.stream_info(config.stream)
-        except js_errors.NotFoundError:
-            if not follow:
-                return
-            info = None
-        last_seq = info.state.last_seq if info is not None else 0
-        if not follow and (info is None or info.state.messages == 0):
+        while True:
+            try:
+                info = await js.stream_info(config.stream)
+                break
+            except js_errors.NotFoundError:
+                if not follow:
+                    return
+                await asyncio.sleep(INITIAL_CONNECT_WAIT_S)  # nothing published yet
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise EventsUnavailable(f"cannot read stream {config.stream}: {exc}") from exc
+        last_seq = info.state.last_seq
+        if not follow and info.state.messages == 0:
             return
         sub = await js.subscribe(
             SUBJECT_WILDCARD,

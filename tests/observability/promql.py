@@ -9,8 +9,25 @@ _MATCHERS = re.compile(r"\{[^}]*\}")
 _RANGES = re.compile(r"\[[^\]]*\]")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on",
-                       "ignoring", "group_left", "group_right", "inf", "nan", "Inf", "NaN"})
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "inf",
+        "nan",
+        "Inf",
+        "NaN",
+    }
+)
 
 
 def metric_names(expr: str) -> set[str]:
@@ -20,7 +37,7 @@ def metric_names(expr: str) -> set[str]:
     text = _GROUPING.sub("", text)
     names: set[str] = set()
     for match in _IDENT.finditer(text):
-        rest = text[match.end():].lstrip()
+        rest = text[match.end() :].lstrip()
         if rest.startswith("("):  # a function call
             continue
         if match.group() in _KEYWORDS:

@@ -36,8 +36,11 @@ def load_rules() -> list[dict[str, Any]]:
 
 def dashboard_exprs() -> list[str]:
     doc = json.loads(DASHBOARD.read_text())
-    return [grafana_to_promql(target["expr"]) for panel in doc["panels"]
-            for target in panel.get("targets", [])]
+    return [
+        grafana_to_promql(target["expr"])
+        for panel in doc["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 def promtool() -> str:
@@ -90,67 +93,112 @@ def test_every_alert_is_routable_and_explained() -> None:
 
 
 def test_promtool_accepts_the_rules() -> None:
-    result = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True,
-                            text=True, check=False, timeout=60)
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(RULES)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
-    result = subprocess.run([promtool(), "test", "rules", str(RULES_TEST)], capture_output=True,
-                            text=True, check=False, timeout=60, cwd=RULES_TEST.parent)
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(RULES_TEST)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=RULES_TEST.parent,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{index}", "expr": expr}
-        for index, expr in enumerate(dashboard_exprs())
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{index}", "expr": expr}
+                    for index, expr in enumerate(dashboard_exprs())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboard-queries.yaml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
-                            text=True, check=False, timeout=60)
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------------- Envoy's own names
 
-ENVOY_CONFIG = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: sidecar
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: sidecar
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: admin_api}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: admin_api
-    type: STATIC
-    load_assignment:
-      cluster_name: admin_api
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-"""
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def envoy_config(admin: int, listener: int) -> dict[str, Any]:
+    """One listener (stat prefix ``sidecar``) routing to one cluster (Envoy's own admin API)."""
+
+    def address(port: int) -> dict[str, Any]:
+        return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "admin_api"}}]
+    manager = {
+        "@type": f"{HCM}.HttpConnectionManager",
+        "stat_prefix": "sidecar",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "admin": {"address": address(admin)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "sidecar",
+                    "address": address(listener),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "admin_api",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "admin_api",
+                        "endpoints": [
+                            {"lb_endpoints": [{"endpoint": {"address": address(admin)}}]}
+                        ],
+                    },
+                }
+            ],
+        },
+    }
 
 
 @pytest.mark.timeout(90)
 def test_envoy_exports_the_names_rules_and_dashboard_use(tmp_path: Path) -> None:
     admin, listener = free_port(), free_port()
-    config = tmp_path / "envoy.yaml"
-    config.write_text(ENVOY_CONFIG.format(admin=admin, listener=listener))
+    config = tmp_path / "envoy.json"
+    config.write_text(json.dumps(envoy_config(admin, listener)))
     envoy = start_envoy(config, admin, tmp_path, name="envoy-metrics")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{listener}/ready", timeout=5) as resp:
@@ -160,11 +208,16 @@ def test_envoy_exports_the_names_rules_and_dashboard_use(tmp_path: Path) -> None
             exposition = resp.read().decode()
     finally:
         envoy.process.stop()
-    exported = {line.split("{", 1)[0].split(" ", 1)[0] for line in exposition.splitlines()
-                if line and not line.startswith("#")}
+    exported = {
+        line.split("{", 1)[0].split(" ", 1)[0]
+        for line in exposition.splitlines()
+        if line and not line.startswith("#")
+    }
     assert exported >= ENVOY_METRICS, ENVOY_METRICS - exported
-    used = set().union(*(metric_names(rule["expr"]) for rule in load_rules()),
-                       *(metric_names(expr) for expr in dashboard_exprs()))
+    used = set().union(
+        *(metric_names(rule["expr"]) for rule in load_rules()),
+        *(metric_names(expr) for expr in dashboard_exprs()),
+    )
     envoy_used = {name for name in used if name.startswith("envoy_")}
     assert envoy_used
     assert envoy_used <= exported

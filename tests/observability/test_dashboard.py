@@ -46,10 +46,14 @@ def test_panels_on_call_needs() -> None:
         assert f"playback_{service}_request_duration_seconds_bucket" in used  # latency
     assert quantiles == {"0.5", "0.95", "0.99"}
     assert {
-        "playback_cache_requests_total", "playback_events_queue_depth",
-        "playback_events_dropped_total", "playback_events_spill_bytes",
-        "playback_broker_provider_duration_seconds_bucket", "playback_broker_provider_errors_total",
-        "envoy_http_downstream_rq_xx", "envoy_http_downstream_rq_time_bucket",
+        "playback_cache_requests_total",
+        "playback_events_queue_depth",
+        "playback_events_dropped_total",
+        "playback_events_spill_bytes",
+        "playback_broker_provider_duration_seconds_bucket",
+        "playback_broker_provider_errors_total",
+        "envoy_http_downstream_rq_xx",
+        "envoy_http_downstream_rq_time_bucket",
     } <= used
     titles = " ".join(panel["title"].lower() for panel in panels())
     for word in ("error ratio", "p95", "cache hit ratio", "dropped", "provider latency"):

@@ -58,8 +58,15 @@ async def test_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
 async def test_read_events_stops_at_the_end_and_skips_garbage(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     good = [encode_cloudevent(started(n)) for n in range(3)]
-    path.write_bytes(good[0] + b"\nnot json\n" + good[1] + b"\n{\"type\":\"other\"}\n" + good[2]
-                     + b"\n" + good[0][:20])  # the last line is still being written
+    path.write_bytes(
+        good[0]
+        + b"\nnot json\n"
+        + good[1]
+        + b'\n{"type":"other"}\n'
+        + good[2]
+        + b"\n"
+        + good[0][:20]
+    )  # the last line is still being written
     docs = [doc async for doc in read_events(path, follow=False)]
     assert [doc["id"] for doc in docs] == [json.loads(line)["id"] for line in good]
     assert [doc async for doc in read_events(tmp_path / "missing.jsonl", follow=False)] == []
@@ -94,12 +101,20 @@ async def test_print_events_from_the_local_log(tmp_path: Path) -> None:
     config = EventsConfig(log_path=tmp_path / "events.jsonl")
     async with open_sink(config) as sink:
         assert isinstance(sink, JsonLinesSink)
-        sink.emit(license_issued(BROKER_SOURCE, user_id="alice", video_id="v", license_id="l1",
-                                 key_system="org.w3.clearkey"))
+        sink.emit(
+            license_issued(
+                BROKER_SOURCE,
+                user_id="alice",
+                video_id="v",
+                license_id="l1",
+                key_system="org.w3.clearkey",
+            )
+        )
         sink.emit(started(2))
     out = io.StringIO()
     assert await print_events(config, follow=False, out=out) == 2
     lines = out.getvalue().splitlines()
     assert [json.loads(line)["type"] for line in lines] == [
-        "dev.playback-drm.license.issued.v1", "dev.playback-drm.playback.started.v1",
+        "dev.playback-drm.license.issued.v1",
+        "dev.playback-drm.playback.started.v1",
     ]

@@ -15,6 +15,7 @@ from playback_drm.events import (
     EXTPROC_SOURCE,
     Event,
     EventsConfig,
+    EventType,
     MalformedEvent,
     MemorySink,
     NullSink,
@@ -32,8 +33,13 @@ from playback_drm.settings import ConfigError
 
 def test_license_issued_is_a_structured_cloudevent() -> None:
     event = license_issued(
-        BROKER_SOURCE, user_id="alice", video_id="big-buck-bunny", license_id="lic-1",
-        key_system="org.w3.clearkey", plan="premium", request_id="req-9",
+        BROKER_SOURCE,
+        user_id="alice",
+        video_id="big-buck-bunny",
+        license_id="lic-1",
+        key_system="org.w3.clearkey",
+        plan="premium",
+        request_id="req-9",
         trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
     )
     doc = json.loads(encode_cloudevent(event))
@@ -46,8 +52,12 @@ def test_license_issued_is_a_structured_cloudevent() -> None:
         "subject": "big-buck-bunny",
         "datacontenttype": "application/json",
         "data": {
-            "userId": "alice", "videoId": "big-buck-bunny", "licenseId": "lic-1",
-            "keySystem": "org.w3.clearkey", "plan": "premium", "requestId": "req-9",
+            "userId": "alice",
+            "videoId": "big-buck-bunny",
+            "licenseId": "lic-1",
+            "keySystem": "org.w3.clearkey",
+            "plan": "premium",
+            "requestId": "req-9",
             "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
         },
     }
@@ -56,8 +66,14 @@ def test_license_issued_is_a_structured_cloudevent() -> None:
 
 
 def test_round_trip_keeps_every_field() -> None:
-    event = playback_error(AUTHZ_SOURCE, code="token_expired", status=401, user_id="bob",
-                           video_id="v1", request_id="r1")
+    event = playback_error(
+        AUTHZ_SOURCE,
+        code="token_expired",
+        status=401,
+        user_id="bob",
+        video_id="v1",
+        request_id="r1",
+    )
     back = decode_cloudevent(encode_cloudevent(event))
     assert back.id == event.id
     assert back.type == event.type
@@ -82,19 +98,27 @@ def test_optional_fields_are_left_out_and_no_video_means_no_subject() -> None:
         ("LicenseIssued", BROKER_SOURCE, "playback.events.license-issued.license-broker"),
         ("PlaybackStarted", EXTPROC_SOURCE, "playback.events.playback-started.extproc"),
         ("PlaybackError", AUTHZ_SOURCE, "playback.events.playback-error.authz"),
-        ("PlaybackError", "/playback-drm/Odd Service!/", "playback.events.playback-error.odd-service"),
+        (
+            "PlaybackError",
+            "/playback-drm/Odd Service!/",
+            "playback.events.playback-error.odd-service",
+        ),
         ("PlaybackError", "", "playback.events.playback-error.unknown"),
     ],
 )
-def test_subjects_follow_the_scheme(event_type: str, source: str, subject: str) -> None:
-    assert subject_for(event_type, source) == subject  # type: ignore[arg-type]
+def test_subjects_follow_the_scheme(event_type: EventType, source: str, subject: str) -> None:
+    assert subject_for(event_type, source) == subject
 
 
 def test_subjects_never_carry_ids() -> None:
     """Subject cardinality is bounded by kinds x services, not by users or videos."""
     subjects = {
-        subject_for(license_issued(BROKER_SOURCE, user_id=f"u{n}", video_id=f"v{n}",
-                                   license_id=f"l{n}", key_system="k").type, BROKER_SOURCE)
+        subject_for(
+            license_issued(
+                BROKER_SOURCE, user_id=f"u{n}", video_id=f"v{n}", license_id=f"l{n}", key_system="k"
+            ).type,
+            BROKER_SOURCE,
+        )
         for n in range(50)
     }
     assert len(subjects) == 1
@@ -109,8 +133,12 @@ def test_every_event_type_has_a_versioned_cloudevent_type() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"not json", b"[1,2]", b'{"type":"com.example.other","id":"1","source":"/x","time":"2024"}',
-     b'{"type":"dev.playback-drm.license.issued.v1","source":"/x","time":"2024-01-01T00:00:00Z"}'],
+    [
+        b"not json",
+        b"[1,2]",
+        b'{"type":"com.example.other","id":"1","source":"/x","time":"2024"}',
+        b'{"type":"dev.playback-drm.license.issued.v1","source":"/x","time":"2024-01-01T00:00:00Z"}',
+    ],
 )
 def test_foreign_or_broken_documents_are_rejected(raw: bytes) -> None:
     with pytest.raises(MalformedEvent):
@@ -131,11 +159,15 @@ def test_config_defaults_and_overrides() -> None:
     assert default.log_path == Path(".local/events.jsonl")
     assert default.duplicate_window_s >= 120
     assert default.spill_fsync == "batch"
-    custom = EventsConfig.from_env({
-        "NATS_URL": "nats://a:4222, nats://b:4222", "EVENTS_QUEUE_SIZE": "50",
-        "EVENTS_SPILL_DIR": "/var/spool/events", "EVENTS_SPILL_FSYNC": "segment",
-        "EVENTS_DUPLICATE_WINDOW_S": "300",
-    })
+    custom = EventsConfig.from_env(
+        {
+            "NATS_URL": "nats://a:4222, nats://b:4222",
+            "EVENTS_QUEUE_SIZE": "50",
+            "EVENTS_SPILL_DIR": "/var/spool/events",
+            "EVENTS_SPILL_FSYNC": "segment",
+            "EVENTS_DUPLICATE_WINDOW_S": "300",
+        }
+    )
     assert custom.nats_servers == ["nats://a:4222", "nats://b:4222"]
     assert custom.queue_size == 50
     assert custom.spill_dir == Path("/var/spool/events")

@@ -11,6 +11,7 @@ import shutil
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -25,12 +26,14 @@ from playback_drm.events import (
     SUBJECT_WILDCARD,
     Event,
     EventsConfig,
+    EventsUnavailable,
     SpillDirectoryBusy,
     license_issued,
     open_sink,
     playback_error,
 )
 from playback_drm.jetstream import JetStreamSink
+from tests.support.procs import free_port
 from tests.support.servers import NatsServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -60,7 +63,7 @@ def issued(n: int) -> Event:
     )
 
 
-async def stream_events(config: EventsConfig) -> list[dict[str, object]]:
+async def stream_events(config: EventsConfig) -> list[dict[str, Any]]:
     """Every CloudEvent in the stream, in stream order, read the way `playback-drm events` does."""
     out = io.StringIO()
     await print_events(config, follow=False, out=out)
@@ -76,10 +79,10 @@ async def stream_message_count(config: EventsConfig) -> int:
         await nc.close()
 
 
-async def wait_until(predicate: object, timeout: float = 10.0) -> None:
+async def wait_until(predicate: object, within_s: float = 10.0) -> None:
     assert callable(predicate)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within_s
     while not predicate():
         assert loop.time() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
@@ -140,7 +143,7 @@ async def test_nats_restart_mid_run_loses_and_duplicates_no_license_event(
     assert await stream_message_count(sink.config) == 1000
     ids = [event["id"] for event in events]
     assert len(set(ids)) == 1000
-    license_ids = sorted(event["data"]["licenseId"] for event in events)  # type: ignore[index]
+    license_ids = sorted(event["data"]["licenseId"] for event in events)
     assert license_ids == [f"lic-{n:04d}" for n in range(1000)]
     assert {event["type"] for event in events} == {"dev.playback-drm.license.issued.v1"}
 
@@ -309,8 +312,18 @@ async def test_stream_subjects_and_dedup_window(nats_server: NatsServer, tmp_pat
         assert first.subject == "playback.events.license-issued.license-broker"
         assert second.subject == "playback.events.playback-error.authz"
         assert first.headers is not None
-        assert first.headers["Nats-Msg-Id"] == json.loads(first.data)["id"]
-        assert json.loads(first.data)["type"] == "dev.playback-drm.license.issued.v1"
+        assert first.data is not None
+        first_doc = json.loads(first.data)
+        assert first.headers["Nats-Msg-Id"] == first_doc["id"]
+        assert first_doc["type"] == "dev.playback-drm.license.issued.v1"
         assert LICENSE_ISSUED == "LicenseIssued"
     finally:
         await nc.close()
+
+
+async def test_reading_events_without_nats_fails_with_a_stable_code(tmp_path: Path) -> None:
+    config = EventsConfig(nats_url=f"nats://127.0.0.1:{free_port()}")
+    with pytest.raises(EventsUnavailable) as raised:
+        await print_events(config, follow=False, out=io.StringIO())
+    assert raised.value.code == "events_unavailable"
+    assert raised.value.status == 503

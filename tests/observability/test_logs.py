@@ -28,8 +28,17 @@ JWT = (
 PDT = "v1.1700000000.k1.%2Fmedia%2Fv1%2F.ip.Zk9yZ2VkU2lnbmF0dXJlVmFsdWU"
 HEX_KEY = "00112233445566778899aabbccddeeff"
 B64_KEY = "ABEiM0RVZneImaq7zN3u_w"
-SECRETS = (JWT, PDT, HEX_KEY, B64_KEY, "Zk9yZ2VkU2lnbmF0dXJlVmFsdWU", "c3VwZXJzZWNyZXQ",
-           "deadbeefcafebabe0123", "amzsig0123456789abcdef", "opaque-bearer-credential")
+SECRETS = (
+    JWT,
+    PDT,
+    HEX_KEY,
+    B64_KEY,
+    "Zk9yZ2VkU2lnbmF0dXJlVmFsdWU",
+    "c3VwZXJzZWNyZXQ",
+    "deadbeefcafebabe0123",
+    "amzsig0123456789abcdef",
+    "opaque-bearer-credential",
+)
 
 
 @pytest.fixture
@@ -49,9 +58,15 @@ def test_one_json_object_per_line_with_context_fields(
 ) -> None:
     out, _ = log_output
     logging.getLogger("authz.server").info(
-        "admitted %s", "alice",
-        extra={"userId": "alice", "videoId": "v1", "licenseId": "lic-1", "requestId": "r-1",
-               "route": "manifest"},
+        "admitted %s",
+        "alice",
+        extra={
+            "userId": "alice",
+            "videoId": "v1",
+            "licenseId": "lic-1",
+            "requestId": "r-1",
+            "route": "manifest",
+        },
     )
     (doc,) = lines(out)
     assert doc["message"] == "admitted alice"
@@ -74,8 +89,10 @@ def test_trace_and_span_ids_come_from_the_current_span(
     log_output: tuple[io.StringIO, LoggingHandle],
 ) -> None:
     out, _ = log_output
-    with tracing.in_memory_tracing("authz") as handle, \
-            tracing.span(tracing.AUTHZ_CHECK_TOKEN) as span:
+    with (
+        tracing.in_memory_tracing("authz") as handle,
+        tracing.span(tracing.AUTHZ_CHECK_TOKEN) as span,
+    ):
         assert span is not None
         logging.getLogger("authz.server").warning("slow entitlement lookup")
     (doc,) = lines(out)
@@ -104,12 +121,21 @@ REDACTION_CASES = [
     ("jwt in text", f"token was {JWT} for alice", JWT),
     ("jwt query", f"GET /playback/v1/manifest?token={JWT}", JWT),
     ("pdt", f"/media/v1/seg1.ts?pdt={PDT}&_HLS_msn=3", PDT),
-    ("cloudfront", "seg.ts?Expires=1700000000&Signature=c3VwZXJzZWNyZXQ~&Key-Pair-Id=K1",
-     "c3VwZXJzZWNyZXQ"),
-    ("s3", "x?X-Amz-Algorithm=AWS4&X-Amz-Signature=amzsig0123456789abcdef&X-Amz-Date=1",
-     "amzsig0123456789abcdef"),
-    ("akamai", "/v/a.ts?__token__=exp=1700000000~acl=/v/*~hmac=deadbeefcafebabe0123",
-     "deadbeefcafebabe0123"),
+    (
+        "cloudfront",
+        "seg.ts?Expires=1700000000&Signature=c3VwZXJzZWNyZXQ~&Key-Pair-Id=K1",
+        "c3VwZXJzZWNyZXQ",
+    ),
+    (
+        "s3",
+        "x?X-Amz-Algorithm=AWS4&X-Amz-Signature=amzsig0123456789abcdef&X-Amz-Date=1",
+        "amzsig0123456789abcdef",
+    ),
+    (
+        "akamai",
+        "/v/a.ts?__token__=exp=1700000000~acl=/v/*~hmac=deadbeefcafebabe0123",
+        "deadbeefcafebabe0123",
+    ),
     ("hmac", "hmac=deadbeefcafebabe0123", "deadbeefcafebabe0123"),
     ("bearer", "Authorization: Bearer opaque-bearer-credential", "opaque-bearer-credential"),
     ("clearkey jwk", f'{{"keys":[{{"kty":"oct","kid":"a1","k":"{B64_KEY}"}}]}}', B64_KEY),
@@ -118,10 +144,14 @@ REDACTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "message", "secret"), REDACTION_CASES,
-                         ids=[case[0] for case in REDACTION_CASES])
+@pytest.mark.parametrize(
+    ("case", "message", "secret"), REDACTION_CASES, ids=[case[0] for case in REDACTION_CASES]
+)
 def test_secrets_in_messages_are_redacted(
-    log_output: tuple[io.StringIO, LoggingHandle], case: str, message: str, secret: str,
+    log_output: tuple[io.StringIO, LoggingHandle],
+    case: str,
+    message: str,
+    secret: str,
 ) -> None:
     out, _ = log_output
     logging.getLogger("extproc").info("%s", message)
@@ -137,9 +167,14 @@ def test_secret_fields_are_redacted_ids_are_kept(
     logging.getLogger("license_broker").info(
         "issued",
         extra={
-            "licenseId": "lic-7f3e9a0c5b2d4e6f8a1b3c5d7e9f0a2b", "kid": "a1b2",
-            "key": HEX_KEY, "contentKey": B64_KEY, "token": JWT, "clientSecret": "c3VwZXJzZWNyZXQ",
-            "license": "CAISdGhpcyBpcyBhIGxpY2Vuc2U=", "keyBytes": bytes.fromhex(HEX_KEY),
+            "licenseId": "lic-7f3e9a0c5b2d4e6f8a1b3c5d7e9f0a2b",
+            "kid": "a1b2",
+            "key": HEX_KEY,
+            "contentKey": B64_KEY,
+            "token": JWT,
+            "clientSecret": "c3VwZXJzZWNyZXQ",
+            "license": "CAISdGhpcyBpcyBhIGxpY2Vuc2U=",
+            "keyBytes": bytes.fromhex(HEX_KEY),
             "provider": {"name": "widevine", "signingKey": HEX_KEY},
             "url": f"https://cdn.example/v/seg.ts?pdt={PDT}",
         },
@@ -160,8 +195,12 @@ def test_secret_fields_are_redacted_ids_are_kept(
 
 
 def test_ordinary_text_is_left_alone() -> None:
-    for text in ("served manifest for big-buck-bunny in 3.2 ms", "connected to 10.0.0.12:4222",
-                 "playback_drm.license_broker.providers ready", "kid=a1b2 keySystem=widevine"):
+    for text in (
+        "served manifest for big-buck-bunny in 3.2 ms",
+        "connected to 10.0.0.12:4222",
+        "playback_drm.license_broker.providers ready",
+        "kid=a1b2 keySystem=widevine",
+    ):
         assert redact(text) == text
 
 

@@ -39,11 +39,11 @@ def test_request_metrics_follow_the_naming_convention_and_are_idempotent() -> No
     broker.observe("license", metrics.OUTCOME_REJECTED, "not_entitled", 0.002)
     broker.observe("license", metrics.OUTCOME_REJECTED, "not_entitled", 0.003)
     name = "playback_broker_requests_total"
-    assert sample(registry, name, route="license", outcome="error",
-                  code="provider_unavailable") == 1
+    assert (
+        sample(registry, name, route="license", outcome="error", code="provider_unavailable") == 1
+    )
     assert sample(registry, name, route="license", outcome="rejected", code="not_entitled") == 2
-    assert sample(registry, "playback_broker_request_duration_seconds_count",
-                  route="license") == 3
+    assert sample(registry, "playback_broker_request_duration_seconds_count", route="license") == 3
     with pytest.raises(ValueError, match="service"):
         metrics.request_metrics("License-Broker", registry)
 
@@ -53,10 +53,21 @@ def test_provider_metrics_and_breaker_state() -> None:
     providers = metrics.provider_metrics("broker", registry)
     providers.observe("widevine", metrics.OUTCOME_ERROR, 2.0, code="timeout")
     providers.set_breaker("widevine", True)
-    assert sample(registry, "playback_broker_provider_errors_total", provider="widevine",
-                  code="timeout") == 1
-    assert sample(registry, "playback_broker_provider_duration_seconds_count",
-                  provider="widevine", outcome="error") == 1
+    assert (
+        sample(
+            registry, "playback_broker_provider_errors_total", provider="widevine", code="timeout"
+        )
+        == 1
+    )
+    assert (
+        sample(
+            registry,
+            "playback_broker_provider_duration_seconds_count",
+            provider="widevine",
+            outcome="error",
+        )
+        == 1
+    )
     assert sample(registry, "playback_broker_provider_breaker_open", provider="widevine") == 1
     providers.set_breaker("widevine", False)
     assert sample(registry, "playback_broker_provider_breaker_open", provider="widevine") == 0
@@ -78,11 +89,16 @@ def test_defined_names_include_every_shared_metric() -> None:
         assert f"playback_{service}_requests_total" in names
         assert f"playback_{service}_request_duration_seconds_bucket" in names
     assert {
-        "playback_cache_requests_total", "playback_events_queue_depth",
-        "playback_events_spill_bytes", "playback_events_published_total",
-        "playback_events_spilled_total", "playback_events_retried_total",
-        "playback_events_dropped_total", "playback_broker_provider_duration_seconds_bucket",
-        "playback_broker_provider_errors_total", "playback_broker_provider_breaker_open",
+        "playback_cache_requests_total",
+        "playback_events_queue_depth",
+        "playback_events_spill_bytes",
+        "playback_events_published_total",
+        "playback_events_spilled_total",
+        "playback_events_retried_total",
+        "playback_events_dropped_total",
+        "playback_broker_provider_duration_seconds_bucket",
+        "playback_broker_provider_errors_total",
+        "playback_broker_provider_breaker_open",
         "envoy_http_downstream_rq_xx",
     } <= names
 
@@ -94,9 +110,12 @@ async def test_metrics_endpoint_shows_counters_and_histograms_moving() -> None:
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async with metrics.start_metrics_server(
-        "127.0.0.1", 0, routes=[web.get("/health", health)], registry=registry
-    ) as server, aiohttp.ClientSession() as http:
+    async with (
+        metrics.start_metrics_server(
+            "127.0.0.1", 0, routes=[web.get("/health", health)], registry=registry
+        ) as server,
+        aiohttp.ClientSession() as http,
+    ):
         assert server.port > 0
         base = f"http://127.0.0.1:{server.port}"
 
@@ -107,7 +126,8 @@ async def test_metrics_endpoint_shows_counters_and_histograms_moving() -> None:
                 text = await resp.text()
             return {
                 (s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
             }
 
         extproc.observe("manifest", metrics.OUTCOME_OK, "ok", 0.003)
@@ -115,10 +135,14 @@ async def test_metrics_endpoint_shows_counters_and_histograms_moving() -> None:
         for _ in range(4):
             extproc.observe("manifest", metrics.OUTCOME_OK, "ok", 0.003)
         second = await scrape()
-        counter = ("playback_extproc_requests_total",
-                   (("code", "ok"), ("outcome", "ok"), ("route", "manifest")))
-        bucket = ("playback_extproc_request_duration_seconds_bucket",
-                  (("le", "0.005"), ("route", "manifest")))
+        counter = (
+            "playback_extproc_requests_total",
+            (("code", "ok"), ("outcome", "ok"), ("route", "manifest")),
+        )
+        bucket = (
+            "playback_extproc_request_duration_seconds_bucket",
+            (("le", "0.005"), ("route", "manifest")),
+        )
         assert first[counter] == 1
         assert second[counter] == 5
         assert first[bucket] == 1
@@ -130,5 +154,7 @@ async def test_metrics_endpoint_shows_counters_and_histograms_moving() -> None:
 async def test_metrics_route_mounts_on_a_service_app() -> None:
     app = web.Application()
     metrics.add_metrics_route(app)
-    assert any(route.resource is not None and route.resource.canonical == "/metrics"
-               for route in app.router.routes())
+    assert any(
+        route.resource is not None and route.resource.canonical == "/metrics"
+        for route in app.router.routes()
+    )

@@ -40,20 +40,32 @@ def test_a_manifest_request_is_one_trace_from_envoy_through_authz_and_extproc(
 ) -> None:
     # Envoy -> authz: the CheckRequest's http.headers (plain dict, lower-case keys).
     check_headers = {":path": "/playback/v1/manifest", "traceparent": TRACEPARENT}
-    with tracing.span(tracing.AUTHZ_CHECK_TOKEN, parent=check_headers, kind=SpanKind.SERVER,
-                      route="manifest", userId=None), \
-            tracing.span(tracing.AUTHZ_ENTITLEMENT, videoId="v1"):
+    with (
+        tracing.span(
+            tracing.AUTHZ_CHECK_TOKEN,
+            parent=check_headers,
+            kind=SpanKind.SERVER,
+            route="manifest",
+            userId=None,
+        ),
+        tracing.span(tracing.AUTHZ_ENTITLEMENT, videoId="v1"),
+    ):
         pass
     # Envoy -> extproc: request headers as aiohttp/multidict would present them.
     extproc_headers = CIMultiDict({"TraceParent": TRACEPARENT})
-    with tracing.span(tracing.EXTPROC_REWRITE_MANIFEST, parent=extproc_headers,
-                      kind=SpanKind.SERVER):
+    with tracing.span(
+        tracing.EXTPROC_REWRITE_MANIFEST, parent=extproc_headers, kind=SpanKind.SERVER
+    ):
         pass
     spans = {span.name: span for span in memory.finished_spans()}
-    assert set(spans) == {tracing.AUTHZ_CHECK_TOKEN, tracing.AUTHZ_ENTITLEMENT,
-                          tracing.EXTPROC_REWRITE_MANIFEST}
-    trace_ids = {format(span.context.trace_id, "032x") for span in spans.values()
-                 if span.context is not None}
+    assert set(spans) == {
+        tracing.AUTHZ_CHECK_TOKEN,
+        tracing.AUTHZ_ENTITLEMENT,
+        tracing.EXTPROC_REWRITE_MANIFEST,
+    }
+    trace_ids = {
+        format(span.context.trace_id, "032x") for span in spans.values() if span.context is not None
+    }
     assert trace_ids == {ENVOY_TRACE_ID}
     check = spans[tracing.AUTHZ_CHECK_TOKEN]
     assert check.parent is not None
@@ -71,8 +83,10 @@ def test_without_traceparent_a_new_trace_starts_and_is_propagated(
     memory: tracing.Tracing,
 ) -> None:
     outgoing: dict[str, str] = {}
-    with tracing.span(tracing.BROKER_ISSUE_LICENSE, parent={}, kind=SpanKind.SERVER), \
-            tracing.span(tracing.BROKER_PROVIDER_CALL, provider="widevine"):
+    with (
+        tracing.span(tracing.BROKER_ISSUE_LICENSE, parent={}, kind=SpanKind.SERVER),
+        tracing.span(tracing.BROKER_PROVIDER_CALL, provider="widevine"),
+    ):
         trace_id, span_id = tracing.current_ids()
         tracing.inject_headers(outgoing)
     assert trace_id is not None
@@ -114,15 +128,17 @@ def test_traceparent_parser(value: str | None, expected: tuple[str, str] | None)
 
 def test_config_from_env() -> None:
     assert TracingConfig.from_env({}).exporter == "none"
-    otlp = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
-                                   "OTEL_TRACES_SAMPLER_ARG": "0.25"})
+    otlp = TracingConfig.from_env(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    )
     assert otlp.exporter == "otlp"
     assert otlp.insecure
     assert otlp.sample_ratio == 0.25
     tls = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c:4317"})
     assert not tls.insecure
-    off = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
-                                  "OTEL_SDK_DISABLED": "true"})
+    off = TracingConfig.from_env(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_SDK_DISABLED": "true"}
+    )
     assert off.exporter == "none"
 
 
