@@ -8,6 +8,7 @@
 | MANIFEST_DASH_TEMPLATE | {videoId}/manifest.mpd | where the DASH manifest lives at the origin |
 | MANIFEST_MAX_BYTES | 8388608 | larger (decompressed) manifests are refused |
 | MANIFEST_CACHE_ENTRIES | 512 | signed manifests kept per process |
+| URL_TOKEN_VOD_EXTENSION_MAX | 43200 | cap on VOD segment URL life beyond TTL (0: off) |
 
 The signing policy (ORIGIN_URL, URL_SIGNING_KEYS, URL_TOKEN_MODE, URL_TOKEN_TTL,
 URL_TOKEN_WINDOW, URL_TOKEN_BINDING, CDN_SIGNERS, ...) is read by
@@ -41,6 +42,7 @@ class ExtprocConfig:
     dash_template: str
     max_manifest_bytes: int
     cache_entries: int
+    vod_extension_max: float = 43200.0
     media_prefix: str = "/media"
 
     @property
@@ -78,4 +80,5 @@ class ExtprocConfig:
             dash_template=templates["MANIFEST_DASH_TEMPLATE"],
             max_manifest_bytes=env_int(env, "MANIFEST_MAX_BYTES", 8 * 1024 * 1024, minimum=1024),
             cache_entries=env_int(env, "MANIFEST_CACHE_ENTRIES", 512, minimum=0),
+            vod_extension_max=float(env_int(env, "URL_TOKEN_VOD_EXTENSION_MAX", 43200, minimum=0)),
         )

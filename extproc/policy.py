@@ -45,7 +45,7 @@ Environment (read by :meth:`PolicyConfig.from_env`)::
     URL_SIGNING_KEYS            kid:base64secret[:retire_after],...; first signs (required)
     URL_TOKEN_MODE              prefix | url                                   (prefix)
     URL_TOKEN_TTL               seconds                                        (300)
-    URL_TOKEN_PLAYLIST_TTL      seconds, for re-fetched playlists              (URL_TOKEN_TTL)
+    URL_TOKEN_PLAYLIST_TTL      seconds, for re-fetched playlists              (21600)
     URL_TOKEN_WINDOW            seconds; expiries are rounded up to it         (60)
     URL_TOKEN_BINDING           none | ip | session                            (none)
     URL_TOKEN_UNSIGNED_KINDS    comma list of UriKind values left unsigned     (license_url)
@@ -96,6 +96,7 @@ _DEFAULT_PORTS: Final = {"http": ":80", "https": ":443"}
 _VIDEO_ID_FIRST: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _VIDEO_ID_CHARS: Final = _VIDEO_ID_FIRST | frozenset("_.-")
 _MISS: Final = object()
+DEFAULT_PLAYLIST_TTL: Final = 6 * 3600
 _C0_OR_SPACE: Final = "".join(chr(c) for c in range(0x21))
 _SCHEME_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
@@ -208,7 +209,11 @@ class PolicyConfig:
             keys=keys,
             mode=mode,
             ttl=ttl,
-            playlist_ttl=env_int(env, "URL_TOKEN_PLAYLIST_TTL", ttl, minimum=1),
+            # Playlists are fetched again later (live reloads, ABR switches deep into a VOD):
+            # their URLs get a session-length per-URL token; segments keep the short one.
+            playlist_ttl=env_int(
+                env, "URL_TOKEN_PLAYLIST_TTL", max(ttl, DEFAULT_PLAYLIST_TTL), minimum=1
+            ),
             window=env_int(env, "URL_TOKEN_WINDOW", 60, minimum=0),
             binding=binding,
             unsigned_kinds=frozenset(kinds),

@@ -7,6 +7,7 @@ window, origin body digest), so a burst of players in one window costs one rewri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -89,6 +90,68 @@ def mapper_factory(config: ExtprocConfig, policy: SigningPolicy) -> MapperFactor
         )
 
     return factory
+
+
+def _iso_duration_seconds(text: str) -> float:
+    """``PT1H2M3.5S`` / ``P1DT2H`` -> seconds; 0.0 when it is not a duration we understand."""
+    if not text.startswith("P"):
+        return 0.0
+    total, number, in_time = 0.0, "", False
+    units_date = {"D": 86400.0, "W": 604800.0}
+    units_time = {"H": 3600.0, "M": 60.0, "S": 1.0}
+    for ch in text[1:]:
+        if ch == "T":
+            in_time = True
+        elif ch.isdigit() or ch == ".":
+            number += ch
+        else:
+            table = units_time if in_time else units_date
+            if ch not in table or not number:
+                return 0.0
+            try:
+                total += float(number) * table[ch]
+            except ValueError:
+                return 0.0
+            number = ""
+    return total
+
+
+def presentation_seconds(kind: ManifestKind, body: bytes) -> float:
+    """How long a VOD document plays (0.0 for live documents and multivariant playlists).
+
+    HLS: the sum of ``#EXTINF`` durations of a playlist that has ``#EXT-X-ENDLIST``. DASH: the
+    ``mediaPresentationDuration`` of a ``type="static"`` MPD. One linear scan, no regular
+    expressions.
+    """
+    if kind is ManifestKind.HLS:
+        if b"#EXT-X-ENDLIST" not in body:
+            return 0.0
+        total, at = 0.0, body.find(b"#EXTINF:")
+        while at >= 0:
+            start = at + 8
+            end = start
+            while end < len(body) and body[end] in b"0123456789.":
+                end += 1
+            if end > start:
+                with contextlib.suppress(ValueError):  # "1.2.3" is malformed: count nothing
+                    total += float(body[start:end])
+            at = body.find(b"#EXTINF:", end)
+        return total
+    head = body[:8192]
+    root = head.find(b"<MPD")
+    if root < 0:
+        return 0.0
+    tag_end = head.find(b">", root)
+    tag = head[root : tag_end if tag_end > 0 else len(head)].decode("utf-8", "replace")
+    if 'type="dynamic"' in tag or "type='dynamic'" in tag:
+        return 0.0
+    for quote in ('"', "'"):
+        marker = f"mediaPresentationDuration={quote}"
+        at = tag.find(marker)
+        if at >= 0:
+            value_end = tag.find(quote, at + len(marker))
+            return _iso_duration_seconds(tag[at + len(marker) : value_end])
+    return 0.0
 
 
 def wants_body(status: str, content_type: str | None) -> bool:
@@ -195,6 +258,14 @@ class ManifestSigner:
         if kind is None:
             return None
         now = self._clock()
+        # A VOD player fetches a media playlist once and plays it to the end: its segment URLs
+        # must outlive the presentation, so they expire TTL after it could have been played.
+        extension = (
+            min(presentation_seconds(kind, decoded), self._config.vod_extension_max)
+            if self._config.vod_extension_max
+            else 0.0
+        )
+        now += extension
         expires_at = self.expires_at(now)
         key = (
             ctx.public_path,

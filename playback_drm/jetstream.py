@@ -645,8 +645,8 @@ class JetStreamSink:
                 return list(_take(self._replay, limit)), False
             if self._replay_segment is not None:
                 path, size = self._replay_segment  # every event of it is acknowledged
-                self._replay_segment = None
                 await self._spill.remove(path, size)
+                self._replay_segment = None  # after the unlink: idle() means "nothing on disk"
                 continue
             if self._backlog:
                 await self._load_segment(self._backlog.popleft())
@@ -871,8 +871,9 @@ async def read_stream(config: EventsConfig, follow: bool) -> AsyncIterator[dict[
             servers=config.nats_servers,
             connect_timeout=CONNECT_TIMEOUT_S,
             allow_reconnect=follow,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=INITIAL_CONNECT_WAIT_S,
+            # nats-py retries the first connection until the attempts run out (-1: forever).
+            max_reconnect_attempts=-1 if follow else 1,
+            reconnect_time_wait=INITIAL_CONNECT_WAIT_S if follow else 0,
             name="playback-drm-events-reader",
             error_cb=quiet,
         )

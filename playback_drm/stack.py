@@ -27,6 +27,7 @@ from playback_drm.emulators.auth import (
     load_or_create_key,
     sign_token,
 )
+from playback_drm.emulators.drm import provider_env
 from playback_drm.envoy_config import Endpoint, EnvoySettings, TlsFiles, render
 from playback_drm.supervise import ManagedProcess, binary, free_port
 
@@ -225,6 +226,8 @@ class Stack:
             "NODE_MODULES_DIR": str(Path.cwd() / "node_modules"),
             "RATE_LIMIT_PER_USER": str(self.settings.per_user_rps),
         }
+        # the DRM provider emulator stands in for Widevine, PlayReady, FairPlay (and Axinom)
+        env.update(provider_env(f"http://127.0.0.1:{p.drm}"))
         optional = {
             "REDIS_URL": self.settings.redis_url,
             "NATS_URL": self.settings.nats_url,

@@ -37,7 +37,7 @@ def chromium_path() -> str:
     return str(CHROMIUM)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # playwright's loop must not outlive the browser tests
 def browser(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     try:
         from playwright.sync_api import sync_playwright

@@ -645,7 +645,7 @@ def test_from_env_defaults_and_cdn_signers() -> None:
     }
     config = PolicyConfig.from_env(env)
     assert config.mode is TokenMode.URL
-    assert (config.ttl, config.playlist_ttl, config.window) == (120, 120, 60)
+    assert (config.ttl, config.playlist_ttl, config.window) == (120, 6 * 3600, 60)
     assert config.binding is Binding.SESSION
     assert config.unsigned_kinds == frozenset({UriKind.KEY, UriKind.LICENSE_URL})
     assert config.public_hosts == frozenset({"play.example.com"})

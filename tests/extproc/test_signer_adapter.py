@@ -1,0 +1,267 @@
+"""The manifest signer and the ext_proc adapter, without Envoy (Envoy is in tests/integration)."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc.config import ExtprocConfig
+from extproc.manifest import ManifestKind
+from extproc.policy import SigningPolicy
+from extproc.server import ExternalProcessor
+from extproc.signer import (
+    ManifestSigner,
+    context_from_request,
+    mapper_factory,
+    presentation_seconds,
+    wants_body,
+)
+from playback_drm.events import MemorySink
+
+KEYS = "k1:" + "A" * 43
+ENV = {"URL_SIGNING_KEYS": KEYS, "ORIGIN_URL": "http://origin.test/", "URL_TOKEN_WINDOW": "60"}
+VOD = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n" + b"#EXTINF:4.0,\nseg.ts\n" * 150 + b"#EXT-X-ENDLIST\n"
+LIVE = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg1.ts\n#EXTINF:4.0,\nseg2.ts\n"
+MASTER = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhls/720p/playlist.m3u8\n"
+
+
+def config(**extra: str) -> ExtprocConfig:
+    return ExtprocConfig.from_env({**ENV, **extra})
+
+
+def signer(clock: list[float], **extra: str) -> ManifestSigner:
+    cfg = config(**extra)
+    return ManifestSigner(
+        cfg, mapper_factory(cfg, SigningPolicy(cfg.policy)), clock=lambda: clock[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/playback/demo/manifest", ("/media/demo/master.m3u8", True, "hls")),
+        ("/playback/demo/manifest?format=dash&token=x", ("/media/demo/manifest.mpd", True, "dash")),
+        (
+            "/media/demo/hls/720p/playlist.m3u8?pdt=x",
+            ("/media/demo/hls/720p/playlist.m3u8", False, "hls"),
+        ),
+        ("/media/demo/dash/x.mpd", ("/media/demo/dash/x.mpd", False, "dash")),
+        ("/drm/license", None),
+        ("/playback/../manifest", None),
+        ("/media/demo", None),
+    ],
+)
+def test_context_from_request(path: str, expected: tuple[str, bool, str] | None) -> None:
+    ctx = context_from_request(config(), path, {"x-playback-user": "alice"})
+    if expected is None:
+        assert ctx is None
+    else:
+        assert ctx is not None
+        assert (ctx.public_path, ctx.entry, ctx.format) == expected
+        assert ctx.user == "alice"
+
+
+@pytest.mark.parametrize(
+    ("status", "ctype", "want"),
+    [
+        ("200", "application/vnd.apple.mpegurl", True),
+        ("200", "application/dash+xml; charset=utf-8", True),
+        ("200", "application/octet-stream", True),
+        ("200", None, True),
+        ("200", "video/mp2t", False),
+        ("404", "application/vnd.apple.mpegurl", False),
+        ("304", "application/dash+xml", False),
+    ],
+)
+def test_wants_body(status: str, ctype: str | None, want: bool) -> None:
+    assert wants_body(status, ctype) is want
+
+
+def test_presentation_seconds() -> None:
+    assert presentation_seconds(ManifestKind.HLS, VOD) == 600.0
+    assert presentation_seconds(ManifestKind.HLS, LIVE) == 0.0
+    assert presentation_seconds(ManifestKind.HLS, MASTER) == 0.0
+    static = b'<?xml version="1.0"?><MPD type="static" mediaPresentationDuration="PT1H2M3.5S">'
+    assert presentation_seconds(ManifestKind.DASH, static) == 3723.5
+    assert (
+        presentation_seconds(ManifestKind.DASH, b"<MPD mediaPresentationDuration='P1DT1S'>")
+        == 86401
+    )
+    dynamic = b'<MPD type="dynamic" mediaPresentationDuration="PT60S">'
+    assert presentation_seconds(ManifestKind.DASH, dynamic) == 0.0
+    assert presentation_seconds(ManifestKind.DASH, b'<MPD mediaPresentationDuration="bogus">') == 0
+
+
+def _exp_of(body: bytes) -> int:
+    token = body.split(b"pdt=", 1)[1].split(b"\n", 1)[0].decode()
+    return int(token.split(".")[1])
+
+
+def test_vod_segments_outlive_the_presentation_live_ones_do_not() -> None:
+    clock = [1_000_000.0]
+    sign = signer(clock)
+    ctx = context_from_request(config(), "/media/demo/hls/720p/playlist.m3u8", {})
+    assert ctx is not None
+    vod = sign.sign(ctx, "application/vnd.apple.mpegurl", None, VOD)
+    live = sign.sign(ctx, "application/vnd.apple.mpegurl", None, LIVE)
+    assert vod is not None
+    assert live is not None
+    assert _exp_of(vod.body) >= clock[0] + 300 + 600
+    assert clock[0] + 300 <= _exp_of(live.body) < clock[0] + 300 + 60
+    off = signer(clock, URL_TOKEN_VOD_EXTENSION_MAX="0").sign(ctx, None, None, VOD)
+    assert off is not None
+    assert _exp_of(off.body) < clock[0] + 300 + 60
+
+
+def test_cache_per_window_and_gzip_and_passthrough() -> None:
+    clock = [1_000_000.0]
+    sign = signer(clock)
+    ctx = context_from_request(config(), "/playback/demo/manifest", {})
+    assert ctx is not None
+    first = sign.sign(ctx, "application/vnd.apple.mpegurl", None, MASTER)
+    again = sign.sign(ctx, "application/vnd.apple.mpegurl", "gzip", gzip.compress(MASTER))
+    assert first is not None
+    assert again is not None
+    assert (first.cached, again.cached) == (False, True)
+    assert again.decoded
+    assert again.body == first.body
+    clock[0] += 120  # the next expiry window: a fresh rewrite
+    later = sign.sign(ctx, None, None, MASTER)
+    assert later is not None
+    assert not later.cached
+    assert sign.sign(ctx, "text/plain", None, b"not a manifest") is None
+
+
+async def _stream(*messages: ep.ProcessingRequest) -> AsyncIterator[ep.ProcessingRequest]:
+    for message in messages:
+        yield message
+
+
+def _headers(**values: str) -> ep.HttpHeaders:
+    return ep.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(
+                    key=k.replace("_", "-").replace("colon-", ":"), raw_value=v.encode()
+                )
+                for k, v in values.items()
+            ]
+        )
+    )
+
+
+async def _run(processor: ExternalProcessor, *messages: ep.ProcessingRequest) -> list[Any]:
+    return [r async for r in processor.Process(_stream(*messages), None)]
+
+
+def processor() -> tuple[ExternalProcessor, MemorySink]:
+    cfg = config()
+    policy = SigningPolicy(cfg.policy)
+    sink = MemorySink()
+    return ExternalProcessor(
+        cfg, ManifestSigner(cfg, mapper_factory(cfg, policy)), policy, sink
+    ), sink
+
+
+async def test_adapter_signs_the_body_and_fixes_headers() -> None:
+    proc, sink = processor()
+    replies = await _run(
+        proc,
+        ep.ProcessingRequest(
+            request_headers=_headers(
+                colon_path="/playback/demo/manifest",
+                x_playback_user="alice",
+                x_playback_video="demo",
+            )
+        ),
+        ep.ProcessingRequest(
+            response_headers=_headers(
+                colon_status="200",
+                content_type="application/vnd.apple.mpegurl",
+                content_encoding="gzip",
+            )
+        ),
+        ep.ProcessingRequest(
+            response_body=ep.HttpBody(body=gzip.compress(MASTER), end_of_stream=True)
+        ),
+    )
+    assert [r.WhichOneof("response") for r in replies] == [
+        "request_headers",
+        "response_headers",
+        "response_body",
+    ]
+    common = replies[2].response_body.response
+    assert b"pdt=" in common.body_mutation.body
+    set_headers = {h.header.key: h.header.raw_value for h in common.header_mutation.set_headers}
+    assert set_headers["content-length"] == str(len(common.body_mutation.body)).encode()
+    assert "content-encoding" in common.header_mutation.remove_headers
+    for h in common.header_mutation.set_headers:
+        assert not h.header.value  # raw_value only, never both
+    assert [e.type for e in sink.events] == ["PlaybackStarted"]
+    assert sink.events[0].data["userId"] == "alice"
+
+
+async def test_adapter_skips_bodies_it_does_not_need() -> None:
+    proc, _ = processor()
+    replies = await _run(
+        proc,
+        ep.ProcessingRequest(request_headers=_headers(colon_path="/playback/demo/manifest")),
+        ep.ProcessingRequest(
+            response_headers=_headers(colon_status="404", content_type="application/problem+json")
+        ),
+    )
+    assert replies[1].HasField("mode_override")
+    assert replies[1].mode_override.response_body_mode == ProcessingMode.NONE
+
+
+async def test_adapter_refuses_a_broken_manifest_with_a_problem() -> None:
+    proc, sink = processor()
+    replies = await _run(
+        proc,
+        ep.ProcessingRequest(request_headers=_headers(colon_path="/media/demo/manifest.mpd")),
+        ep.ProcessingRequest(
+            response_headers=_headers(colon_status="200", content_type="application/dash+xml")
+        ),
+        ep.ProcessingRequest(
+            response_body=ep.HttpBody(
+                body=b'<!DOCTYPE x [<!ENTITY a "b">]><MPD/>', end_of_stream=True
+            )
+        ),
+    )
+    immediate = replies[2].immediate_response
+    assert immediate.status.code == 502
+    assert b"manifest_forbidden_xml" in immediate.body
+    assert not sink.events
+
+
+async def test_json_form_is_answered_on_the_stream() -> None:
+    proc, _ = processor()
+    replies = await _run(
+        proc,
+        ep.ProcessingRequest(
+            request_headers=_headers(
+                colon_path="/playback/demo/manifest",
+                colon_authority="edge.test",
+                accept="application/json",
+                x_playback_user="alice",
+            )
+        ),
+    )
+    immediate = replies[0].immediate_response
+    assert immediate.status.code == 200
+    assert b'"url":"http://edge.test/media/demo/master.m3u8?pdt=' in immediate.body
+    anonymous = await _run(
+        proc,
+        ep.ProcessingRequest(
+            request_headers=_headers(
+                colon_path="/playback/demo/manifest", accept="application/json"
+            )
+        ),
+    )
+    assert anonymous[0].immediate_response.status.code == 401
