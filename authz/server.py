@@ -24,6 +24,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authz import metrics
@@ -38,7 +39,7 @@ from authz.ratelimit import (
 )
 from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
-from playback_drm import urlsign
+from playback_drm import tracing, urlsign
 from playback_drm.events import PLAYBACK_ERROR, Event, EventSink, NullSink
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, problem_body
 
@@ -135,7 +136,19 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
         inp = to_input(request)
-        decision = await self._authorizer.check(inp)
+        if tracing.tracing_enabled():
+            # Envoy's ext_authz client span travels in the gRPC metadata (W3C traceparent).
+            parent = dict(context.invocation_metadata() or ())
+            if tracing.TRACEPARENT not in parent:
+                parent = dict(request.attributes.request.http.headers)
+            with tracing.span(
+                tracing.AUTHZ_CHECK_TOKEN, parent=parent, kind=SpanKind.SERVER, mode=inp.mode
+            ) as current:
+                decision = await self._authorizer.check(inp)
+                if current is not None and isinstance(decision, Deny):
+                    current.set_attribute("playback.code", decision.code)
+        else:
+            decision = await self._authorizer.check(inp)
         mode = inp.mode
         if isinstance(decision, Allow):
             counter = self._allow_counters.get(mode)

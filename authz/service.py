@@ -12,6 +12,7 @@ from authz.decision import Allow, CheckInput, Decision, Deny
 from authz.entitlement import EntitlementCache
 from authz.errors import TokenMissing
 from authz.tokens import TokenVerifier
+from playback_drm import tracing
 from playback_drm.problem import PlaybackError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,11 @@ class Authorizer:
         if inp.mode == decision.MODE_JWT_ONLY:
             return decision.identified(ident, remove)
         video = decision.video_for(inp)
-        ent = await self._entitlements.get(ident.sub, video)
+        cached = self._entitlements.cached(ident.sub, video)
+        if cached is not None:
+            return decision.entitled(ident, cached, remove)
+        with tracing.span(tracing.AUTHZ_ENTITLEMENT, videoId=video, userId=ident.sub):
+            ent = await self._entitlements.get(ident.sub, video)
         return decision.entitled(ident, ent, remove)
 
     def _check_signed_url(self, inp: CheckInput) -> Decision:

@@ -29,6 +29,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from extproc import metrics
@@ -41,6 +42,7 @@ from extproc.signer import (
     mapper_factory,
     wants_body,
 )
+from playback_drm import tracing
 from playback_drm.events import PLAYBACK_STARTED, Event, EventSink, NullSink
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 
@@ -110,6 +112,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         ctx: ManifestContext | None = None
         content_type: str | None = None
         content_encoding: str | None = None
+        trace_parent: dict[str, str] | None = None
+        if tracing.tracing_enabled() and context is not None:
+            # Envoy's ext_proc client span travels in the gRPC metadata (W3C traceparent).
+            trace_parent = dict(context.invocation_metadata() or ())
         async for request in request_iterator:
             phase = request.WhichOneof("request")
             if phase == "request_headers":
@@ -130,7 +136,19 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 else:
                     yield _CONTINUE_RESPONSE_HEADERS
             elif phase == "response_body":
-                yield self._body(ctx, content_type, content_encoding, request.response_body.body)
+                body = request.response_body.body
+                if trace_parent is None:
+                    yield self._body(ctx, content_type, content_encoding, body)
+                    continue
+                with tracing.span(
+                    tracing.EXTPROC_REWRITE_MANIFEST,
+                    parent=trace_parent,
+                    kind=SpanKind.SERVER,
+                    videoId=ctx.video if ctx else None,
+                    bytes=len(body),
+                ):
+                    reply = self._body(ctx, content_type, content_encoding, body)
+                yield reply
             else:  # phases we never asked for: let them pass
                 yield _generic_continue(phase)
 

@@ -137,8 +137,10 @@ SERVERS: dict[str, Callable[[Mapping[str, str]], Awaitable[None]]] = {
 
 def _configure_logging(component: str, env: Mapping[str, str]) -> None:
     from playback_drm.logs import configure_logging
+    from playback_drm.tracing import TracingConfig, configure_tracing
 
     configure_logging(component, env.get("LOG_LEVEL") or "INFO")
+    configure_tracing(component, TracingConfig.from_env(env))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

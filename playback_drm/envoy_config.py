@@ -54,6 +54,7 @@ T_STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.St
 T_REQ_WITHOUT_QUERY = (
     "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
 )
+T_OTEL = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 T_HEAP_MONITOR = (
     "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
 )
@@ -120,6 +121,8 @@ class EnvoySettings:
     max_heap_bytes: int = 512 * 1024 * 1024
     max_connections: int = 50_000
     access_log: bool = True
+    otlp_collector: Endpoint | None = None  # OpenTelemetry traces (OTLP/gRPC); None: off
+    trace_sampling_percent: float = 100.0
     extra_headers_to_strip: tuple[str, ...] = field(default=())
 
 
@@ -275,6 +278,24 @@ def _access_log() -> list[dict[str, Any]]:
             },
         }
     ]
+
+
+def _tracing(s: EnvoySettings, service: str) -> dict[str, Any]:
+    return {
+        "random_sampling": {"value": s.trace_sampling_percent},
+        "spawn_upstream_span": True,
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": T_OTEL,
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": "otel_collector"},
+                    "timeout": "0.25s",
+                },
+                "service_name": service,
+            },
+        },
+    }
 
 
 def _hcm_common(stat_prefix: str) -> dict[str, Any]:
@@ -722,6 +743,8 @@ def _sidecar_listener(s: EnvoySettings) -> dict[str, Any]:
     )
     if s.access_log:
         hcm["access_log"] = _access_log()
+    if s.otlp_collector is not None:
+        hcm["tracing"] = _tracing(s, "playback-sidecar")
     return {
         "name": "sidecar",
         "address": {"socket_address": {"address": s.listen_host, "port_value": s.sidecar_port}},
@@ -797,7 +820,11 @@ def _gateway_listener(s: EnvoySettings) -> dict[str, Any]:
         )
         routes.append({"match": {"path": "/"}, "redirect": {"path_redirect": "/demo/"}})
     routes.append({"match": {"prefix": "/"}, "route": {"cluster": "sidecar", "timeout": "60s"}})
-    return _plain_listener("gateway", s.listen_host, s.gateway_port, routes, log=s.access_log)
+    listener = _plain_listener("gateway", s.listen_host, s.gateway_port, routes, log=s.access_log)
+    if s.otlp_collector is not None:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["tracing"] = _tracing(s, "playback-gateway")
+    return listener
 
 
 def _cluster(
@@ -870,6 +897,8 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
     ]
     if s.use_rate_limit_service:
         clusters.append(_cluster("ratelimit", s.rate_limit_service or s.authz_grpc, http2=True))
+    if s.otlp_collector is not None:
+        clusters.append(_cluster("otel_collector", s.otlp_collector, http2=True, dns=dns))
     if s.profile == "local":
         if s.gateway_client_tls is None:
             raise ValueError("the local profile needs gateway_client_tls")

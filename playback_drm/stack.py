@@ -77,6 +77,7 @@ class StackSettings:
     per_user_rps: int = 200
     per_user_burst: int = 100
     envoy_access_log: bool = True
+    otlp_endpoint: str | None = None  # OTLP/gRPC collector for Envoy and the services
     instance: str = "main"  # a second replica in the same root gets its own logs and config
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -92,6 +93,7 @@ class StackSettings:
             vault_addr=env.get("VAULT_ADDR") or None,
             vault_token=env.get("VAULT_TOKEN") or None,
             origin_url=env.get("ORIGIN_URL") or None,
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         )
 
 
@@ -190,8 +192,19 @@ class Stack:
             per_user_rps=self.settings.per_user_rps,
             per_user_burst=self.settings.per_user_burst,
             use_rate_limit_service=self.settings.redis_url is not None,
+            otlp_collector=self._otlp_endpoint(),
             access_log=self.settings.envoy_access_log,
         )
+
+    def _otlp_endpoint(self) -> Endpoint | None:
+        url = (
+            self.settings.extra_env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or self.settings.otlp_endpoint
+        )
+        if not url:
+            return None
+        parts = urlsplit(url)
+        return Endpoint(parts.hostname or "127.0.0.1", parts.port or 4317)
 
     # ------------------------------------------------------------------------------ environment
 
@@ -229,6 +242,7 @@ class Stack:
         # the DRM provider emulator stands in for Widevine, PlayReady, FairPlay (and Axinom)
         env.update(provider_env(f"http://127.0.0.1:{p.drm}"))
         optional = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.settings.otlp_endpoint,
             "REDIS_URL": self.settings.redis_url,
             "NATS_URL": self.settings.nats_url,
             "VAULT_ADDR": self.settings.vault_addr,

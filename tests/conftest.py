@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.servers", "tests.support.stack"]
+pytest_plugins = ["tests.support.servers", "tests.support.stack", "tests.support.otlp"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = (REPO_ROOT.parent / "shared" / "corpus").resolve()
