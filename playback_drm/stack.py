@@ -105,6 +105,7 @@ class Stack:
         self.logs = self.root / "logs" / settings.instance
         self.processes: dict[str, ManagedProcess] = {}
         self.pki: DevPki | None = None
+        self.issued_tokens: list[str] = []  # lets tests prove none of them reaches a log
 
     # ------------------------------------------------------------------ paths and generated files
 
@@ -336,7 +337,9 @@ class Stack:
 
     def token(self, sub: str, ttl: int = 3600) -> str:
         key = load_or_create_key(self.jwt_key_path)
-        return sign_token(key, sub, ttl=ttl)
+        token = sign_token(key, sub, ttl=ttl)
+        self.issued_tokens.append(token)
+        return token
 
     def events(self) -> list[dict[str, object]]:
         if not self.events_log.exists():

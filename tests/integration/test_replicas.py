@@ -14,7 +14,7 @@ import pytest
 from playback_drm.stack import Stack, StackSettings
 from playback_drm.supervise import free_port
 from tests.support.servers import RedisServer
-from tests.support.stack import http, start_stack
+from tests.support.stack import http, start_stack, stop_and_audit
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +43,8 @@ def replicas(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Stack,
         second.start(["authz", "envoy"])
         yield first, second
     finally:
-        second.stop()
-        first.stop()
+        stop_and_audit(second)
+        stop_and_audit(first)
 
 
 async def _spread(urls: list[str], token: str, count: int) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 
 from playback_drm.stack import Stack
 from tests.support.otlp import Collector
-from tests.support.stack import http, start_stack
+from tests.support.stack import http, start_stack, stop_and_audit
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def traced_stack(tmp_path: Path, otlp_collector: Collector) -> Iterator[Stack]:
         extra_env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
     yield stack
-    stack.stop()
+    stop_and_audit(stack)
 
 
 def test_one_trace_spans_envoy_authz_and_extproc(

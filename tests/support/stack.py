@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from playback_drm.stack import COMPONENTS, Stack, StackPorts, StackSettings
+from tests.support.secrets_audit import audit_logs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_MEDIA = REPO_ROOT / ".local" / "test-media"
@@ -66,8 +67,15 @@ def start_stack(root: Path, **settings: Any) -> Stack:
     return stack
 
 
+def stop_and_audit(stack: Stack) -> None:
+    """Stop, then fail if any log the stack wrote holds a token, a key or a URL signature."""
+    stack.stop()
+    problems = audit_logs(stack)
+    assert not problems, "secrets in logs:\n" + "\n".join(problems)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     started = start_stack(tmp_path_factory.mktemp("stack"))
     yield started
-    started.stop()
+    stop_and_audit(started)
