@@ -21,10 +21,13 @@ How an event travels::
 - Deduplication: JetStream drops a message whose ``Nats-Msg-Id`` it stored within the stream's
   ``duplicate_window`` (>= 2 min, persisted with the stream), so a retry after a lost ack stores
   nothing twice: at-least-once delivery becomes effectively exactly-once.
-- Order: events are published in ``emit`` order (a failed batch is retried before newer events;
-  spilled events are newer than every event in memory, because once a spill starts every new event
-  goes to the spill until the disk buffer is empty again). Segments left by a previous process are
-  replayed first; across such a restart, order is best effort.
+- Order: events are published in ``emit`` order, except that an event retried after a lost ack
+  may land after others of its batch. Retries go before anything newer; spilled events are newer
+  than every event in memory (once a spill starts every new event goes to the spill until the
+  disk buffer is empty again). Segments left by a previous process are replayed first; across
+  such a restart, order is best effort.
+- Fairness: the publisher yields to the event loop every ``YIELD_EVERY`` publishes and the spill
+  writer every ``ENCODE_SLICE`` encodes, so a backlog being flushed does not stall requests.
 - Connection: ``nats-py`` reconnects forever; the delay between attempts is exponential with full
   jitter (``reconnect_to_server_handler``), capped by ``EVENTS_RECONNECT_MAX_WAIT_S``. If NATS is
   down at start, the first connection is retried every second in the background (the service
@@ -96,8 +99,6 @@ DROP_LOG_INTERVAL_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 2.0
 # Events waiting for the spill writer's next batch (it writes them within one loop iteration).
 STAGING_MIN_EVENTS: Final = 4096
-
-
 YIELD_EVERY: Final = 16  # publishes between two yields to the event loop
 ENCODE_SLICE: Final = 64  # events encoded between two yields to the event loop
 
@@ -178,13 +179,13 @@ def _append(path: Path, data: bytes, fsync: bool) -> None:
         os.close(fd)
 
 
-def _append_segments(plan: list[tuple[Path, list[bytes]]], fsync: str) -> None:
-    """Write each segment's lines; fsync per policy (``segment``: the ones filled up here)."""
-    for index, (path, lines) in enumerate(plan):
-        last = index == len(plan) - 1
-        _append(
-            path, b"\n".join(lines) + b"\n", fsync == "batch" or (fsync == "segment" and not last)
-        )
+def _append_segments(plan: list[tuple[Path, list[bytes]]], fsync: str, filled: list[Path]) -> None:
+    """Write each segment's lines; fsync per policy (``segment``: the ``filled`` ones)."""
+    for path, lines in plan:
+        _append(path, b"\n".join(lines) + b"\n", fsync == "batch")
+    if fsync == "segment":
+        for path in filled:
+            _fsync_path(path)
 
 
 def _fsync_path(path: Path) -> None:
@@ -290,7 +291,8 @@ class SpillBuffer:
             total += size
             written += 1
         if plan:
-            await asyncio.to_thread(_append_segments, plan, self.fsync)
+            filled = [path for path, _ in sealed]
+            await asyncio.to_thread(_append_segments, plan, self.fsync, filled)
         self.bytes += total
         self.sealed.extend(sealed)
         return written
@@ -673,8 +675,8 @@ class JetStreamSink:
             await self._load_segment(segment)
 
     async def _load_segment(self, segment: tuple[Path, int]) -> None:
+        self._replay_segment = segment  # first: while reading, the sink is not idle
         self._replay.extend(await asyncio.to_thread(_read_lines, segment[0]))
-        self._replay_segment = segment
 
     async def _publish_pipelined(self, entries: list[_Entry]) -> list[_Entry]:
         """Send every entry, then wait (bounded) for the acks; return the entries to retry.
