@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from authz import decision
+from authz import decision, metrics
 from authz.decision import Allow, CheckInput, Decision, Deny
 from authz.entitlement import EntitlementCache
 from authz.errors import TokenMissing
@@ -16,6 +16,10 @@ from playback_drm import tracing
 from playback_drm.problem import PlaybackError
 
 log = logging.getLogger(__name__)
+_TOKEN_HIT = metrics.CACHE.labels("tokens", "hit")
+_TOKEN_MISS = metrics.CACHE.labels("tokens", "miss")
+_ENTITLEMENT_HIT = metrics.CACHE.labels("entitlements", "hit")
+_ENTITLEMENT_MISS = metrics.CACHE.labels("entitlements", "miss")
 
 
 class UrlVerifier(Protocol):
@@ -53,14 +57,21 @@ class Authorizer:
         token = decision.extract_token(inp)
         if token is None:
             raise TokenMissing("a JWT is required: Authorization: Bearer or ?token=")
-        ident = await self._verifier.verify(token)
+        ident = self._verifier.cached(token)
+        if ident is None:
+            _TOKEN_MISS.inc()
+            ident = await self._verifier.verify(token)
+        else:
+            _TOKEN_HIT.inc()
         remove = inp.authorization is None or decision.has_token_param(inp.query)
         if inp.mode == decision.MODE_JWT_ONLY:
             return decision.identified(ident, remove)
         video = decision.video_for(inp)
         cached = self._entitlements.cached(ident.sub, video)
         if cached is not None:
+            _ENTITLEMENT_HIT.inc()
             return decision.entitled(ident, cached, remove)
+        _ENTITLEMENT_MISS.inc()
         with tracing.span(tracing.AUTHZ_ENTITLEMENT, videoId=video, userId=ident.sub):
             ent = await self._entitlements.get(ident.sub, video)
         return decision.entitled(ident, ent, remove)
