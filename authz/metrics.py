@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
-from playback_drm.metrics import CACHE_REQUESTS
+from playback_drm.metrics import CACHE_REQUESTS, request_metrics
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-
-CHECKS = Counter(
-    "playback_authz_checks_total",
-    "ext_authz checks by mode, outcome (allow/deny) and stable code",
-    ["mode", "outcome", "code"],
-)
-CHECK_SECONDS = Histogram(
-    "playback_authz_check_seconds",
-    "Time to decide one ext_authz check",
-    ["mode"],
-    buckets=LATENCY_BUCKETS,
-)
+# playback_authz_requests_total{route,outcome,code} and playback_authz_request_duration_seconds:
+# the names the alert rules and the dashboard watch (route = the check mode).
+REQUESTS = request_metrics("authz")
 CACHE = CACHE_REQUESTS  # shared across services: playback_cache_requests_total{cache,result}
 RATE_LIMIT = Counter(
     "playback_ratelimit_decisions_total",

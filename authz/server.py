@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authz import metrics
 from authz.config import AuthzConfig
-from authz.decision import Allow, CheckInput, Decision, Deny
+from authz.decision import Allow, CheckInput, Decision, Deny, video_for
 from authz.entitlement import BillingClient, EntitlementCache, RedisCache
 from authz.ratelimit import (
     MemorySlidingWindow,
@@ -41,7 +41,7 @@ from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
 from playback_drm.events import PLAYBACK_ERROR, Event, EventSink, NullSink
-from playback_drm.problem import PROBLEM_CONTENT_TYPE, problem_body
+from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,6 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     def __init__(self, authorizer: Authorizer, events: EventSink) -> None:
         self._authorizer = authorizer
         self._events = events
-        self._allow_counters: dict[str, Any] = {}
-        self._latency: dict[str, Any] = {}
         self._responses: dict[Allow, tuple[float, external_auth_pb2.CheckResponse]] = {}
 
     async def Check(
@@ -145,25 +143,20 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 tracing.AUTHZ_CHECK_TOKEN, parent=parent, kind=SpanKind.SERVER, mode=inp.mode
             ) as current:
                 decision = await self._authorizer.check(inp)
-                if current is not None and isinstance(decision, Deny):
-                    current.set_attribute("playback.code", decision.code)
+                if isinstance(decision, Deny):
+                    if current is not None:
+                        current.set_attribute("playback.code", decision.code)
+                    self._record_denial(inp, decision)  # inside the span: events carry its id
         else:
             decision = await self._authorizer.check(inp)
-        mode = inp.mode
+            if isinstance(decision, Deny):
+                self._record_denial(inp, decision)
+        elapsed = time.perf_counter() - started
         if isinstance(decision, Allow):
-            counter = self._allow_counters.get(mode)
-            if counter is None:
-                counter = self._allow_counters[mode] = metrics.CHECKS.labels(mode, "allow", "ok")
-            counter.inc()
-        else:
-            metrics.CHECKS.labels(mode, "deny", decision.code).inc()
-            self._record_denial(inp, decision)
-        hist = self._latency.get(mode)
-        if hist is None:
-            hist = self._latency[mode] = metrics.CHECK_SECONDS.labels(mode)
-        hist.observe(time.perf_counter() - started)
-        if isinstance(decision, Allow):
+            metrics.REQUESTS.observe(inp.mode, "ok", "ok", elapsed)
             return self._allow_response(decision)
+        outcome = "error" if decision.status >= 500 else "rejected"
+        metrics.REQUESTS.observe(inp.mode, outcome, decision.code, elapsed)
         return to_response(decision)
 
     def _allow_response(self, decision: Allow) -> external_auth_pb2.CheckResponse:
@@ -191,9 +184,22 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 type=PLAYBACK_ERROR,
                 source=SOURCE,
                 subject=inp.path,
-                data={"code": decision.code, "status": decision.status, "path": inp.path},
+                data={
+                    "code": decision.code,
+                    "status": decision.status,
+                    "path": inp.path,
+                    "videoId": _video_or_none(inp),
+                    "traceId": tracing.current_trace_id(),
+                },
             )
         )
+
+
+def _video_or_none(inp: CheckInput) -> str | None:
+    try:
+        return video_for(inp)
+    except PlaybackError:
+        return None
 
 
 _RL_UNIT_SECOND = rls_pb2.RateLimitResponse.RateLimit.SECOND

@@ -127,6 +127,13 @@ AUTHZ_FILTER = {
         "allowed_headers": {"patterns": [{"exact": "authorization"}, {"exact": "traceparent"}]},
     },
 }
+ECHO_FILTER = {
+    "name": "envoy.filters.http.ext_authz",
+    "typed_config": {
+        **AUTHZ_FILTER["typed_config"],  # type: ignore[dict-item]
+        "grpc_service": {"envoy_grpc": {"cluster_name": "echo_authz"}, "timeout": "1s"},
+    },
+}
 EXTPROC_FILTER = {
     "name": "envoy.filters.http.ext_proc",
     "typed_config": {
@@ -193,6 +200,7 @@ def bench_envoy_config(ports: dict[str, int], stack: Stack) -> dict[str, Any]:
                 _listener("direct", ports["direct"], direct, []),
                 _listener("alone", ports["alone"], to_direct, []),
                 _listener("authz", ports["authz"], to_direct, [AUTHZ_FILTER]),
+                _listener("echo", ports["echo"], to_direct, [ECHO_FILTER]),
                 _listener(
                     "manifest_alone", ports["manifest_alone"], _manifest_routes("origin"), []
                 ),
@@ -207,6 +215,7 @@ def bench_envoy_config(ports: dict[str, int], stack: Stack) -> dict[str, Any]:
                 _cluster("direct", ports["direct"]),
                 _cluster("origin", stack.ports.origin),
                 _cluster("authz", stack.ports.authz_grpc, http2=True),
+                _cluster("echo_authz", ports["echo_authz"], http2=True),
                 _cluster("extproc", stack.ports.extproc_grpc, http2=True),
             ],
         },
@@ -288,7 +297,16 @@ def start_bench_stack(root: Path) -> Stack:
 def start_bench_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[str, int]]:
     ports = {
         k: free_port()
-        for k in ("admin", "direct", "alone", "authz", "manifest_alone", "manifest_full")
+        for k in (
+            "admin",
+            "direct",
+            "alone",
+            "authz",
+            "echo",
+            "echo_authz",
+            "manifest_alone",
+            "manifest_full",
+        )
     }
     config = root / "bench-envoy.yaml"
     config.write_text(yaml.safe_dump(bench_envoy_config(ports, stack)))
@@ -335,13 +353,27 @@ async def scenario_authz(seconds: float) -> list[RunResult]:
         root = Path(tmp)
         stack = start_bench_stack(root)
         envoy, ports = start_bench_envoy(root, stack)
+        echo = ManagedProcess(
+            "echo-authz",
+            [
+                sys.executable,
+                str(Path(__file__).with_name("echo_authz.py")),
+                str(ports["echo_authz"]),
+            ],
+            log_dir=root / "logs",
+            ready=lambda: _port_open(ports["echo_authz"]),
+        ).start()
         try:
             token = stack.token("alice")
             headers = {"Authorization": f"Bearer {token}"}
             processes = pids(stack, envoy, ("authz",))
+            assert echo.proc is not None
+            processes["echo_authz"] = echo.proc.pid
             results = []
             for rate in (200, 500):
-                for name in ("alone", "authz"):
+                # alone: Envoy to the origin; echo: + a do-nothing grpc.aio ext_authz (the
+                # transport floor); authz: + the real one (JWT, entitlement, caches)
+                for name in ("alone", "echo", "authz"):
                     url = f"http://127.0.0.1:{ports[name]}/playback/demo/manifest"
                     results.append(
                         await run_open_loop(
@@ -354,8 +386,17 @@ async def scenario_authz(seconds: float) -> list[RunResult]:
                     )
             return results
         finally:
+            echo.stop()
             envoy.stop()
             stack.stop()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def scenario_manifest(seconds: float) -> list[RunResult]:

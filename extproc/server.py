@@ -161,6 +161,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         except PlaybackError as exc:
             return immediate(exc.status, exc.code, exc.title, exc.detail)
         metrics.MANIFESTS.labels("url", "signed", "ok").inc()
+        metrics.REQUESTS.observe("url", "ok", "ok", 0.0)
         return ep.ProcessingResponse(
             immediate_response=ep.ImmediateResponse(
                 status=http_status_pb2.HttpStatus(code=200),
@@ -192,10 +193,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 extra={"videoId": ctx.video, "userId": ctx.user, "requestId": ctx.request_id},
             )
             status = 502 if exc.status < 500 else exc.status
+            metrics.REQUESTS.observe(ctx.format, "error", exc.code, time.perf_counter() - started)
             return immediate(status, exc.code, exc.title, exc.detail)
         except Exception:
             log.exception("manifest signing failed", extra={"videoId": ctx.video})
             metrics.MANIFESTS.labels("none", "error", "internal_error").inc()
+            metrics.REQUESTS.observe(
+                ctx.format, "error", "internal_error", time.perf_counter() - started
+            )
             return immediate(
                 503, "manifest_signing_failed", "Manifest signing failed", "internal error"
             )
@@ -203,7 +208,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             metrics.MANIFESTS.labels("none", "passthrough", "ok").inc()
             return _UNCHANGED_BODY
         kind = signed.kind.value
-        metrics.REWRITE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        metrics.REQUESTS.observe(kind, "ok", "ok", time.perf_counter() - started)
         metrics.MANIFESTS.labels(kind, "signed", "ok").inc()
         metrics.CACHE.labels("manifests", "hit" if signed.cached else "miss").inc()
         set_headers = [_header("content-length", str(len(signed.body))), _NO_STORE]
@@ -225,6 +230,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         "format": kind,
                         "sessionId": ctx.session,
                         "requestId": ctx.request_id,
+                        "traceId": tracing.current_trace_id(),
                     },
                 )
             )

@@ -180,13 +180,17 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     from playback_drm.eventlog import print_events
-    from playback_drm.events import EventsConfig
+    from playback_drm.events import EventsConfig, EventsUnavailable
 
     env = dict(os.environ)
     env.setdefault("EVENTS_LOG_PATH", str(Path(args.root) / "events.jsonl"))
     config = EventsConfig.from_env(env)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(print_events(config, follow=args.follow, out=sys.stdout))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(print_events(config, follow=args.follow, out=sys.stdout))
+    except EventsUnavailable as exc:
+        print(f"events unavailable: {exc.detail}", file=sys.stderr)
+        return 1
     return 0
 
 

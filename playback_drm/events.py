@@ -56,10 +56,11 @@ variable                           default                   meaning
 ``EVENTS_STREAM``                  ``PLAYBACK_EVENTS``       JetStream stream name
 ``EVENTS_STREAM_MAX_AGE_S``        ``604800`` (7 days)       stream retention
 ``EVENTS_DUPLICATE_WINDOW_S``      ``120``                   JetStream dedup window (>= 120 s)
-``EVENTS_MAX_INFLIGHT``            ``256``                   unacknowledged publishes at once
+``EVENTS_MAX_INFLIGHT``            ``64``                    unacknowledged publishes at once
 ``EVENTS_ACK_TIMEOUT_S``           ``2.0``                   wait for an ack before retrying
 ``EVENTS_DRAIN_TIMEOUT_S``         ``5.0``                   flush deadline on close
 ``EVENTS_RECONNECT_MAX_WAIT_S``    ``2.0``                   reconnect backoff cap (with jitter)
+``EVENTS_LINGER_S``                ``0.02``                  wait for more events before a batch
 =================================  ========================  ==================================
 """
 
@@ -364,10 +365,11 @@ DEFAULT_SPILL_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_SPILL_SEGMENT_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_STREAM_MAX_AGE_S: Final = 7 * 24 * 3600.0
 MIN_DUPLICATE_WINDOW_S: Final = 120.0
-DEFAULT_MAX_INFLIGHT: Final = 256
+DEFAULT_MAX_INFLIGHT: Final = 64
 DEFAULT_ACK_TIMEOUT_S: Final = 2.0
 DEFAULT_DRAIN_TIMEOUT_S: Final = 5.0
 DEFAULT_RECONNECT_MAX_WAIT_S: Final = 2.0
+DEFAULT_LINGER_S: Final = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +390,7 @@ class EventsConfig:
     ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     reconnect_max_wait_s: float = DEFAULT_RECONNECT_MAX_WAIT_S
+    linger_s: float = DEFAULT_LINGER_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EventsConfig:
@@ -429,6 +432,7 @@ class EventsConfig:
             reconnect_max_wait_s=env_float(
                 env, "EVENTS_RECONNECT_MAX_WAIT_S", DEFAULT_RECONNECT_MAX_WAIT_S, minimum=0.01
             ),
+            linger_s=env_float(env, "EVENTS_LINGER_S", DEFAULT_LINGER_S, minimum=0),
         )
 
     @property

@@ -67,19 +67,22 @@ def test_metrics_move_as_requests_pass(stack: Stack) -> None:
     def grew(service: str, name: str, **labels: str) -> bool:
         return total(after[service], name, **labels) > total(before[service], name, **labels)
 
-    assert grew("authz", "playback_authz_checks_total", outcome="allow")
-    assert grew("authz", "playback_authz_checks_total", outcome="deny", code="token_missing")
-    assert grew("authz", "playback_authz_check_seconds_count")
+    assert grew("authz", "playback_authz_requests_total", outcome="ok")
+    assert grew("authz", "playback_authz_requests_total", outcome="rejected", code="token_missing")
+    assert grew("authz", "playback_authz_request_duration_seconds_count")
     assert grew("authz", "playback_cache_requests_total", cache="tokens", result="hit")
     assert grew("authz", "playback_cache_requests_total", cache="entitlements", result="hit")
     assert grew("extproc", "playback_extproc_manifests_total", outcome="signed")
-    assert grew("extproc", "playback_extproc_rewrite_seconds_count")
+    assert grew("extproc", "playback_extproc_requests_total", route="hls", outcome="ok")
+    assert grew("extproc", "playback_extproc_request_duration_seconds_count")
     assert grew("extproc", "playback_cache_requests_total", cache="manifests", result="hit")
     assert grew("broker", "playback_broker_licenses_total", key_system="org.w3.clearkey")
     assert grew("broker", "playback_broker_requests_total")
     assert grew("broker", "playback_broker_request_duration_seconds_count")
     assert grew("envoy", "envoy_http_downstream_rq_total")
     # histogram buckets resolve 1 ms and 50 ms
-    buckets = {k for k in after["authz"] if k.startswith("playback_authz_check_seconds_bucket")}
+    buckets = {
+        k for k in after["authz"] if k.startswith("playback_authz_request_duration_seconds_bucket")
+    }
     assert any('le="0.001"' in b for b in buckets)
     assert any('le="0.05"' in b for b in buckets)

@@ -315,6 +315,7 @@ async def test_stream_subjects_and_dedup_window(nats_server: NatsServer, tmp_pat
         assert first.data is not None
         first_doc = json.loads(first.data)
         assert first.headers["Nats-Msg-Id"] == first_doc["id"]
+        assert first.headers["Content-Type"] == "application/cloudevents+json"
         assert first_doc["type"] == "dev.playback-drm.license.issued.v1"
         assert LICENSE_ISSUED == "LicenseIssued"
     finally:
