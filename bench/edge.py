@@ -431,12 +431,13 @@ async def scenario_manifest(seconds: float) -> list[RunResult]:
 
 
 async def scenario_license(seconds: float) -> list[RunResult]:
-    from tests.support.servers import start_redis, start_vault
+    from tests.support.servers import start_nats, start_redis, start_vault
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         redis = start_redis(root)
         vault = start_vault(root)
+        nats_server = start_nats(root)
         from playback_drm import media
 
         manifest = media.generate(Path(".local/test-media"))
@@ -449,12 +450,13 @@ async def scenario_license(seconds: float) -> list[RunResult]:
                 redis_url=redis.url,
                 vault_addr=vault.url,
                 vault_token=vault.token,
+                nats_url=nats_server.url,
                 envoy_access_log=False,
             )
         )
         try:
             stack.start()
-            token = stack.token("alice")
+            tokens = [stack.token("alice"), stack.token("bob")]  # 100 req/s each: under the limit
             kid = manifest.videos["demo"].video_key.kid
             challenge = json.dumps(
                 {
@@ -462,7 +464,9 @@ async def scenario_license(seconds: float) -> list[RunResult]:
                     "type": "temporary",
                 }
             ).encode()
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            viewers = [
+                {"Authorization": f"Bearer {t}", "Content-Type": "application/json"} for t in tokens
+            ]
             body = json.dumps(
                 {
                     "videoId": "demo",
@@ -489,15 +493,29 @@ async def scenario_license(seconds: float) -> list[RunResult]:
             results.append(
                 await run_open_loop(
                     "license",
-                    lambda _i: Request("POST", lic, headers, body),
+                    lambda i: Request("POST", lic, viewers[i % 2], body),
                     rate=200,
                     seconds=seconds,
                     processes=processes,
                 )
             )
+            # issue 5: the same load while NATS is down (events queue and spill, never block)
+            nats_server.process.stop()
+            results.append(
+                await run_open_loop(
+                    "license_nats_down",
+                    lambda i: Request("POST", lic, viewers[i % 2], body),
+                    rate=200,
+                    seconds=seconds,
+                    processes=processes,
+                    warmup=0,
+                )
+            )
+            nats_server.restart()
             return results
         finally:
             stack.stop()
+            nats_server.process.stop()
             vault.process.stop()
             redis.process.stop()
 
