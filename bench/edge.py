@@ -441,7 +441,7 @@ async def scenario_license(seconds: float) -> list[RunResult]:
         from playback_drm import media
 
         manifest = media.generate(Path(".local/test-media"))
-        media.load_keys_into_vault(manifest, vault.url, vault.token)
+        media.load_keys_into_vault(manifest, url=vault.url, token=vault.token)
         stack = Stack(
             StackSettings(
                 root=root,
