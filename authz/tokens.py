@@ -129,7 +129,9 @@ class JwksCache:
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Fetch the JWKS now (single-flight). Returns whether the key set is usable."""
-        if not force and self._clock() - self._last_attempt < self._min_refresh:
+        # Without any key yet (Auth was down at start-up) retry soon; single-flight bounds load.
+        interval = self._min_refresh if self._keys is not None else min(self._min_refresh, 1.0)
+        if not force and self._clock() - self._last_attempt < interval:
             return self._keys is not None
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._do_refresh())

@@ -1,13 +1,17 @@
 """gRPC adapter: Envoy's ext_proc stream (envoy.service.ext_proc.v3) for manifest routes, plus a
-small HTTP app for /health and /metrics. The JSON form of the manifest route
-(``Accept: application/json`` -> ``{"url", "expiresAt"}``) is answered on the ext_proc stream
-itself, as an immediate response after authz admitted the viewer.
+small HTTP app for /health and /metrics.
 
-Per request Envoy sends request headers, response headers and (BUFFERED) the response body. The
-adapter records the request context, lets non-manifest responses through without buffering
-(``mode_override``), and replaces manifest bodies with their signed version, fixing
-``content-length`` and ``content-encoding``. Any failure is an immediate problem+json response:
-an unsigned manifest never reaches a viewer.
+Manifest routes skip both header phases: Envoy sends one message, the buffered response body,
+with the request's facts attached as CEL attributes (the viewer's original path, status, identity
+headers, client address; ``EXTPROC_ATTRIBUTES`` in the Envoy configuration). One gRPC message per
+manifest instead of three. The response headers have left by then, so nothing here changes them:
+the route drops the origin's length and validators and marks the answer ``no-store``, Envoy sends
+the signed body chunked, and a gzip or deflate body is answered in the same encoding.
+
+The JSON form of the manifest route (``Accept: application/json`` -> ``{"url", "expiresAt"}``)
+keeps a request-headers phase and is answered there, as an immediate response after authz admitted
+the viewer. Any failure is an immediate problem+json response: an unsigned manifest never reaches
+a viewer.
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gzip
 import json
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from aiohttp import web
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
@@ -40,7 +45,6 @@ from extproc.signer import (
     ManifestSigner,
     context_from_request,
     mapper_factory,
-    wants_body,
 )
 from playback_drm import tracing
 from playback_drm.events import PLAYBACK_STARTED, Event, EventSink, NullSink
@@ -50,12 +54,6 @@ log = logging.getLogger(__name__)
 SOURCE = "/playback-drm/extproc"
 
 _CONTINUE_REQUEST_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
-_SKIP_BODY = ep.ProcessingResponse(
-    response_headers=ep.HeadersResponse(),
-    mode_override=processing_mode_pb2.ProcessingMode(
-        response_body_mode=processing_mode_pb2.ProcessingMode.NONE
-    ),
-)
 _CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersResponse())
 _UNCHANGED_BODY = ep.ProcessingResponse(response_body=ep.BodyResponse())
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -107,18 +105,27 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
     async def Process(
         self,
         request_iterator: AsyncIterator[ep.ProcessingRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: grpc.aio.ServicerContext[Any, Any] | None,
     ) -> AsyncIterator[ep.ProcessingResponse]:
-        ctx: ManifestContext | None = None
-        content_type: str | None = None
-        content_encoding: str | None = None
+        """Manifest routes send one message: the buffered response body, with the request's
+        facts as attributes (see ``EXTPROC_ATTRIBUTES`` in the Envoy configuration). The JSON
+        route sends request headers instead and is answered immediately."""
         trace_parent: dict[str, str] | None = None
         if tracing.tracing_enabled() and context is not None:
             # Envoy's ext_proc client span travels in the gRPC metadata (W3C traceparent).
             trace_parent = dict(context.invocation_metadata() or ())
         async for request in request_iterator:
             phase = request.WhichOneof("request")
-            if phase == "request_headers":
+            if phase == "response_body":
+                if trace_parent is None:
+                    yield self._response_body(request)
+                    continue
+                with tracing.span(
+                    tracing.EXTPROC_REWRITE_MANIFEST, parent=trace_parent, kind=SpanKind.SERVER
+                ):
+                    reply = self._response_body(request)
+                yield reply
+            elif phase == "request_headers":
                 headers = headers_of(request.request_headers)
                 ctx = context_from_request(self._config, headers.get(":path", ""), headers)
                 if ctx is not None and ctx.entry and _wants_json(headers):
@@ -128,29 +135,26 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     return
                 yield _CONTINUE_REQUEST_HEADERS
             elif phase == "response_headers":
-                headers = headers_of(request.response_headers)
-                content_type = headers.get("content-type")
-                content_encoding = headers.get("content-encoding")
-                if ctx is None or not wants_body(headers.get(":status", ""), content_type):
-                    yield _SKIP_BODY
-                else:
-                    yield _CONTINUE_RESPONSE_HEADERS
-            elif phase == "response_body":
-                body = request.response_body.body
-                if trace_parent is None:
-                    yield self._body(ctx, content_type, content_encoding, body)
-                    continue
-                with tracing.span(
-                    tracing.EXTPROC_REWRITE_MANIFEST,
-                    parent=trace_parent,
-                    kind=SpanKind.SERVER,
-                    videoId=ctx.video if ctx else None,
-                    bytes=len(body),
-                ):
-                    reply = self._body(ctx, content_type, content_encoding, body)
-                yield reply
+                yield _CONTINUE_RESPONSE_HEADERS
             else:  # phases we never asked for: let them pass
                 yield _generic_continue(phase)
+
+    def _response_body(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        facts = attributes_of(request)
+        if facts.get("response.code") != "200":
+            return _UNCHANGED_BODY
+        headers = {
+            h: facts[f"request.headers['{h}']"]
+            for h in _FACT_HEADERS
+            if f"request.headers['{h}']" in facts
+        }
+        address = _host_of(facts.get("source.address", ""))
+        if address:
+            headers["x-envoy-external-address"] = address
+        # the path the viewer asked for: Envoy keeps it when the route rewrites :path
+        path = facts.get(_ORIGINAL_PATH) or facts.get("request.path", "")
+        ctx = context_from_request(self._config, path, headers)
+        return self._body(ctx, request.response_body.body)
 
     def _manifest_url(self, ctx: ManifestContext, headers: dict[str, str]) -> ep.ProcessingResponse:
         if not ctx.user:
@@ -173,27 +177,22 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             )
         )
 
-    def _body(
-        self,
-        ctx: ManifestContext | None,
-        content_type: str | None,
-        content_encoding: str | None,
-        body: bytes,
-    ) -> ep.ProcessingResponse:
+    def _body(self, ctx: ManifestContext | None, body: bytes) -> ep.ProcessingResponse:
         if ctx is None:
             return _UNCHANGED_BODY
         started = time.perf_counter()
+        encoding = sniff_encoding(body)
         try:
-            signed = self._signer.sign(ctx, content_type, content_encoding, body)
+            signed = self._signer.sign(ctx, None, encoding, body)
         except PlaybackError as exc:
             metrics.MANIFESTS.labels("none", "error", exc.code).inc()
+            metrics.REQUESTS.observe(ctx.format, "error", exc.code, time.perf_counter() - started)
             log.warning(
                 "manifest refused: %s",
                 exc.code,
                 extra={"videoId": ctx.video, "userId": ctx.user, "requestId": ctx.request_id},
             )
             status = 502 if exc.status < 500 else exc.status
-            metrics.REQUESTS.observe(ctx.format, "error", exc.code, time.perf_counter() - started)
             return immediate(status, exc.code, exc.title, exc.detail)
         except Exception:
             log.exception("manifest signing failed", extra={"videoId": ctx.video})
@@ -207,17 +206,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if signed is None:
             metrics.MANIFESTS.labels("none", "passthrough", "ok").inc()
             return _UNCHANGED_BODY
+        out = signed.body
+        if signed.decoded and encoding is not None:
+            # the response headers are already on their way: answer in the origin's encoding
+            out = encode_like(out, encoding)
         kind = signed.kind.value
         metrics.REQUESTS.observe(kind, "ok", "ok", time.perf_counter() - started)
         metrics.MANIFESTS.labels(kind, "signed", "ok").inc()
         metrics.CACHE.labels("manifests", "hit" if signed.cached else "miss").inc()
-        set_headers = [_header("content-length", str(len(signed.body))), _NO_STORE]
-        mutation = ep.HeaderMutation(
-            set_headers=set_headers,
-            remove_headers=["content-encoding", "etag", "last-modified"]
-            if signed.decoded
-            else ["etag", "last-modified"],
-        )
         if ctx.entry:
             self._events.emit(
                 Event(
@@ -236,12 +232,53 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             )
         return ep.ProcessingResponse(
             response_body=ep.BodyResponse(
-                response=ep.CommonResponse(
-                    header_mutation=mutation,
-                    body_mutation=ep.BodyMutation(body=signed.body),
-                )
+                response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=out))
             )
         )
+
+
+ATTRIBUTE_NAMESPACE = "envoy.filters.http.ext_proc"
+_ORIGINAL_PATH = "request.headers['x-envoy-original-path']"
+_FACT_HEADERS = ("x-playback-user", "x-playback-video", "x-playback-session", "x-request-id")
+
+
+def attributes_of(request: ep.ProcessingRequest) -> dict[str, str]:
+    """The CEL attributes Envoy attached, as strings (numbers without a fraction as integers)."""
+    struct = request.attributes.get(ATTRIBUTE_NAMESPACE)
+    if struct is None:
+        return {}
+    out: dict[str, str] = {}
+    for key, value in struct.fields.items():
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            out[key] = value.string_value
+        elif kind == "number_value":
+            number = value.number_value
+            out[key] = str(int(number)) if number.is_integer() else str(number)
+    return out
+
+
+def _host_of(address: str) -> str:
+    """``203.0.113.7:0`` or ``[2001:db8::1]:443`` -> the address without the port."""
+    host, sep, _port = address.rpartition(":")
+    if not sep:
+        return address
+    return host.strip("[]")
+
+
+def sniff_encoding(body: bytes) -> str | None:
+    """gzip or zlib (deflate) by their magic bytes; manifests themselves start with text."""
+    if body[:2] == b"\x1f\x8b":
+        return "gzip"
+    if len(body) >= 2 and body[0] == 0x78 and (body[0] * 256 + body[1]) % 31 == 0:
+        return "deflate"
+    return None
+
+
+def encode_like(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(body, compresslevel=1, mtime=0)
+    return zlib.compress(body, 1)
 
 
 def _wants_json(headers: dict[str, str]) -> bool:

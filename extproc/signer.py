@@ -20,27 +20,6 @@ from extproc.manifest import ManifestKind, ManifestLimits, UriMapper, decode_bod
 from extproc.policy import Binding, SigningPolicy
 from playback_drm import urlsign
 
-MANIFEST_TYPES = frozenset(
-    {
-        "application/vnd.apple.mpegurl",
-        "application/x-mpegurl",
-        "audio/mpegurl",
-        "audio/x-mpegurl",
-        "application/dash+xml",
-    }
-)
-# Origins (object stores in particular) often label manifests generically: sniff these.
-SNIFF_TYPES = frozenset(
-    {
-        "",
-        "text/plain",
-        "application/octet-stream",
-        "binary/octet-stream",
-        "application/xml",
-        "text/xml",
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class ManifestContext:
@@ -152,14 +131,6 @@ def presentation_seconds(kind: ManifestKind, body: bytes) -> float:
             value_end = tag.find(quote, at + len(marker))
             return _iso_duration_seconds(tag[at + len(marker) : value_end])
     return 0.0
-
-
-def wants_body(status: str, content_type: str | None) -> bool:
-    """Decide at response-headers time whether the body is worth buffering."""
-    if status != "200":
-        return False
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    return media_type in MANIFEST_TYPES or media_type in SNIFF_TYPES
 
 
 def context_from_request(

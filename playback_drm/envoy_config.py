@@ -342,12 +342,46 @@ def _authz_mode(mode: str, *, with_body: bool = False) -> dict[str, Any]:
     return {"@type": T_EXT_AUTHZ_ROUTE, "check_settings": settings}
 
 
-def _enable_extproc() -> dict[str, Any]:
+# What extproc needs to know about a manifest request, sent as CEL attributes with the single
+# response-body message (both header phases are skipped: one gRPC message per manifest).
+EXTPROC_ATTRIBUTES = (
+    "request.path",
+    "response.code",
+    "source.address",
+    *(
+        f"request.headers['{h}']"
+        for h in (
+            "x-envoy-original-path",  # request.path is already rewritten by the route
+            "x-playback-user",
+            "x-playback-video",
+            "x-playback-session",
+            "x-request-id",
+            "traceparent",
+        )
+    ),
+)
+
+
+def _enable_extproc(*, request_headers: bool = False) -> dict[str, Any]:
     # The filter is disabled at the HCM level; FilterConfig{disabled: false} turns it on here.
+    overrides: dict[str, Any] = {"failure_mode_allow": False}
+    if not request_headers:
+        # per-route overrides replace the filter's attribute list: name them here too
+        overrides["response_attributes"] = list(EXTPROC_ATTRIBUTES)
+    if request_headers:
+        # the JSON form is answered at request headers, as an immediate response
+        overrides["processing_mode"] = {
+            "request_header_mode": "SEND",
+            "response_header_mode": "SKIP",
+            "request_body_mode": "NONE",
+            "response_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        }
     return {
         "@type": T_FILTER_CONFIG,
         "disabled": False,
-        "config": {"@type": T_EXT_PROC_ROUTE, "overrides": {"failure_mode_allow": False}},
+        "config": {"@type": T_EXT_PROC_ROUTE, "overrides": overrides},
     }
 
 
@@ -394,13 +428,25 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
     origin_route: dict[str, Any] = {"cluster": "origin", "timeout": "15s"}
     if s.origin_host_header:
         origin_route["host_rewrite_literal"] = s.origin_host_header
-    # the manifest signer decodes gzip and deflate; never let the origin pick br or zstd
+    # The signer handles gzip and deflate (and answers in the same encoding), but identity is
+    # cheapest; never let the origin pick br or zstd.
     manifest_encoding = [
         {
-            "header": {"key": "accept-encoding", "value": "gzip, deflate"},
+            "header": {"key": "accept-encoding", "value": "identity, gzip;q=0.5, deflate;q=0.5"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }
     ]
+    # Signed manifests are per viewer and expire: never cached, never revalidated against the
+    # origin's validators (Envoy sends the rewritten body chunked).
+    manifest_response_headers = {
+        "response_headers_to_add": [
+            {
+                "header": {"key": "cache-control", "value": "private, no-store"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "response_headers_to_remove": ["etag", "last-modified", "content-length"],
+    }
     manifest_filters = {
         "envoy.filters.http.ext_authz": _authz_mode(MODE_JWT),
         "envoy.filters.http.ext_proc": _enable_extproc(),
@@ -444,12 +490,13 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
             },
             "typed_per_filter_config": {
                 "envoy.filters.http.ext_authz": _authz_mode(MODE_JWT),
-                "envoy.filters.http.ext_proc": _enable_extproc(),
+                "envoy.filters.http.ext_proc": _enable_extproc(request_headers=True),
             },
         },
         {
             "name": "manifest_dash",
             "request_headers_to_add": manifest_encoding,
+            **manifest_response_headers,
             "match": {
                 "safe_regex": {"regex": MANIFEST_ROUTE_REGEX},
                 "query_parameters": [{"name": "format", "string_match": {"exact": "dash"}}],
@@ -466,6 +513,7 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": "manifest_hls",
             "request_headers_to_add": manifest_encoding,
+            **manifest_response_headers,
             "match": {"safe_regex": {"regex": MANIFEST_ROUTE_REGEX}},
             "route": {
                 **origin_route,
@@ -479,6 +527,7 @@ def _sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": "media_manifest",
             "request_headers_to_add": manifest_encoding,
+            **manifest_response_headers,
             "match": {"safe_regex": {"regex": MEDIA_MANIFEST_REGEX}},
             "route": {
                 **origin_route,
@@ -687,15 +736,18 @@ def _sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
                 },
                 "failure_mode_allow": False,
                 "message_timeout": f"{s.extproc_timeout_ms / 1000}s",
+                # One message per manifest: the buffered body, with the request's facts as
+                # attributes. Static header changes live on the routes (manifest_encoding).
                 "processing_mode": {
-                    "request_header_mode": "SEND",
-                    "response_header_mode": "SEND",
+                    "request_header_mode": "SKIP",
+                    "response_header_mode": "SKIP",
                     "request_body_mode": "NONE",
                     "response_body_mode": "BUFFERED",
                     "request_trailer_mode": "SKIP",
                     "response_trailer_mode": "SKIP",
                 },
-                "allow_mode_override": True,  # non-manifest responses skip the body phase
+                "response_attributes": list(EXTPROC_ATTRIBUTES),
+                "allow_mode_override": False,
                 "mutation_rules": {"allow_all_routing": False},
             },
         },

@@ -31,6 +31,7 @@ from playback_drm.emulators.drm import provider_env
 from playback_drm.envoy_config import Endpoint, EnvoySettings, TlsFiles, render
 from playback_drm.supervise import ManagedProcess, binary, free_port
 
+EMULATORS = frozenset({"auth-emulator", "billing-emulator", "drm-emulator", "origin"})
 COMPONENTS = (
     "auth-emulator",
     "billing-emulator",
@@ -297,14 +298,19 @@ class Stack:
         for name in wanted:
             if name not in COMPONENTS:
                 raise ValueError(f"unknown component {name!r}")
-        # Envoy last: it should find its upstreams ready.
-        python_parts = [n for n in wanted if n != "envoy"]
-        started = [self._process(n) for n in python_parts]
-        for proc in started:
-            self.processes[proc.name] = proc
-            _launch(proc)
-        for proc in started:
-            _await_ready(proc)
+        # Dependencies first (the emulators and the origin), then our services, Envoy last: each
+        # finds what it needs ready. Within a group, processes start in parallel.
+        groups = [
+            [n for n in wanted if n in EMULATORS],
+            [n for n in wanted if n not in EMULATORS and n != "envoy"],
+        ]
+        for group in groups:
+            started = [self._process(n) for n in group]
+            for proc in started:
+                self.processes[proc.name] = proc
+                _launch(proc)
+            for proc in started:
+                _await_ready(proc)
         if "envoy" in wanted:
             proc = self._process("envoy")
             self.processes["envoy"] = proc

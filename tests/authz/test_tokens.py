@@ -265,3 +265,16 @@ async def test_missing_sub_or_exp_is_rejected(auth: AuthEmulator) -> None:
     )
     with pytest.raises(TokenClaimsInvalid):
         await verifier.verify(no_sub)
+
+
+async def test_without_any_key_refresh_retries_soon(auth: AuthEmulator) -> None:
+    clock = [0.0]
+    fetch = FakeJwks(auth, fail=True)
+    jwks = JwksCache(fetch, frozenset(ALLOWED), min_refresh=60, clock=lambda: clock[0])
+    assert not await jwks.refresh(force=True)  # Auth down at start-up
+    fetch.fail = False
+    clock[0] = 0.5
+    assert not await jwks.refresh()  # bounded: not yet
+    clock[0] = 1.5
+    assert await jwks.refresh()  # retried well before min_refresh (60 s)
+    assert fetch.fetches == 2

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from google.protobuf.struct_pb2 import Struct
 
 from extproc.config import ExtprocConfig
 from extproc.manifest import ManifestKind
@@ -20,7 +21,6 @@ from extproc.signer import (
     context_from_request,
     mapper_factory,
     presentation_seconds,
-    wants_body,
 )
 from playback_drm.events import MemorySink
 
@@ -65,22 +65,6 @@ def test_context_from_request(path: str, expected: tuple[str, bool, str] | None)
         assert ctx is not None
         assert (ctx.public_path, ctx.entry, ctx.format) == expected
         assert ctx.user == "alice"
-
-
-@pytest.mark.parametrize(
-    ("status", "ctype", "want"),
-    [
-        ("200", "application/vnd.apple.mpegurl", True),
-        ("200", "application/dash+xml; charset=utf-8", True),
-        ("200", "application/octet-stream", True),
-        ("200", None, True),
-        ("200", "video/mp2t", False),
-        ("404", "application/vnd.apple.mpegurl", False),
-        ("304", "application/dash+xml", False),
-    ],
-)
-def test_wants_body(status: str, ctype: str | None, want: bool) -> None:
-    assert wants_body(status, ctype) is want
 
 
 def test_presentation_seconds() -> None:
@@ -169,72 +153,56 @@ def processor() -> tuple[ExternalProcessor, MemorySink]:
     ), sink
 
 
-async def test_adapter_signs_the_body_and_fixes_headers() -> None:
+def _body_message(path: str, body: bytes, code: int = 200, **headers: str) -> ep.ProcessingRequest:
+    """What Envoy sends on a manifest route: the buffered body plus the request's facts."""
+    facts = Struct()
+    facts.update({"request.path": "/rewritten" + path, "response.code": code})
+    facts.update({"request.headers['x-envoy-original-path']": path})
+    for key, value in headers.items():
+        facts.update({f"request.headers['{key.replace('_', '-')}']": value})
+    request = ep.ProcessingRequest(response_body=ep.HttpBody(body=body, end_of_stream=True))
+    request.attributes["envoy.filters.http.ext_proc"].CopyFrom(facts)
+    return request
+
+
+async def test_adapter_signs_the_body_in_one_message() -> None:
     proc, sink = processor()
     replies = await _run(
         proc,
-        ep.ProcessingRequest(
-            request_headers=_headers(
-                colon_path="/playback/demo/manifest",
-                x_playback_user="alice",
-                x_playback_video="demo",
-            )
-        ),
-        ep.ProcessingRequest(
-            response_headers=_headers(
-                colon_status="200",
-                content_type="application/vnd.apple.mpegurl",
-                content_encoding="gzip",
-            )
-        ),
-        ep.ProcessingRequest(
-            response_body=ep.HttpBody(body=gzip.compress(MASTER), end_of_stream=True)
+        _body_message(
+            "/playback/demo/manifest", MASTER, x_playback_user="alice", x_playback_video="demo"
         ),
     )
-    assert [r.WhichOneof("response") for r in replies] == [
-        "request_headers",
-        "response_headers",
-        "response_body",
-    ]
-    common = replies[2].response_body.response
+    assert [r.WhichOneof("response") for r in replies] == ["response_body"]
+    common = replies[0].response_body.response
     assert b"pdt=" in common.body_mutation.body
-    set_headers = {h.header.key: h.header.raw_value for h in common.header_mutation.set_headers}
-    assert set_headers["content-length"] == str(len(common.body_mutation.body)).encode()
-    assert "content-encoding" in common.header_mutation.remove_headers
-    for h in common.header_mutation.set_headers:
-        assert not h.header.value  # raw_value only, never both
+    assert not common.header_mutation.set_headers  # headers are gone by now: none are sent
     assert [e.type for e in sink.events] == ["PlaybackStarted"]
     assert sink.events[0].data["userId"] == "alice"
 
 
-async def test_adapter_skips_bodies_it_does_not_need() -> None:
+async def test_adapter_answers_compressed_origins_in_their_encoding() -> None:
     proc, _ = processor()
-    replies = await _run(
-        proc,
-        ep.ProcessingRequest(request_headers=_headers(colon_path="/playback/demo/manifest")),
-        ep.ProcessingRequest(
-            response_headers=_headers(colon_status="404", content_type="application/problem+json")
-        ),
-    )
-    assert replies[1].HasField("mode_override")
-    assert replies[1].mode_override.response_body_mode == ProcessingMode.NONE
+    for encode, decode in ((gzip.compress, gzip.decompress), (zlib.compress, zlib.decompress)):
+        replies = await _run(proc, _body_message("/media/demo/hls/a.m3u8", encode(VOD)))
+        signed = decode(replies[0].response_body.response.body_mutation.body)
+        assert b"seg.ts?pdt=" in signed
+
+
+async def test_adapter_passes_non_200_and_non_manifests_through() -> None:
+    proc, sink = processor()
+    replies = await _run(proc, _body_message("/playback/demo/manifest", b"not found", code=404))
+    assert not replies[0].response_body.response.HasField("body_mutation")
+    replies = await _run(proc, _body_message("/playback/demo/manifest", b"\x00\x01binary"))
+    assert not replies[0].response_body.response.HasField("body_mutation")
+    assert not sink.events
 
 
 async def test_adapter_refuses_a_broken_manifest_with_a_problem() -> None:
     proc, sink = processor()
-    replies = await _run(
-        proc,
-        ep.ProcessingRequest(request_headers=_headers(colon_path="/media/demo/manifest.mpd")),
-        ep.ProcessingRequest(
-            response_headers=_headers(colon_status="200", content_type="application/dash+xml")
-        ),
-        ep.ProcessingRequest(
-            response_body=ep.HttpBody(
-                body=b'<!DOCTYPE x [<!ENTITY a "b">]><MPD/>', end_of_stream=True
-            )
-        ),
-    )
-    immediate = replies[2].immediate_response
+    bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><MPD/>'
+    replies = await _run(proc, _body_message("/media/demo/manifest.mpd", bomb))
+    immediate = replies[0].immediate_response
     assert immediate.status.code == 502
     assert b"manifest_forbidden_xml" in immediate.body
     assert not sink.events
