@@ -33,6 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Request, RunResult, run_open_loop, table
+from playback_drm.envoy_config import EXTPROC_ATTRIBUTES
 from playback_drm.stack import Stack, StackPorts, StackSettings
 from playback_drm.supervise import ManagedProcess, binary, free_port
 
@@ -141,10 +142,10 @@ EXTPROC_FILTER = {
         "grpc_service": {"envoy_grpc": {"cluster_name": "extproc"}, "timeout": "2s"},
         "failure_mode_allow": False,
         "message_timeout": "2s",
-        "allow_mode_override": True,
+        "response_attributes": list(EXTPROC_ATTRIBUTES),
         "processing_mode": {
-            "request_header_mode": "SEND",
-            "response_header_mode": "SEND",
+            "request_header_mode": "SKIP",
+            "response_header_mode": "SKIP",
             "request_body_mode": "NONE",
             "response_body_mode": "BUFFERED",
             "request_trailer_mode": "SKIP",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -95,26 +96,23 @@ def _iso_duration_seconds(text: str) -> float:
     return total
 
 
+_EXTINF = re.compile(rb"#EXTINF:([0-9.]+)")
+
+
 def presentation_seconds(kind: ManifestKind, body: bytes) -> float:
     """How long a VOD document plays (0.0 for live documents and multivariant playlists).
 
     HLS: the sum of ``#EXTINF`` durations of a playlist that has ``#EXT-X-ENDLIST``. DASH: the
-    ``mediaPresentationDuration`` of a ``type="static"`` MPD. One linear scan, no regular
-    expressions.
+    ``mediaPresentationDuration`` of a ``type="static"`` MPD. One linear scan; computed on cache
+    misses only.
     """
     if kind is ManifestKind.HLS:
         if b"#EXT-X-ENDLIST" not in body:
             return 0.0
-        total, at = 0.0, body.find(b"#EXTINF:")
-        while at >= 0:
-            start = at + 8
-            end = start
-            while end < len(body) and body[end] in b"0123456789.":
-                end += 1
-            if end > start:
-                with contextlib.suppress(ValueError):  # "1.2.3" is malformed: count nothing
-                    total += float(body[start:end])
-            at = body.find(b"#EXTINF:", end)
+        total = 0.0
+        for value in _EXTINF.findall(body):  # one pass in C over the whole document
+            with contextlib.suppress(ValueError):  # "1.2.3" is malformed: count nothing
+                total += float(value)
         return total
     head = body[:8192]
     root = head.find(b"<MPD")
@@ -193,7 +191,7 @@ class ManifestSigner:
         self._factory = mapper_factory
         self._clock = clock
         self._limits = ManifestLimits(max_bytes=config.max_manifest_bytes)
-        self._cache: OrderedDict[tuple[str, str, int, bytes], tuple[bytes, ManifestKind]] = (
+        self._cache: OrderedDict[tuple[str, str, int, bytes], tuple[bytes, ManifestKind, int]] = (
             OrderedDict()
         )
         self._cache_entries = config.cache_entries
@@ -229,30 +227,26 @@ class ManifestSigner:
         if kind is None:
             return None
         now = self._clock()
-        # A VOD player fetches a media playlist once and plays it to the end: its segment URLs
-        # must outlive the presentation, so they expire TTL after it could have been played.
-        extension = (
-            min(presentation_seconds(kind, decoded), self._config.vod_extension_max)
-            if self._config.vod_extension_max
-            else 0.0
-        )
-        now += extension
-        expires_at = self.expires_at(now)
         key = (
             ctx.public_path,
             self.binding_value(ctx),
-            expires_at,
+            self.expires_at(now),  # the expiry window; the VOD extension follows from the body
             hashlib.blake2b(decoded, digest_size=16).digest(),
         )
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             self.hits += 1
-            return SignedManifest(hit[0], hit[1], expires_at, True, decoded is not body)
+            return SignedManifest(hit[0], hit[1], hit[2], True, decoded is not body)
         self.misses += 1
+        # A VOD player fetches a media playlist once and plays it to the end: its segment URLs
+        # must outlive the presentation, so they expire TTL after it could have been played.
+        if self._config.vod_extension_max:
+            now += min(presentation_seconds(kind, decoded), self._config.vod_extension_max)
+        expires_at = self.expires_at(now)
         signed = rewrite(kind, decoded, self._factory(ctx, now), self._limits)
         if self._cache_entries:
-            self._cache[key] = (signed, kind)
+            self._cache[key] = (signed, kind, expires_at)
             if len(self._cache) > self._cache_entries:
                 self._cache.popitem(last=False)
         return SignedManifest(signed, kind, expires_at, False, decoded is not body)
