@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from playback_drm.settings import (
     ConfigError,
+    env_addr,
     env_float,
     env_int,
     env_list,
@@ -39,13 +40,6 @@ from playback_drm.settings import (
 )
 
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"})
-
-
-def split_addr(value: str, name: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"{name} must be host:port, got {value!r}")
-    return host or "127.0.0.1", int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +69,8 @@ class AuthzConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AuthzConfig:
-        grpc_host, grpc_port = split_addr(
-            env_str(env, "AUTHZ_GRPC_ADDR", "127.0.0.1:9001"), "AUTHZ_GRPC_ADDR"
-        )
-        http_host, http_port = split_addr(
-            env_str(env, "AUTHZ_HTTP_ADDR", "127.0.0.1:9011"), "AUTHZ_HTTP_ADDR"
-        )
+        grpc_host, grpc_port = env_addr(env, "AUTHZ_GRPC_ADDR", "127.0.0.1:9001")
+        http_host, http_port = env_addr(env, "AUTHZ_HTTP_ADDR", "127.0.0.1:9011")
         algorithms = env_list(env, "JWT_ALGORITHMS", ("RS256", "ES256", "EdDSA"))
         secret = env_opt(env, "JWT_HS256_SECRET")
         for alg in algorithms:

@@ -115,13 +115,25 @@ class BillingClient:
             raise BillingUnavailable("Billing answered an unexpected document") from exc
 
 
-class RedisCache:
-    """Redis L2 cache through a connection pool; failures are logged misses."""
+def redis_client(url: str) -> aioredis.Redis:
+    """The one pooled Redis client an authz process shares (entitlements, rate limits)."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=0.2, socket_connect_timeout=0.5, max_connections=64
+    )
 
-    def __init__(self, url: str) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=0.2, socket_connect_timeout=0.5, max_connections=64
-        )
+
+async def redis_ping(client: aioredis.Redis) -> bool:
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+
+
+class RedisCache:
+    """Redis L2 cache; failures are logged misses."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
 
     async def get(self, key: str) -> str | None:
         try:
@@ -136,15 +148,6 @@ class RedisCache:
             await self._redis.set(key, value, ex=ttl)
         except Exception as exc:
             log.warning("redis set failed: %s", type(exc).__name__)
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except Exception:
-            return False
-
-    async def close(self) -> None:
-        await self._redis.aclose()
 
 
 class EntitlementCache:

@@ -111,11 +111,9 @@ class RateLimitBackendUnavailable(Exception):
 
 class RedisSlidingWindow:
     def __init__(
-        self, url: str, limit: int, window: float, *, prefix: str = "playback:rl:"
+        self, client: aioredis.Redis, limit: int, window: float, *, prefix: str = "playback:rl:"
     ) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=0.2, socket_connect_timeout=0.5, max_connections=64
-        )
+        self._redis = client
         self._script = self._redis.register_script(_SLIDING_WINDOW_LUA)
         self._limit = limit
         self._window_us = int(window * 1_000_000)
@@ -136,12 +134,3 @@ class RedisSlidingWindow:
             return WindowResult(True, self._limit, self._limit - int(count), self._window)
         reset = (int(oldest) + self._window_us - int(now)) / 1e6 if int(oldest) >= 0 else 0.0
         return WindowResult(False, self._limit, max(0, self._limit - int(count)), max(reset, 0.0))
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except Exception:
-            return False
-
-    async def close(self) -> None:
-        await self._redis.aclose()

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import redis.asyncio as aioredis
 from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -30,7 +31,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from authz import metrics
 from authz.config import AuthzConfig
 from authz.decision import Allow, CheckInput, Decision, Deny, video_for
-from authz.entitlement import BillingClient, EntitlementCache, RedisCache
+from authz.entitlement import (
+    BillingClient,
+    EntitlementCache,
+    RedisCache,
+    redis_client,
+    redis_ping,
+)
 from authz.ratelimit import (
     MemorySlidingWindow,
     RateLimitBackendUnavailable,
@@ -277,7 +284,7 @@ class Health:
         jwks: JwksCache,
         session: aiohttp.ClientSession,
         billing_url: str,
-        redis: RedisCache | None,
+        redis: aioredis.Redis | None,
     ) -> None:
         self._jwks = jwks
         self._session = session
@@ -297,7 +304,7 @@ class Health:
         except (aiohttp.ClientError, TimeoutError):
             checks["billing"] = "unreachable"
         if self._redis is not None:
-            checks["redis"] = "ok" if await self._redis.ping() else "unreachable"
+            checks["redis"] = "ok" if await redis_ping(self._redis) else "unreachable"
         ready = all(v == "ok" for v in checks.values())
         report = {"status": "ok" if ready else "unavailable", "service": "authz", "checks": checks}
         self._cached = (time.monotonic(), report)
@@ -340,12 +347,10 @@ async def running_authz(
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30, ttl_dns_cache=60)
     )
-    redis = RedisCache(config.redis_url) if config.redis_url else None
+    redis = redis_client(config.redis_url) if config.redis_url else None
     window: SlidingWindow
-    if config.redis_url:
-        window = RedisSlidingWindow(
-            config.redis_url, config.rate_limit_per_user, config.rate_limit_window
-        )
+    if redis is not None:
+        window = RedisSlidingWindow(redis, config.rate_limit_per_user, config.rate_limit_window)
     else:
         window = MemorySlidingWindow(config.rate_limit_per_user, config.rate_limit_window)
 
@@ -368,7 +373,10 @@ async def running_authz(
     )
     billing = BillingClient(config.billing_url, config.billing_timeout, session)
     entitlements = EntitlementCache(
-        billing, ttl=config.entitlement_ttl, deny_ttl=config.entitlement_deny_ttl, shared=redis
+        billing,
+        ttl=config.entitlement_ttl,
+        deny_ttl=config.entitlement_deny_ttl,
+        shared=RedisCache(redis) if redis is not None else None,
     )
     authorizer = Authorizer(verifier, entitlements, url_verifier_from(config))
 
@@ -410,9 +418,7 @@ async def running_authz(
         await http_runner.cleanup()
         await session.close()
         if redis is not None:
-            await redis.close()
-        if isinstance(window, RedisSlidingWindow):
-            await window.close()
+            await redis.aclose()
 
 
 async def serve(config: AuthzConfig, events: EventSink | None = None) -> None:

@@ -21,14 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from extproc.policy import PolicyConfig
-from playback_drm.settings import ConfigError, env_int, env_str
-
-
-def _addr(value: str, name: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"{name} must be host:port, got {value!r}")
-    return host or "127.0.0.1", int(port)
+from playback_drm.settings import ConfigError, env_addr, env_int, env_str
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +48,8 @@ class ExtprocConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ExtprocConfig:
-        grpc_host, grpc_port = _addr(
-            env_str(env, "EXTPROC_GRPC_ADDR", "127.0.0.1:9002"), "EXTPROC_GRPC_ADDR"
-        )
-        http_host, http_port = _addr(
-            env_str(env, "EXTPROC_HTTP_ADDR", "127.0.0.1:9012"), "EXTPROC_HTTP_ADDR"
-        )
+        grpc_host, grpc_port = env_addr(env, "EXTPROC_GRPC_ADDR", "127.0.0.1:9002")
+        http_host, http_port = env_addr(env, "EXTPROC_HTTP_ADDR", "127.0.0.1:9012")
         templates = {}
         for name, default in (
             ("MANIFEST_HLS_TEMPLATE", "{videoId}/master.m3u8"),

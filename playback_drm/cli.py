@@ -25,17 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
-from playback_drm.settings import ConfigError
+from playback_drm.settings import ConfigError, env_addr
 
 DEFAULT_ROOT = Path(".local")
-
-
-def _addr(env: Mapping[str, str], name: str, default: str) -> tuple[str, int]:
-    value = env.get(name) or default
-    host, _, port = value.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"{name} must be host:port, got {value!r}")
-    return host or "127.0.0.1", int(port)
 
 
 async def _run_app(app: web.Application, host: str, port: int) -> None:
@@ -55,14 +47,14 @@ async def _serve_auth_emulator(env: Mapping[str, str]) -> None:
     key_file = env.get("JWT_SIGNING_KEY_FILE")
     if key_file:
         emulator.keys.append(load_or_create_key(Path(key_file)))
-    await _run_app(emulator.build_app(), *_addr(env, "AUTH_EMULATOR_ADDR", "127.0.0.1:9101"))
+    await _run_app(emulator.build_app(), *env_addr(env, "AUTH_EMULATOR_ADDR", "127.0.0.1:9101"))
 
 
 async def _serve_billing_emulator(env: Mapping[str, str]) -> None:
     from playback_drm.emulators.billing import BillingEmulator
 
     await _run_app(
-        BillingEmulator().build_app(), *_addr(env, "BILLING_EMULATOR_ADDR", "127.0.0.1:9102")
+        BillingEmulator().build_app(), *env_addr(env, "BILLING_EMULATOR_ADDR", "127.0.0.1:9102")
     )
 
 
@@ -85,7 +77,7 @@ async def _serve_origin(env: Mapping[str, str]) -> None:
         events_log=Path(env["EVENTS_LOG_PATH"]) if env.get("EVENTS_LOG_PATH") else None,
         issue_token=issue,
     )
-    await _run_app(build_app(settings), *_addr(env, "ORIGIN_ADDR", "127.0.0.1:9104"))
+    await _run_app(build_app(settings), *env_addr(env, "ORIGIN_ADDR", "127.0.0.1:9104"))
 
 
 async def _serve_drm_emulator(env: Mapping[str, str]) -> None:

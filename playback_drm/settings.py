@@ -72,3 +72,12 @@ def env_list(env: Mapping[str, str], name: str, default: tuple[str, ...] = ()) -
     if raw is None or raw.strip() == "":
         return default
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def env_addr(env: Mapping[str, str], name: str, default: str) -> tuple[str, int]:
+    """``host:port`` (an empty host means 127.0.0.1)."""
+    value = env_str(env, name, default)
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name} must be host:port, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from authz.entitlement import Entitlement, EntitlementCache, RedisCache
+from authz.entitlement import Entitlement, EntitlementCache, RedisCache, redis_client
 from authz.errors import BillingUnavailable
 from authz.ratelimit import MemorySlidingWindow, RateLimitBackendUnavailable, RedisSlidingWindow
 
@@ -74,25 +74,25 @@ async def test_billing_failure_propagates_to_all_waiters_and_is_not_cached() -> 
 
 async def test_redis_layer_is_shared_between_replicas(redis_url: str) -> None:
     source = CountingSource()
-    redis_one, redis_two = RedisCache(redis_url), RedisCache(redis_url)
-    one = EntitlementCache(source, ttl=60, deny_ttl=10, shared=redis_one)
-    two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=redis_two)
+    redis_one, redis_two = redis_client(redis_url), redis_client(redis_url)
+    one = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_one))
+    two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_two))
     await one.get("alice", "demo")
     ent = await two.get("alice", "demo")
     assert ent.entitled
     assert ent.plan == "basic"
     assert source.calls == 1
-    await redis_one.close()
-    await redis_two.close()
+    await redis_one.aclose()
+    await redis_two.aclose()
 
 
 async def test_redis_down_is_a_miss_not_a_denial() -> None:
     source = CountingSource()
-    redis = RedisCache("redis://127.0.0.1:1/0")
-    cache = EntitlementCache(source, ttl=60, deny_ttl=10, shared=redis)
+    redis = redis_client("redis://127.0.0.1:1/0")
+    cache = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis))
     assert (await cache.get("alice", "demo")).entitled
     assert source.calls == 1
-    await redis.close()
+    await redis.aclose()
 
 
 async def test_memory_window_admits_exactly_limit_per_window() -> None:
@@ -111,8 +111,9 @@ async def test_memory_window_admits_exactly_limit_per_window() -> None:
 
 
 async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
-    one = RedisSlidingWindow(redis_url, 50, 5.0)
-    two = RedisSlidingWindow(redis_url, 50, 5.0)
+    client_one, client_two = redis_client(redis_url), redis_client(redis_url)
+    one = RedisSlidingWindow(client_one, 50, 5.0)
+    two = RedisSlidingWindow(client_two, 50, 5.0)
     # concurrent hits land in the same microseconds: each must still count once
     outcomes = await asyncio.gather(*((one if i % 2 else two).hit("user=alice") for i in range(80)))
     assert sum(o.allowed for o in outcomes) == 50
@@ -120,12 +121,13 @@ async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
     assert denied
     assert all(0 < o.reset_after <= 5.0 for o in denied)
     assert (await one.hit("user=bob")).allowed
-    await one.close()
-    await two.close()
+    await client_one.aclose()
+    await client_two.aclose()
 
 
 async def test_redis_window_unavailable_raises_typed_error() -> None:
-    window = RedisSlidingWindow("redis://127.0.0.1:1/0", 10, 1.0)
+    client = redis_client("redis://127.0.0.1:1/0")
+    window = RedisSlidingWindow(client, 10, 1.0)
     with pytest.raises(RateLimitBackendUnavailable):
         await window.hit("user=x")
-    await window.close()
+    await client.aclose()
