@@ -94,7 +94,6 @@ class EnvoySettings:
     authz_grpc: Endpoint = Endpoint("127.0.0.1", 9001)
     authz_http: Endpoint = Endpoint("127.0.0.1", 9011)
     extproc_grpc: Endpoint = Endpoint("127.0.0.1", 9002)
-    extproc_http: Endpoint = Endpoint("127.0.0.1", 9012)
     broker: Endpoint = Endpoint("127.0.0.1", 9003)
     origin: Endpoint = Endpoint("127.0.0.1", 9104)
     origin_tls: bool = False

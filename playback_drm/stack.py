@@ -180,7 +180,6 @@ class Stack:
             authz_grpc=Endpoint("127.0.0.1", p.authz_grpc),
             authz_http=Endpoint("127.0.0.1", p.authz_http),
             extproc_grpc=Endpoint("127.0.0.1", p.extproc_grpc),
-            extproc_http=Endpoint("127.0.0.1", p.extproc_http),
             broker=Endpoint("127.0.0.1", p.broker),
             origin=origin,
             origin_tls=origin_tls,
@@ -306,11 +305,11 @@ class Stack:
         ]
         for group in groups:
             started = [self._process(n) for n in group]
-            for proc in started:
+            for proc in started:  # launch all, then wait: they import in parallel
                 self.processes[proc.name] = proc
-                _launch(proc)
+                proc.start(wait=False)
             for proc in started:
-                _await_ready(proc)
+                proc.wait_ready()
         if "envoy" in wanted:
             proc = self._process("envoy")
             self.processes["envoy"] = proc
@@ -370,12 +369,3 @@ def _http_probe(url: str) -> Callable[[], bool]:
             return False
 
     return probe
-
-
-def _launch(proc: ManagedProcess) -> None:
-    """Start without waiting, so the Python services import in parallel."""
-    proc.start(wait=False)
-
-
-def _await_ready(proc: ManagedProcess) -> None:
-    proc.wait_ready()
