@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Request, RunResult, run_open_loop, table
+from playback_drm import media
 from playback_drm.envoy_config import EXTPROC_ATTRIBUTES
 from playback_drm.stack import Stack, StackPorts, StackSettings
 from playback_drm.supervise import ManagedProcess, binary, free_port
@@ -434,13 +436,15 @@ async def scenario_manifest(seconds: float) -> list[RunResult]:
 async def scenario_license(seconds: float) -> list[RunResult]:
     from tests.support.servers import start_nats, start_redis, start_vault
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         root = Path(tmp)
+        # each server is stopped on the way out, whatever fails after it started
         redis = start_redis(root)
+        servers.callback(redis.process.stop)
         vault = start_vault(root)
+        servers.callback(vault.process.stop)
         nats_server = start_nats(root)
-        from playback_drm import media
-
+        servers.callback(nats_server.process.stop)
         manifest = media.generate(Path(".local/test-media"))
         media.load_keys_into_vault(manifest, url=vault.url, token=vault.token)
         stack = Stack(
@@ -455,70 +459,62 @@ async def scenario_license(seconds: float) -> list[RunResult]:
                 envoy_access_log=False,
             )
         )
-        try:
-            stack.start()
-            tokens = [stack.token("alice"), stack.token("bob")]  # 100 req/s each: under the limit
-            kid = manifest.videos["demo"].video_key.kid
-            challenge = json.dumps(
-                {
-                    "kids": [base64.urlsafe_b64encode(bytes.fromhex(kid)).rstrip(b"=").decode()],
-                    "type": "temporary",
-                }
-            ).encode()
-            viewers = [
-                {"Authorization": f"Bearer {t}", "Content-Type": "application/json"} for t in tokens
-            ]
-            body = json.dumps(
-                {
-                    "videoId": "demo",
-                    "licenseRequest": base64.b64encode(challenge).decode(),
-                    "keySystem": "org.w3.clearkey",
-                }
-            ).encode()
-            processes = {
-                name: stack.processes[name].proc.pid  # type: ignore[union-attr]
-                for name in ("envoy", "authz", "broker")
-            }
-            results = []
-            alone = f"{stack.gateway}/health/live"
-            lic = f"{stack.gateway}/drm/license"
-            results.append(
-                await run_open_loop(
-                    "sidecar_alone",
-                    lambda _i: Request("GET", alone, {}),
-                    rate=200,
-                    seconds=seconds,
-                    processes=processes,
-                )
-            )
-            results.append(
-                await run_open_loop(
-                    "license",
-                    lambda i: Request("POST", lic, viewers[i % 2], body),
-                    rate=200,
-                    seconds=seconds,
-                    processes=processes,
-                )
-            )
-            # issue 5: the same load while NATS is down (events queue and spill, never block)
-            nats_server.process.stop()
-            results.append(
-                await run_open_loop(
-                    "license_nats_down",
-                    lambda i: Request("POST", lic, viewers[i % 2], body),
-                    rate=200,
-                    seconds=seconds,
-                    processes=processes,
-                    warmup=0,
-                )
-            )
-            nats_server.restart()
-            return results
-        finally:
-            stack.stop()
-            nats_server.process.stop()
-            vault.process.stop()
-            redis.process.stop()
+        servers.callback(stack.stop)
+        stack.start()
+        return await _license_runs(stack, manifest, nats_server, seconds)
+
+
+async def _license_runs(
+    stack: Stack, manifest: media.MediaManifest, nats_server: Any, seconds: float
+) -> list[RunResult]:
+    tokens = [stack.token("alice"), stack.token("bob")]  # 100 req/s each: under the limit
+    kid = manifest.videos["demo"].video_key.kid
+    kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(kid)).rstrip(b"=").decode()
+    challenge = json.dumps({"kids": [kid_b64], "type": "temporary"}).encode()
+    viewers = [{"Authorization": f"Bearer {t}", "Content-Type": "application/json"} for t in tokens]
+    body = json.dumps(
+        {
+            "videoId": "demo",
+            "licenseRequest": base64.b64encode(challenge).decode(),
+            "keySystem": "org.w3.clearkey",
+        }
+    ).encode()
+    processes = {
+        name: stack.processes[name].proc.pid  # type: ignore[union-attr]
+        for name in ("envoy", "authz", "broker")
+    }
+    alone = f"{stack.gateway}/health/live"
+    lic = f"{stack.gateway}/drm/license"
+
+    def license_request(i: int) -> Request:
+        return Request("POST", lic, viewers[i % 2], body)
+
+    results = [
+        await run_open_loop(
+            "sidecar_alone",
+            lambda _i: Request("GET", alone, {}),
+            rate=200,
+            seconds=seconds,
+            processes=processes,
+        ),
+        await run_open_loop(
+            "license", license_request, rate=200, seconds=seconds, processes=processes
+        ),
+    ]
+    # issue 5: the same load while NATS is down (events queue and spill, never block)
+    nats_server.process.stop()
+    results.append(
+        await run_open_loop(
+            "license_nats_down",
+            license_request,
+            rate=200,
+            seconds=seconds,
+            processes=processes,
+            warmup=0,
+        )
+    )
+    nats_server.restart()
+    return results
 
 
 SCENARIOS = {
