@@ -613,11 +613,21 @@ def _per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
                 "rate_limits": [action],
             },
         }
+    # no x-ratelimit-* headers here: requests without a user would report the catch-all
+    # bucket; 429s carry Retry-After (the rate limit service adds the rest)
+    return _local_limit("per_user", "user", s.per_user_rps, s.per_user_burst, action)
+
+
+def _local_limit(
+    stat_prefix: str, descriptor_key: str, rps: int, burst: int, action: dict[str, Any]
+) -> dict[str, Any]:
+    """A local token bucket per descriptor value (dynamic descriptors: one bucket per user or
+    address), with a catch-all bucket that never limits."""
     return {
         "name": "envoy.filters.http.local_ratelimit",
         "typed_config": {
             "@type": T_LOCAL_RL,
-            "stat_prefix": "per_user",
+            "stat_prefix": stat_prefix,
             "token_bucket": {
                 "max_tokens": 1_000_000,
                 "tokens_per_fill": 1_000_000,
@@ -626,8 +636,6 @@ def _per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
             "always_consume_default_token_bucket": False,
             "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
             "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            # no x-ratelimit-* headers here: requests without a user would report the
-            # catch-all bucket; 429s carry Retry-After (the rate limit service adds the rest)
             "response_headers_to_add": [
                 {
                     "header": {"key": "retry-after", "value": "1"},
@@ -636,10 +644,10 @@ def _per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
             ],
             "descriptors": [
                 {
-                    "entries": [{"key": "user"}],
+                    "entries": [{"key": descriptor_key}],
                     "token_bucket": {
-                        "max_tokens": s.per_user_burst,
-                        "tokens_per_fill": s.per_user_rps,
+                        "max_tokens": burst,
+                        "tokens_per_fill": rps,
                         "fill_interval": "1s",
                     },
                 }
@@ -661,39 +669,13 @@ def _sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
             },
         },
         {"name": "envoy.filters.http.cors", "typed_config": {"@type": T_CORS}},
-        {
-            "name": "envoy.filters.http.local_ratelimit",
-            "typed_config": {
-                "@type": T_LOCAL_RL,
-                "stat_prefix": "per_ip",
-                "token_bucket": {
-                    "max_tokens": 1_000_000,
-                    "tokens_per_fill": 1_000_000,
-                    "fill_interval": "1s",
-                },
-                "always_consume_default_token_bucket": False,
-                "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-                "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-                "response_headers_to_add": [
-                    {
-                        "header": {"key": "retry-after", "value": "1"},
-                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                    }
-                ],
-                "descriptors": [
-                    {
-                        "entries": [{"key": "remote_address"}],
-                        "token_bucket": {
-                            "max_tokens": s.per_ip_burst,
-                            "tokens_per_fill": s.per_ip_rps,
-                            "fill_interval": "1s",
-                        },
-                    }
-                ],
-                "max_dynamic_descriptors": 100_000,
-                "rate_limits": [{"actions": [{"remote_address": {}}]}],
-            },
-        },
+        _local_limit(
+            "per_ip",
+            "remote_address",
+            s.per_ip_rps,
+            s.per_ip_burst,
+            {"actions": [{"remote_address": {}}]},
+        ),
         {
             # Filter-level: allow all; the license route overrides with its strict policy.
             "name": "envoy.filters.http.rbac",
