@@ -34,6 +34,7 @@ from license_broker.model import Track
 from license_broker.providers.base import (
     CertificateCache,
     LicenseContext,
+    PooledProvider,
     ProviderLicense,
     require_body,
 )
@@ -114,7 +115,7 @@ def _parse(reply: Reply) -> bytes:
     )
 
 
-class AxinomProvider:
+class AxinomProvider(PooledProvider):
     """Axinom for one key system (``<KS>_PROVIDER=axinom``, URL from ``<KS>_LICENSE_URL``)."""
 
     def __init__(
@@ -134,15 +135,6 @@ class AxinomProvider:
         self._http = http
         self._fairplay = fairplay
         self._certs = CertificateCache(cert_ttl)
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    def breaker_state(self) -> str:
-        return self._http.breaker.state.name.lower()
 
     def token(self, ctx: LicenseContext) -> str:
         message = entitlement_message(ctx, self._settings, time.time(), str(uuid.uuid4()))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from license_broker.errors import ProviderBadResponse, ProviderRejected, ProviderUnavailable
-from license_broker.http import Reply
+from license_broker.http import ProviderHTTP, Reply
 from license_broker.keysystems import KeySystem
 from license_broker.model import ContentKey
 from license_broker.policy import LicensePolicy
@@ -82,6 +82,21 @@ def require_body(reply: Reply, provider: str) -> bytes:
     if not reply.body:
         raise ProviderBadResponse(f"{provider} answered an empty body")
     return reply.body
+
+
+class PooledProvider:
+    """The lifecycle every HTTP provider adapter shares: its pre-warmed pool and breaker."""
+
+    _http: ProviderHTTP
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def breaker_state(self) -> str:
+        return self._http.breaker.state.name.lower()
 
 
 class CertificateCache:

@@ -32,6 +32,7 @@ from license_broker.keysystems import KeySystem
 from license_broker.providers.base import (
     CertificateCache,
     LicenseContext,
+    PooledProvider,
     ProviderLicense,
     check_status,
     require_body,
@@ -156,7 +157,7 @@ def _parse_cert(reply: Reply) -> bytes:
     return parse_certificate(require_body(reply, "fairplay"))
 
 
-class FairPlayKsm:
+class FairPlayKsm(PooledProvider):
     name = "fairplay"
     key_system = KeySystem.FAIRPLAY
 
@@ -166,15 +167,6 @@ class FairPlayKsm:
         self._url = settings.ksm_url
         self._http = http
         self._certs = CertificateCache(cert_ttl)
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    def breaker_state(self) -> str:
-        return self._http.breaker.state.name.lower()
 
     def _headers(self, ctx: LicenseContext | None = None) -> dict[str, str]:
         headers: dict[str, str] = {}

@@ -29,7 +29,12 @@ from license_broker.errors import (
 from license_broker.http import ProviderHTTP, Reply
 from license_broker.keysystems import KeySystem
 from license_broker.model import Track
-from license_broker.providers.base import LicenseContext, ProviderLicense, check_status
+from license_broker.providers.base import (
+    LicenseContext,
+    PooledProvider,
+    ProviderLicense,
+    check_status,
+)
 
 POLICY_HEADER: Final = "X-Playback-License-Policy"
 DEFAULT_CONTENT_TYPE: Final = "text/xml; charset=utf-8"
@@ -84,7 +89,7 @@ def parse_answer(reply: Reply) -> ProviderLicense:
     return ProviderLicense(reply.body, content_type)
 
 
-class PlayReadySoap:
+class PlayReadySoap(PooledProvider):
     name = "playready"
     key_system = KeySystem.PLAYREADY
 
@@ -93,15 +98,6 @@ class PlayReadySoap:
         self._settings = settings
         self._url = settings.license_url
         self._http = http
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    def breaker_state(self) -> str:
-        return self._http.breaker.state.name.lower()
 
     async def acquire(self, challenge: bytes, ctx: LicenseContext) -> ProviderLicense:
         check_challenge(challenge)

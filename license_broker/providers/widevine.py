@@ -35,6 +35,7 @@ from license_broker.policy import LicensePolicy
 from license_broker.providers.base import (
     CertificateCache,
     LicenseContext,
+    PooledProvider,
     ProviderLicense,
     check_status,
 )
@@ -130,7 +131,7 @@ def parse_answer(reply: Reply) -> bytes:
         raise ProviderBadResponse("widevine license is not base64") from None
 
 
-class WidevineProxy:
+class WidevineProxy(PooledProvider):
     name = "widevine"
     key_system = KeySystem.WIDEVINE
 
@@ -140,15 +141,6 @@ class WidevineProxy:
         self._url = settings.license_url
         self._http = http
         self._certs = CertificateCache(cert_ttl)
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    def breaker_state(self) -> str:
-        return self._http.breaker.state.name.lower()
 
     async def acquire(self, challenge: bytes, ctx: LicenseContext) -> ProviderLicense:
         if challenge == WIDEVINE_CERTIFICATE_REQUEST:
