@@ -26,7 +26,6 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authz import metrics
 from authz.config import AuthzConfig
@@ -48,6 +47,7 @@ from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
 from playback_drm.events import PLAYBACK_ERROR, Event, EventSink, NullSink
+from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 
 log = logging.getLogger(__name__)
@@ -319,13 +319,10 @@ def build_http_app(health: Health) -> web.Application:
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service": "authz"})
 
-    async def prometheus(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
     app.router.add_get("/health", ready)
     app.router.add_get("/health/live", live)
-    app.router.add_get("/metrics", prometheus)
+    add_metrics_route(app)
     return app
 
 

@@ -35,7 +35,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from extproc import metrics
 from extproc.config import ExtprocConfig
@@ -48,6 +47,7 @@ from extproc.signer import (
 )
 from playback_drm import tracing
 from playback_drm.events import PLAYBACK_STARTED, Event, EventSink, NullSink
+from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 
 log = logging.getLogger(__name__)
@@ -323,13 +323,10 @@ def build_http_app() -> web.Application:
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service": "extproc"})
 
-    async def prometheus(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
     app.router.add_get("/health", live)
     app.router.add_get("/health/live", live)
-    app.router.add_get("/metrics", prometheus)
+    add_metrics_route(app)
     return app
 
 
