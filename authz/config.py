@@ -3,6 +3,7 @@
 | variable | default | meaning |
 | --- | --- | --- |
 | AUTHZ_GRPC_ADDR | 127.0.0.1:9001 | ext_authz + rate limit service gRPC listen address |
+| GRPC_TRANSPORT | lean | `lean` (`playback_drm.h2grpc`, on the event loop) or `grpcio` |
 | AUTHZ_HTTP_ADDR | 127.0.0.1:9011 | /health, /health/live, /metrics |
 | JWKS_URL | (required) | Auth service JWKS document |
 | JWT_ISSUER | (required) | expected `iss` |
@@ -29,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from playback_drm.h2grpc import env_transport
 from playback_drm.settings import (
     ConfigError,
     env_addr,
@@ -46,6 +48,7 @@ ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", 
 class AuthzConfig:
     grpc_host: str
     grpc_port: int
+    grpc_transport: str
     http_host: str
     http_port: int
     jwks_url: str
@@ -84,6 +87,7 @@ class AuthzConfig:
         return cls(
             grpc_host=grpc_host,
             grpc_port=grpc_port,
+            grpc_transport=env_transport(env),
             http_host=http_host,
             http_port=http_port,
             jwks_url=env_str(env, "JWKS_URL"),

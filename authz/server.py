@@ -47,6 +47,7 @@ from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
 from playback_drm.events import PLAYBACK_ERROR, Event, EventSink, NullSink
+from playback_drm.h2grpc import make_server
 from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 
@@ -338,7 +339,7 @@ def url_verifier_from(config: AuthzConfig) -> UrlVerifier:
 @contextlib.asynccontextmanager
 async def running_authz(
     config: AuthzConfig, events: EventSink | None = None
-) -> AsyncIterator[tuple[grpc.aio.Server, Authorizer]]:
+) -> AsyncIterator[tuple[Any, Authorizer]]:
     """Start the gRPC and HTTP servers; on exit: NOT_SERVING, stop accepting, drain, close."""
     events = events or NullSink()
     session = aiohttp.ClientSession(
@@ -377,9 +378,7 @@ async def running_authz(
     )
     authorizer = Authorizer(verifier, entitlements, url_verifier_from(config))
 
-    server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)]
-    )
+    server = make_server(config.grpc_transport, max_receive_bytes=4 << 20, max_send_bytes=4 << 20)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationService(authorizer, events), server
     )
@@ -405,7 +404,12 @@ async def running_authz(
     await web.TCPSite(http_runner, config.http_host, config.http_port).start()
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("authz serving gRPC on %s:%d", config.grpc_host, config.grpc_port)
+    log.info(
+        "authz serving gRPC on %s:%d (%s)",
+        config.grpc_host,
+        config.grpc_port,
+        config.grpc_transport,
+    )
     try:
         yield server, authorizer
     finally:

@@ -130,13 +130,28 @@ AUTHZ_FILTER = {
         "allowed_headers": {"patterns": [{"exact": "authorization"}, {"exact": "traceparent"}]},
     },
 }
-ECHO_FILTER = {
-    "name": "envoy.filters.http.ext_authz",
-    "typed_config": {
-        **AUTHZ_FILTER["typed_config"],  # type: ignore[dict-item]
-        "grpc_service": {"envoy_grpc": {"cluster_name": "echo_authz"}, "timeout": "1s"},
-    },
-}
+
+
+def _authz_filter(cluster: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            **AUTHZ_FILTER["typed_config"],  # type: ignore[dict-item]
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "1s"},
+        },
+    }
+
+
+def _extproc_filter(cluster: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            **EXTPROC_FILTER["typed_config"],  # type: ignore[dict-item]
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "2s"},
+        },
+    }
+
+
 EXTPROC_FILTER = {
     "name": "envoy.filters.http.ext_proc",
     "typed_config": {
@@ -203,7 +218,11 @@ def bench_envoy_config(ports: dict[str, int], stack: Stack) -> dict[str, Any]:
                 _listener("direct", ports["direct"], direct, []),
                 _listener("alone", ports["alone"], to_direct, []),
                 _listener("authz", ports["authz"], to_direct, [AUTHZ_FILTER]),
-                _listener("echo", ports["echo"], to_direct, [ECHO_FILTER]),
+                _listener(
+                    "authz_grpcio", ports["authz_grpcio"], to_direct, [_authz_filter("authz_g")]
+                ),
+                _listener("echo", ports["echo"], to_direct, [_authz_filter("echo_authz")]),
+                _listener("echo_lean", ports["echo_lean"], to_direct, [_authz_filter("echo_lean")]),
                 _listener(
                     "manifest_alone", ports["manifest_alone"], _manifest_routes("origin"), []
                 ),
@@ -213,13 +232,23 @@ def bench_envoy_config(ports: dict[str, int], stack: Stack) -> dict[str, Any]:
                     _manifest_routes("origin"),
                     [AUTHZ_FILTER, EXTPROC_FILTER],
                 ),
+                _listener(
+                    "manifest_grpcio",
+                    ports["manifest_grpcio"],
+                    _manifest_routes("origin"),
+                    [_authz_filter("authz_g"), _extproc_filter("extproc_g")],
+                ),
             ],
             "clusters": [
                 _cluster("direct", ports["direct"]),
                 _cluster("origin", stack.ports.origin),
                 _cluster("authz", stack.ports.authz_grpc, http2=True),
                 _cluster("echo_authz", ports["echo_authz"], http2=True),
+                _cluster("echo_lean", ports["echo_lean_grpc"], http2=True),
                 _cluster("extproc", stack.ports.extproc_grpc, http2=True),
+                # the same services on grpcio's transport (GRPC_TRANSPORT=grpcio), for comparison
+                _cluster("authz_g", ports["authz_g_grpc"], http2=True),
+                _cluster("extproc_g", ports["extproc_g_grpc"], http2=True),
             ],
         },
     }
@@ -307,8 +336,16 @@ def start_bench_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[st
             "authz",
             "echo",
             "echo_authz",
+            "echo_lean",
+            "echo_lean_grpc",
+            "authz_grpcio",
+            "authz_g_grpc",
+            "authz_g_http",
+            "extproc_g_grpc",
+            "extproc_g_http",
             "manifest_alone",
             "manifest_full",
+            "manifest_grpcio",
         )
     }
     config = root / "bench-envoy.yaml"
@@ -342,6 +379,40 @@ def start_bench_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[st
     return proc, ports
 
 
+def start_grpcio_twins(
+    root: Path, stack: Stack, ports: dict[str, int]
+) -> dict[str, ManagedProcess]:
+    """authz and extproc again, on grpcio's transport (``GRPC_TRANSPORT=grpcio``)."""
+    env = {
+        **stack.common_env(),
+        "GRPC_TRANSPORT": "grpcio",
+        "AUTHZ_GRPC_ADDR": f"127.0.0.1:{ports['authz_g_grpc']}",
+        "AUTHZ_HTTP_ADDR": f"127.0.0.1:{ports['authz_g_http']}",
+        "EXTPROC_GRPC_ADDR": f"127.0.0.1:{ports['extproc_g_grpc']}",
+        "EXTPROC_HTTP_ADDR": f"127.0.0.1:{ports['extproc_g_http']}",
+    }
+    twins = {}
+    for name in ("authz", "extproc"):
+        http_port = ports[f"{name}_g_http"]
+        twins[f"{name}_grpcio"] = ManagedProcess(
+            f"{name}-grpcio",
+            [sys.executable, "-m", "playback_drm.cli", "serve", name],
+            log_dir=root / "logs",
+            env=env,
+            ready=lambda port=http_port: _port_open(port),  # type: ignore[misc]
+        ).start()
+    return twins
+
+
+def start_echo(root: Path, port: int, transport: str) -> ManagedProcess:
+    return ManagedProcess(
+        f"echo-authz-{transport}",
+        [sys.executable, str(Path(__file__).with_name("echo_authz.py")), str(port), transport],
+        log_dir=root / "logs",
+        ready=lambda: _port_open(port),
+    ).start()
+
+
 def pids(stack: Stack, envoy: ManagedProcess, names: tuple[str, ...]) -> dict[str, int]:
     out = {"envoy": envoy.proc.pid if envoy.proc else 0}
     for name in names:
@@ -352,46 +423,46 @@ def pids(stack: Stack, envoy: ManagedProcess, names: tuple[str, ...]) -> dict[st
 
 
 async def scenario_authz(seconds: float) -> list[RunResult]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
         root = Path(tmp)
         stack = start_bench_stack(root)
+        cleanup.callback(stack.stop)
         envoy, ports = start_bench_envoy(root, stack)
-        echo = ManagedProcess(
-            "echo-authz",
-            [
-                sys.executable,
-                str(Path(__file__).with_name("echo_authz.py")),
-                str(ports["echo_authz"]),
-            ],
-            log_dir=root / "logs",
-            ready=lambda: _port_open(ports["echo_authz"]),
-        ).start()
-        try:
-            token = stack.token("alice")
-            headers = {"Authorization": f"Bearer {token}"}
-            processes = pids(stack, envoy, ("authz",))
-            assert echo.proc is not None
-            processes["echo_authz"] = echo.proc.pid
-            results = []
-            for rate in (200, 500):
-                # alone: Envoy to the origin; echo: + a do-nothing grpc.aio ext_authz (the
-                # transport floor); authz: + the real one (JWT, entitlement, caches)
-                for name in ("alone", "echo", "authz"):
-                    url = f"http://127.0.0.1:{ports[name]}/playback/demo/manifest"
-                    results.append(
-                        await run_open_loop(
-                            f"envoy_{name}",
-                            lambda _i, url=url: Request("GET", url, headers),
-                            rate=rate,
-                            seconds=seconds,
-                            processes=processes,
-                        )
+        cleanup.callback(envoy.stop)
+        helpers = {
+            "echo_grpcio": start_echo(root, ports["echo_authz"], "grpcio"),
+            "echo_lean": start_echo(root, ports["echo_lean_grpc"], "lean"),
+            **start_grpcio_twins(root, stack, ports),
+        }
+        for proc in helpers.values():
+            cleanup.callback(proc.stop)
+        token = stack.token("alice")
+        headers = {"Authorization": f"Bearer {token}"}
+        processes = pids(stack, envoy, ("authz",))
+        processes.update(
+            {
+                k: p.proc.pid
+                for k, p in helpers.items()
+                if p.proc is not None and k != "extproc_grpcio"
+            }
+        )
+        results = []
+        for rate in (200, 500):
+            # alone: Envoy to the origin; echo*: + a do-nothing ext_authz on each gRPC transport
+            # (the transport floors); authz: the real one (JWT, entitlement, caches) on the lean
+            # transport (the default), authz_grpcio: the same on grpc.aio
+            for name in ("alone", "echo", "echo_lean", "authz", "authz_grpcio"):
+                url = f"http://127.0.0.1:{ports[name]}/playback/demo/manifest"
+                results.append(
+                    await run_open_loop(
+                        f"envoy_{name}",
+                        lambda _i, url=url: Request("GET", url, headers),
+                        rate=rate,
+                        seconds=seconds,
+                        processes=processes,
                     )
-            return results
-        finally:
-            echo.stop()
-            envoy.stop()
-            stack.stop()
+                )
+        return results
 
 
 def _port_open(port: int) -> bool:
@@ -403,34 +474,38 @@ def _port_open(port: int) -> bool:
 
 
 async def scenario_manifest(seconds: float) -> list[RunResult]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
         root = Path(tmp)
         stack = start_bench_stack(root)
+        cleanup.callback(stack.stop)
         envoy, ports = start_bench_envoy(root, stack)
-        try:
-            token = stack.token("alice")
-            headers = {"Authorization": f"Bearer {token}"}
-            processes = pids(stack, envoy, ("authz", "extproc", "origin"))
-            results = []
-            for label, path in (
-                ("hls150", "/playback/bench-hls/manifest"),
-                ("dash2p", "/playback/bench-dash/manifest?format=dash"),
-            ):
-                for name in ("manifest_alone", "manifest_full"):
-                    url = f"http://127.0.0.1:{ports[name]}{path}"
-                    results.append(
-                        await run_open_loop(
-                            f"{label}_{name.split('_')[1]}",
-                            lambda _i, url=url: Request("GET", url, headers),
-                            rate=200,
-                            seconds=seconds,
-                            processes=processes,
-                        )
+        cleanup.callback(envoy.stop)
+        twins = start_grpcio_twins(root, stack, ports)
+        for proc in twins.values():
+            cleanup.callback(proc.stop)
+        token = stack.token("alice")
+        headers = {"Authorization": f"Bearer {token}"}
+        processes = pids(stack, envoy, ("authz", "extproc", "origin"))
+        processes.update({k: p.proc.pid for k, p in twins.items() if p.proc is not None})
+        results = []
+        for label, path in (
+            ("hls150", "/playback/bench-hls/manifest"),
+            ("dash2p", "/playback/bench-dash/manifest?format=dash"),
+        ):
+            # full: authz + ext_proc on the lean transport (the default); grpcio: the same
+            # services on grpc.aio
+            for name in ("manifest_alone", "manifest_full", "manifest_grpcio"):
+                url = f"http://127.0.0.1:{ports[name]}{path}"
+                results.append(
+                    await run_open_loop(
+                        f"{label}_{name.split('_')[1]}",
+                        lambda _i, url=url: Request("GET", url, headers),
+                        rate=200,
+                        seconds=seconds,
+                        processes=processes,
                     )
-            return results
-        finally:
-            envoy.stop()
-            stack.stop()
+                )
+        return results
 
 
 async def scenario_license(seconds: float) -> list[RunResult]:

@@ -3,6 +3,7 @@
 | variable | default | meaning |
 | --- | --- | --- |
 | EXTPROC_GRPC_ADDR | 127.0.0.1:9002 | ext_proc gRPC listen address |
+| GRPC_TRANSPORT | lean | `lean` (`playback_drm.h2grpc`, on the event loop) or `grpcio` |
 | EXTPROC_HTTP_ADDR | 127.0.0.1:9012 | signed-manifest-URL JSON, /health, /metrics |
 | MANIFEST_HLS_TEMPLATE | {videoId}/master.m3u8 | where the HLS manifest lives at the origin |
 | MANIFEST_DASH_TEMPLATE | {videoId}/manifest.mpd | where the DASH manifest lives at the origin |
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from extproc.policy import PolicyConfig
+from playback_drm.h2grpc import env_transport
 from playback_drm.settings import ConfigError, env_addr, env_int, env_str
 
 
@@ -28,6 +30,7 @@ from playback_drm.settings import ConfigError, env_addr, env_int, env_str
 class ExtprocConfig:
     grpc_host: str
     grpc_port: int
+    grpc_transport: str
     http_host: str
     http_port: int
     policy: PolicyConfig
@@ -62,6 +65,7 @@ class ExtprocConfig:
         return cls(
             grpc_host=grpc_host,
             grpc_port=grpc_port,
+            grpc_transport=env_transport(env),
             http_host=http_host,
             http_port=http_port,
             policy=PolicyConfig.from_env(env),

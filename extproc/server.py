@@ -47,6 +47,7 @@ from extproc.signer import (
 )
 from playback_drm import tracing
 from playback_drm.events import PLAYBACK_STARTED, Event, EventSink, NullSink
+from playback_drm.h2grpc import make_server
 from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 
@@ -333,15 +334,13 @@ def build_http_app() -> web.Application:
 @contextlib.asynccontextmanager
 async def running_extproc(
     config: ExtprocConfig, events: EventSink | None = None
-) -> AsyncIterator[grpc.aio.Server]:
+) -> AsyncIterator[Any]:
     policy = SigningPolicy(config.policy)
     signer = ManifestSigner(config, mapper_factory(config, policy))
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", config.max_manifest_bytes + 1024 * 1024),
-            ("grpc.max_send_message_length", 4 * config.max_manifest_bytes),
-        ]
+    server = make_server(
+        config.grpc_transport,
+        max_receive_bytes=config.max_manifest_bytes + 1024 * 1024,
+        max_send_bytes=4 * config.max_manifest_bytes,
     )
     ep_grpc.add_ExternalProcessorServicer_to_server(
         ExternalProcessor(config, signer, policy, events or NullSink()), server
@@ -354,7 +353,12 @@ async def running_extproc(
     await web.TCPSite(runner, config.http_host, config.http_port).start()
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("extproc serving gRPC on %s:%d", config.grpc_host, config.grpc_port)
+    log.info(
+        "extproc serving gRPC on %s:%d (%s)",
+        config.grpc_host,
+        config.grpc_port,
+        config.grpc_transport,
+    )
     try:
         yield server
     finally:
