@@ -121,6 +121,49 @@ def _percent_encode(message: str) -> bytes:
 TRAILERS_OK = trailers_block(0)
 
 
+class HeaderDecoder:
+    """HPACK decoding with a memo of whole header blocks.
+
+    Envoy sends the same block for every call of a method: indexed fields and a never-indexed
+    ``:path``. A block that left the dynamic table unchanged decodes the same way for as long as
+    the table stays unchanged, so it is decoded once (pure-Python HPACK with Huffman was the
+    largest cost of a call). Any table change (an insertion, a size update) starts a new
+    generation, and memo entries of older generations are not used.
+    """
+
+    MEMO_ENTRIES = 64
+
+    def __init__(self, max_header_list_size: int) -> None:
+        self._decoder = Decoder()
+        self._decoder.max_allowed_table_size = 4096
+        self._decoder.max_header_list_size = max_header_list_size
+        self._table = self._decoder.header_table
+        self.generation = 0
+        self._memo: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
+        add = self._table.add
+
+        def counting_add(name: bytes, value: bytes) -> None:
+            self.generation += 1
+            add(name, value)
+
+        self._table.add = counting_add  # type: ignore[method-assign]
+
+    def decode(self, block: bytes) -> list[tuple[str, str]]:
+        """The header list (shared between calls: read it, never change it)."""
+        hit = self._memo.get(block)
+        if hit is not None and hit[0] == self.generation:
+            return hit[1]
+        generation, size = self.generation, self._table.maxsize
+        headers: list[tuple[str, str]] = self._decoder.decode(block, raw=False)  # type: ignore[assignment]
+        if self.generation == generation and self._table.maxsize == size:
+            if len(self._memo) >= self.MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[block] = (generation, headers)
+        else:
+            self.generation += 1  # a size update changes what indices mean, too
+        return headers
+
+
 class AbortError(Exception):
     """Raised by ``CallContext.abort``: ends the call with this status."""
 
@@ -269,9 +312,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.preface_ok = False
-        self.decoder = Decoder()
-        self.decoder.max_allowed_table_size = 4096
-        self.decoder.max_header_list_size = OUR_MAX_HEADER_LIST
+        self.decoder = HeaderDecoder(OUR_MAX_HEADER_LIST)
         self.streams: dict[int, _Stream] = {}
         self.last_stream_id = 0
         self.peer_initial_window = DEFAULT_WINDOW
@@ -476,7 +517,7 @@ class _Connection(asyncio.Protocol):
 
     def _headers_complete(self, stream_id: int, flags: int, block: bytes) -> None:
         # decoded even when the stream is refused: the dynamic table must stay in step
-        headers: list[tuple[str, str]] = self.decoder.decode(block, raw=False)  # type: ignore[assignment]
+        headers = self.decoder.decode(block)
         existing = self.streams.get(stream_id)
         if existing is not None:
             # trailers from the client: only as the end of its side

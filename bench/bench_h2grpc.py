@@ -1,0 +1,176 @@
+"""The lean gRPC transport's own cost per call, in process and without sockets: HTTP/2 frames as
+Envoy sends them are fed to a connection whose transport only collects what it writes.
+
+    python bench/bench_h2grpc.py            # µs of CPU per call: unary ext_authz (do-nothing
+                                            # servicer) and an ext_proc manifest (real servicer)
+    python bench/bench_h2grpc.py --profile  # the same under cProfile, top functions
+
+What the numbers leave out is the kernel (socket reads and writes, epoll): bench/edge.py has
+the whole path beside Envoy alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import uvloop
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from hpack import Encoder
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
+
+from bench.bench_extproc_inprocess import ENV, message
+from extproc.config import ExtprocConfig
+from extproc.policy import SigningPolicy
+from extproc.server import ExternalProcessor
+from extproc.signer import ManifestSigner, mapper_factory
+from playback_drm import h2grpc
+from playback_drm.events import NullSink
+
+CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
+PROCESS_PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+
+class Sink:
+    """A transport that keeps what the server writes; wakes the driver when trailers went out."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.writes = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+        self.writes += 1
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+class Client:
+    """Writes frames the way Envoy's gRPC client does (HPACK state kept, :path never indexed)."""
+
+    def __init__(self) -> None:
+        self.encoder = Encoder()
+        self.stream_id = 1
+        self.blocks: dict[str, tuple[int, bytes]] = {}
+
+    def preface(self) -> bytes:
+        settings = h2grpc._SETTING.pack(h2grpc.S_INITIAL_WINDOW_SIZE, h2grpc.MAX_WINDOW)
+        return (
+            h2grpc.PREFACE
+            + h2grpc.frame(h2grpc.SETTINGS, 0, 0, settings)
+            + h2grpc.frame(h2grpc.WINDOW_UPDATE, 0, 0, h2grpc._U32.pack((1 << 30) - 65535))
+        )
+
+    def call(self, path: str, message: bytes, *, end_stream: bool) -> bytes:
+        sid = self.stream_id
+        self.stream_id += 2
+        block = self._block(path)
+        data = b"\x00" + len(message).to_bytes(4, "big") + message
+        return h2grpc.frame(h2grpc.HEADERS, h2grpc.END_HEADERS, sid, block) + h2grpc.frame(
+            h2grpc.DATA, h2grpc.END_STREAM if end_stream else 0, sid, data
+        )
+
+    def _block(self, path: str) -> bytes:
+        """After the first call the block repeats byte for byte (as Envoy's do): encoded once
+        more, then reused, so the client's HPACK work stays out of the measurement."""
+        count, block = self.blocks.get(path, (0, b""))
+        if count >= 2:
+            return block
+        block = self.encoder.encode(
+            [
+                HeaderTuple(":method", "POST"),
+                HeaderTuple(":scheme", "http"),
+                NeverIndexedHeaderTuple(":path", path),
+                HeaderTuple(":authority", "sidecar"),
+                HeaderTuple("content-type", "application/grpc"),
+                HeaderTuple("te", "trailers"),
+                HeaderTuple("grpc-timeout", "1000m"),
+                HeaderTuple("x-envoy-internal", "true"),
+            ]
+        )
+        self.blocks[path] = (count + 1, block)
+        return block
+
+    def reset(self) -> bytes:
+        return h2grpc.frame(h2grpc.RST_STREAM, 0, self.stream_id - 2, h2grpc._U32.pack(0x2))
+
+    def window(self, size: int) -> bytes:
+        return h2grpc.frame(h2grpc.WINDOW_UPDATE, 0, 0, h2grpc._U32.pack(size))
+
+
+class Echo(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    OK = external_auth_pb2.CheckResponse()
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        return self.OK
+
+
+async def drive(server: h2grpc.LeanGrpcServer, kind: str, n: int) -> float:
+    conn = h2grpc._Connection(server)
+    sink = Sink()
+    conn.connection_made(sink)  # type: ignore[arg-type]
+    client = Client()
+    conn.data_received(client.preface())
+    loop = asyncio.get_running_loop()
+    request = external_auth_pb2.CheckRequest().SerializeToString() if kind == "authz" else message()
+    started = time.process_time()
+    for _ in range(n):
+        sink.waiter = loop.create_future()
+        before = len(sink.out)
+        if kind == "authz":
+            conn.data_received(client.call(CHECK_PATH, request, end_stream=True))
+        else:
+            conn.data_received(client.call(PROCESS_PATH, request, end_stream=False))
+        await sink.waiter
+        if kind == "extproc":  # Envoy resets the stream once it has the body back
+            conn.data_received(client.reset())
+            await asyncio.sleep(0)
+        conn.data_received(client.window(len(sink.out) - before))
+        if len(sink.out) > 1 << 20:
+            sink.out.clear()
+    return (time.process_time() - started) / n * 1e6
+
+
+async def main(profile: bool) -> None:
+    server = h2grpc.LeanGrpcServer(max_message_bytes=16 << 20)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Echo(), server)
+    cfg = ExtprocConfig.from_env(ENV)
+    policy = SigningPolicy(cfg.policy)
+    proc = ExternalProcessor(
+        cfg, ManifestSigner(cfg, mapper_factory(cfg, policy)), policy, NullSink()
+    )
+    ep_grpc.add_ExternalProcessorServicer_to_server(proc, server)
+    for kind in ("authz", "extproc"):
+        await drive(server, kind, 500)  # warm up
+        if profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            await drive(server, kind, 3000)
+            prof.disable()
+            print(f"== {kind}")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        else:
+            us = min([await drive(server, kind, 3000) for _ in range(3)])
+            print(f"{kind}: {us:.1f} µs CPU per call (transport + servicer, no sockets)")
+
+
+if __name__ == "__main__":
+    uvloop.run(main("--profile" in sys.argv))
