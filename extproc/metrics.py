@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import Counter
 
 from playback_drm.metrics import CACHE_REQUESTS, request_metrics
@@ -16,3 +18,14 @@ MANIFESTS = Counter(
 # (route = hls, dash or url for the JSON form).
 REQUESTS = request_metrics("extproc")
 CACHE = CACHE_REQUESTS  # shared across services: playback_cache_requests_total{cache,result}
+
+
+@lru_cache(maxsize=256)
+def manifest_counter(kind: str, outcome: str, code: str) -> Counter:
+    """The labelled child, looked up once (``labels()`` costs a lock and a dict per call)."""
+    return MANIFESTS.labels(kind, outcome, code)
+
+
+@lru_cache(maxsize=8)
+def manifest_cache_counter(result: str) -> Counter:
+    return CACHE.labels("manifests", result)

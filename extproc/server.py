@@ -144,11 +144,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         facts = attributes_of(request)
         if facts.get("response.code") != "200":
             return _UNCHANGED_BODY
-        headers = {
-            h: facts[f"request.headers['{h}']"]
-            for h in _FACT_HEADERS
-            if f"request.headers['{h}']" in facts
-        }
+        headers = {h: facts[key] for h, key in _FACT_KEYS if key in facts}
         address = _host_of(facts.get("source.address", ""))
         if address:
             headers["x-envoy-external-address"] = address
@@ -205,7 +201,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 503, "manifest_signing_failed", "Manifest signing failed", "internal error"
             )
         if signed is None:
-            metrics.MANIFESTS.labels("none", "passthrough", "ok").inc()
+            metrics.manifest_counter("none", "passthrough", "ok").inc()
             return _UNCHANGED_BODY
         out = signed.body
         if signed.decoded and encoding is not None:
@@ -213,8 +209,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             out = encode_like(out, encoding)
         kind = signed.kind.value
         metrics.REQUESTS.observe(kind, "ok", "ok", time.perf_counter() - started)
-        metrics.MANIFESTS.labels(kind, "signed", "ok").inc()
-        metrics.CACHE.labels("manifests", "hit" if signed.cached else "miss").inc()
+        metrics.manifest_counter(kind, "signed", "ok").inc()
+        metrics.manifest_cache_counter("hit" if signed.cached else "miss").inc()
         if ctx.entry:
             self._events.emit(
                 Event(
@@ -241,6 +237,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 ATTRIBUTE_NAMESPACE = "envoy.filters.http.ext_proc"
 _ORIGINAL_PATH = "request.headers['x-envoy-original-path']"
 _FACT_HEADERS = ("x-playback-user", "x-playback-video", "x-playback-session", "x-request-id")
+_FACT_KEYS = tuple((h, f"request.headers['{h}']") for h in _FACT_HEADERS)
 
 
 def attributes_of(request: ep.ProcessingRequest) -> dict[str, str]:
