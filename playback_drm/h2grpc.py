@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import socket
 import struct
@@ -153,9 +154,15 @@ class HeaderDecoder:
         hit = self._memo.get(block)
         if hit is not None and hit[0] == self.generation:
             return hit[1]
-        generation, size = self.generation, self._table.maxsize
+        table = self._table
+        generation, size, entries = self.generation, table.maxsize, len(table.dynamic_entries)
         headers: list[tuple[str, str]] = self._decoder.decode(block, raw=False)  # type: ignore[assignment]
-        if self.generation == generation and self._table.maxsize == size:
+        # size updates down and back up in one block evict entries without an insertion
+        if (
+            self.generation == generation
+            and table.maxsize == size
+            and len(table.dynamic_entries) == entries
+        ):
             if len(self._memo) >= self.MEMO_ENTRIES:
                 self._memo.clear()
             self._memo[block] = (generation, headers)
@@ -275,7 +282,10 @@ class _Stream:
             self.waiter = self.conn.loop.create_future()
             await self.waiter
             self.waiter = None
-        return self.requests.popleft()
+        raw = self.requests.popleft()
+        if not self.requests and self.unacked:
+            self.conn.credit(self)
+        return raw
 
     # -- sending
     def send_message(self, payload: bytes, trailers: bytes | None = None) -> None:
@@ -325,6 +335,7 @@ class _Connection(asyncio.Protocol):
         self.header_flags = 0
         self.going_away = False
         self.blocked: dict[int, _Stream] = {}  # streams with DATA waiting for window
+        self.reset_ids: deque[int] = deque(maxlen=128)  # streams we reset, most recent last
         self.peer = ""
 
     # ---------------------------------------------------------------- asyncio.Protocol
@@ -332,7 +343,11 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         transport = self.transport
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        if isinstance(peer, tuple):  # as grpc.aio spells it
+            host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+            self.peer = f"{'ipv6' if ':' in peer[0] else 'ipv4'}:{host}:{peer[1]}"
+        else:
+            self.peer = f"unix:{peer or ''}"
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -464,6 +479,8 @@ class _Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.window += delta
+                    if stream.window > MAX_WINDOW:  # RFC 9113 section 6.9.2
+                        raise _ConnectionError(FLOW_CONTROL_ERROR, "a stream window overflowed")
             elif key == S_MAX_FRAME_SIZE:
                 if not DEFAULT_MAX_FRAME <= value <= 16_777_215:
                     raise _ConnectionError(PROTOCOL_ERROR, "max frame size out of range")
@@ -520,11 +537,16 @@ class _Connection(asyncio.Protocol):
         headers = self.decoder.decode(block)
         existing = self.streams.get(stream_id)
         if existing is not None:
+            if existing.remote_closed:  # half-closed (remote): RFC 9113 section 5.1
+                self._reset(existing, STREAM_CLOSED)
+                return
             # trailers from the client: only as the end of its side
             if not flags & END_STREAM:
                 raise _ConnectionError(PROTOCOL_ERROR, "second HEADERS without END_STREAM")
             self._remote_end(existing)
             return
+        if stream_id in self.reset_ids:
+            return  # a stream we reset: its frames in flight (client trailers) are ignored
         if stream_id % 2 == 0 or stream_id <= self.last_stream_id:
             raise _ConnectionError(PROTOCOL_ERROR, "stream id not new and odd")
         self.last_stream_id = stream_id
@@ -547,6 +569,8 @@ class _Connection(asyncio.Protocol):
         handler = self.server.handler_for(path)
         stream = _Stream(stream_id, self, handler or _UNIMPLEMENTED, headers)
         self.streams[stream_id] = stream
+        # known before any early answer below, which must not reset a stream the client ended
+        stream.remote_closed = bool(flags & END_STREAM)
         if method != "POST" or not content_type.startswith("application/grpc"):
             self._trailers_only(stream, grpc.StatusCode.INTERNAL, "expected a gRPC POST")
         elif handler is None:
@@ -584,13 +608,28 @@ class _Connection(asyncio.Protocol):
         if stream.unacked > OUR_STREAM_WINDOW:
             self._reset(stream, FLOW_CONTROL_ERROR)
             return
-        if stream.unacked >= OUR_STREAM_WINDOW // 2 and not flags & END_STREAM:
-            self._write(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.unacked)))
-            stream.unacked = 0
+        if flags & END_STREAM:
+            stream.remote_closed = True  # before an early answer: no RST_STREAM after it
         if not stream.closed and not self._take_messages(stream, payload):
             return
         if flags & END_STREAM:
             self._remote_end(stream)
+        else:
+            self.credit(stream)
+
+    def credit(self, stream: _Stream) -> None:
+        """Stream-level flow control with backpressure: credit goes back only while no complete
+        message waits for the handler, so a peer cannot queue more than a window of messages
+        ahead of a slow handler (a partial message always gets credit, or a message larger
+        than the window could never complete)."""
+        if (
+            stream.unacked >= OUR_STREAM_WINDOW // 2
+            and not stream.requests
+            and not stream.remote_closed
+            and not stream.closed
+        ):
+            self._write(frame(WINDOW_UPDATE, 0, stream.id, _U32.pack(stream.unacked)))
+            stream.unacked = 0
 
     def _take_messages(self, stream: _Stream, payload: bytes) -> bool:
         buffer = stream.buffer
@@ -667,7 +706,9 @@ class _Connection(asyncio.Protocol):
                     await responses  # writes went through context.write
             else:
                 call = handler.stream_unary if handler.request_streaming else handler.unary_unary
-                response = await call(requests, context)
+                response = call(requests, context)
+                if inspect.isawaitable(response):
+                    response = await response
                 if context._code in (None, grpc.StatusCode.OK):
                     stream.send_message(serialize(response) if serialize else response, TRAILERS_OK)
                     return
@@ -686,10 +727,16 @@ class _Connection(asyncio.Protocol):
             self._trailers_only(stream, grpc.StatusCode.INTERNAL, "internal error")
 
     def _trailers_only(self, stream: _Stream, code: grpc.StatusCode, details: str) -> None:
+        """Ends the call with this status, after any DATA already queued (a message cut short
+        would be a framing error at the client, not this status)."""
         if stream.closed:
             return
-        stream.pending.clear()
         stream.finish(trailers_block(_status_number(code), details))
+        task = stream.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            # the call ended outside the handler (a bad request message): stop the handler too
+            stream.cancelled = True
+            task.cancel()
 
     # ---------------------------------------------------------------- frames out
     def flush_stream(self, stream: _Stream, head: bytes = b"") -> None:
@@ -745,6 +792,7 @@ class _Connection(asyncio.Protocol):
         if not stream.remote_closed:
             # the call is over; tell the client to stop sending (RFC 9113 section 8.1)
             self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR)))
+            self.reset_ids.append(stream.id)
         self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
@@ -765,6 +813,7 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self, stream: _Stream, code: int) -> None:
         self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(code)))
+        self.reset_ids.append(stream.id)
         self._cancel(stream)
         self._forget(stream)
 
@@ -811,10 +860,7 @@ class _RequestIterator:
 
     async def __anext__(self) -> Any:
         stream = self._stream
-        if stream.requests:
-            raw: bytes | None = stream.requests.popleft()
-        else:
-            raw = await stream.next_request()
+        raw = await stream.next_request()
         if raw is None:
             raise StopAsyncIteration
         if self._deserialize is None:
@@ -918,11 +964,14 @@ class LeanGrpcServer:
         self._stopped.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """As ``grpc.aio``: True if the wait timed out, False once the server has stopped."""
+        if self._stopped.is_set():
+            return False
         try:
             await asyncio.wait_for(self._stopped.wait(), timeout)
         except TimeoutError:
-            return False
-        return True
+            return True
+        return False
 
 
 class _CallDetails(grpc.HandlerCallDetails):  # type: ignore[misc]
