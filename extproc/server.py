@@ -24,6 +24,7 @@ import json
 import logging
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,6 +103,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._signer = signer
         self._policy = policy
         self._events = events
+        # signed body -> the ProcessingResponse built around it (re-encoded when the origin
+        # compressed), reused while the signer's cache hands out the same body object
+        self._responses: OrderedDict[tuple[int, str | None], tuple[bytes, ep.ProcessingResponse]]
+        self._responses = OrderedDict()
+        self._response_bytes = 0
 
     async def Process(
         self,
@@ -203,10 +209,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if signed is None:
             metrics.manifest_counter("none", "passthrough", "ok").inc()
             return _UNCHANGED_BODY
-        out = signed.body
-        if signed.decoded and encoding is not None:
-            # the response headers are already on their way: answer in the origin's encoding
-            out = encode_like(out, encoding)
+        response = self._response_for(signed.body, encoding if signed.decoded else None)
         kind = signed.kind.value
         metrics.REQUESTS.observe(kind, "ok", "ok", time.perf_counter() - started)
         metrics.manifest_counter(kind, "signed", "ok").inc()
@@ -227,14 +230,38 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     },
                 )
             )
-        return ep.ProcessingResponse(
+        return response
+
+    def _response_for(self, body: bytes, encoding: str | None) -> ep.ProcessingResponse:
+        """The answer carrying this signed body. A cache hit of the signer returns the same body
+        object, so the message (and a gzip re-encoding) is built once per signed manifest."""
+        key = (id(body), encoding)
+        found = self._responses.get(key)
+        if found is not None and found[0] is body:
+            return found[1]
+        # the response headers are already on their way: answer in the origin's encoding
+        out = encode_like(body, encoding) if encoding is not None else body
+        response = ep.ProcessingResponse(
             response_body=ep.BodyResponse(
                 response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=out))
             )
         )
+        size = len(body) + len(out)
+        if size > _RESPONSE_MEMO_BYTES // 16:
+            return response  # a huge manifest: not worth holding twice
+        self._responses[key] = (body, response)
+        self._response_bytes += size
+        while len(self._responses) > _RESPONSE_MEMO or self._response_bytes > _RESPONSE_MEMO_BYTES:
+            _, (old_body, old) = self._responses.popitem(last=False)
+            self._response_bytes -= len(old_body) + len(
+                old.response_body.response.body_mutation.body
+            )
+        return response
 
 
 ATTRIBUTE_NAMESPACE = "envoy.filters.http.ext_proc"
+_RESPONSE_MEMO = 256
+_RESPONSE_MEMO_BYTES = 64 << 20
 _ORIGINAL_PATH = "request.headers['x-envoy-original-path']"
 _FACT_HEADERS = ("x-playback-user", "x-playback-video", "x-playback-session", "x-request-id")
 _FACT_KEYS = tuple((h, f"request.headers['{h}']") for h in _FACT_HEADERS)

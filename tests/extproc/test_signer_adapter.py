@@ -189,6 +189,24 @@ async def test_adapter_answers_compressed_origins_in_their_encoding() -> None:
         assert b"seg.ts?pdt=" in signed
 
 
+async def test_adapter_reuses_the_answer_of_a_repeated_manifest() -> None:
+    """A signer cache hit reuses the built answer (and its gzip re-encoding); a new manifest
+    or another encoding gets its own."""
+    proc, sink = processor()
+    path = "/media/demo/hls/a.m3u8"
+    first = await _run(proc, _body_message(path, gzip.compress(VOD)))
+    again = await _run(proc, _body_message(path, gzip.compress(VOD)))
+    assert again[0] is first[0]
+    plain = await _run(proc, _body_message(path, VOD))
+    assert plain[0] is not first[0]
+    assert plain[0].response_body.response.body_mutation.body == gzip.decompress(
+        first[0].response_body.response.body_mutation.body
+    )
+    other = await _run(proc, _body_message(path, VOD.replace(b"seg.ts", b"other.ts")))
+    assert b"other.ts?pdt=" in other[0].response_body.response.body_mutation.body
+    assert not sink.events  # media playlists are not playback starts
+
+
 async def test_adapter_passes_non_200_and_non_manifests_through() -> None:
     proc, sink = processor()
     replies = await _run(proc, _body_message("/playback/demo/manifest", b"not found", code=404))
