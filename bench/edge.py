@@ -23,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import urllib.request
@@ -532,6 +533,9 @@ async def scenario_license(seconds: float) -> list[RunResult]:
                 vault_token=vault.token,
                 nats_url=nats_server.url,
                 envoy_access_log=False,
+                extra_env=dict(
+                    item.split("=", 1) for item in os.environ.get("BENCH_ENV", "").split() if item
+                ),
             )
         )
         servers.callback(stack.stop)

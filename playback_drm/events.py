@@ -60,7 +60,7 @@ variable                           default                   meaning
 ``EVENTS_ACK_TIMEOUT_S``           ``2.0``                   wait for an ack before retrying
 ``EVENTS_DRAIN_TIMEOUT_S``         ``5.0``                   flush deadline on close
 ``EVENTS_RECONNECT_MAX_WAIT_S``    ``2.0``                   reconnect backoff cap (with jitter)
-``EVENTS_LINGER_S``                ``0.02``                  wait for more events before a batch
+``EVENTS_LINGER_S``                ``0.1``                   longest wait for a batch to fill
 =================================  ========================  ==================================
 """
 
@@ -390,7 +390,7 @@ DEFAULT_MAX_INFLIGHT: Final = 64
 DEFAULT_ACK_TIMEOUT_S: Final = 2.0
 DEFAULT_DRAIN_TIMEOUT_S: Final = 5.0
 DEFAULT_RECONNECT_MAX_WAIT_S: Final = 2.0
-DEFAULT_LINGER_S: Final = 0.02
+DEFAULT_LINGER_S: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)

@@ -328,3 +328,23 @@ async def test_reading_events_without_nats_fails_with_a_stable_code(tmp_path: Pa
         await print_events(config, follow=False, out=io.StringIO())
     assert raised.value.code == "events_unavailable"
     assert raised.value.status == 503
+
+
+async def test_batches_leave_when_full_or_when_the_linger_is_over(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Kafka-style linger: a partial batch waits for more events (one write and one read of
+    acks then carry many), a full batch goes at once."""
+    config = config_for(nats_server, tmp_path, linger_s=60.0, max_inflight=4)
+    async with JetStreamSink(config, name="linger") as sink:
+        await wait_until(lambda: sink._stream_ready)
+        for n in range(3):
+            sink.emit(issued(n))
+        await asyncio.sleep(0.3)  # connected and idle: only the linger holds them back
+        assert sink.stats.published == 0
+        assert sink.depth() == 3
+        sink.emit(issued(3))  # the batch is full: it goes without waiting out the 60 s
+        await wait_until(lambda: sink.stats.published == 4)
+    assert sorted(e["data"]["licenseId"] for e in await stream_events(config)) == [
+        f"lic-{n:04d}" for n in range(4)
+    ]
