@@ -42,6 +42,7 @@ from license_broker.cache import (
     MemoryLicenseCache,
     RedisGuard,
     RedisLicenseCache,
+    TieredLicenseCache,
     redis_client,
 )
 from license_broker.config import BrokerConfig
@@ -449,7 +450,15 @@ def _resources(
                 timeout=config.redis_timeout,
             )
             guard = RedisGuard()
-            cache, streams = RedisLicenseCache(redis, guard), RedisStreamTracker(redis, guard)
+            shared = RedisLicenseCache(redis, guard)
+            cache = shared
+            if config.license_cache_l1_ttl > 0:
+                cache = TieredLicenseCache(
+                    MemoryLicenseCache(config.license_cache_max_entries),
+                    shared,
+                    config.license_cache_l1_ttl,
+                )
+            streams = RedisStreamTracker(redis, guard)
             app[STATE_KEY]["cache_backend"] = "redis"
         else:
             cache = MemoryLicenseCache(config.license_cache_max_entries)

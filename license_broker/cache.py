@@ -2,7 +2,8 @@
 
     LicenseCache (protocol)   get(key) / add(key, license, ttl); never raises (errors are misses)
     ├── MemoryLicenseCache    bounded TTL LRU, per process (default)
-    └── RedisLicenseCache     shared by replicas, through a redis.asyncio connection pool
+    ├── RedisLicenseCache     shared by replicas, through a redis.asyncio connection pool
+    └── TieredLicenseCache    a short-lived in-process copy in front of Redis
 
 The cache key hashes (key system, video, user, license policy, canonical request), so a different
 viewer, a plan change or another challenge never shares an entry. ClearKey entries store the key
@@ -99,29 +100,35 @@ class MemoryLicenseCache:
         self._entries: OrderedDict[str, tuple[float, CachedLicense]] = OrderedDict()
 
     async def get(self, key: str) -> CachedLicense | None:
+        found = self.peek(key)
+        metrics.license_cache(found is not None)
+        return found
+
+    def peek(self, key: str) -> CachedLicense | None:
+        """The live entry, without counting a cache request."""
         entry = self._entries.get(key)
         if entry is None:
-            metrics.license_cache(False)
             return None
         if entry[0] <= self._clock():
             del self._entries[key]
-            metrics.license_cache(False)
             return None
-        metrics.license_cache(True)
         return entry[1]
 
-    async def add(self, key: str, value: CachedLicense, ttl: int) -> CachedLicense:
+    async def add(self, key: str, value: CachedLicense, ttl: float) -> CachedLicense:
         if ttl <= 0:
             return value
         now = self._clock()
         existing = self._entries.get(key)
         if existing is not None and existing[0] > now:
             return existing[1]
-        self._entries[key] = (now + ttl, value)
+        self.put(key, value, ttl)
+        return value
+
+    def put(self, key: str, value: CachedLicense, ttl: float) -> None:
+        self._entries[key] = (self._clock() + ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
-        return value
 
     async def ping(self) -> bool:
         return True
@@ -224,3 +231,52 @@ class RedisLicenseCache:
     async def close(self) -> None:
         """The client is shared; its owner closes it."""
         return
+
+
+class TieredLicenseCache:
+    """Redis behind a short-lived in-process copy (``LICENSE_CACHE_L1_TTL``, 10 s by default).
+
+    Entries never change once stored (first writer wins, then the TTL), so a copy can only be
+    stale in living up to the L1 TTL past the Redis entry, and never past the license's own
+    expiry. A repeated request (a player's retry, a second tab) then costs no Redis round trip.
+    """
+
+    def __init__(
+        self,
+        l1: MemoryLicenseCache,
+        l2: RedisLicenseCache,
+        l1_ttl: float,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._l1 = l1
+        self._l2 = l2
+        self._l1_ttl = l1_ttl
+        self._wall = wall_clock
+
+    def _keep(self, key: str, value: CachedLicense) -> None:
+        ttl = min(self._l1_ttl, value.expires_at - self._wall())
+        if ttl > 0:
+            self._l1.put(key, value, ttl)
+
+    async def get(self, key: str) -> CachedLicense | None:
+        found = self._l1.peek(key)
+        if found is not None:
+            metrics.license_cache(True)
+            return found
+        found = await self._l2.get(key)  # counts the request
+        if found is not None:
+            self._keep(key, found)
+        return found
+
+    async def add(self, key: str, value: CachedLicense, ttl: int) -> CachedLicense:
+        winner = await self._l2.add(key, value, ttl)
+        if ttl > 0:
+            self._keep(key, winner)
+        return winner
+
+    async def ping(self) -> bool:
+        return await self._l2.ping()
+
+    async def close(self) -> None:
+        await self._l1.close()
+        await self._l2.close()

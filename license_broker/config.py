@@ -36,6 +36,7 @@ Licenses, streams, policy
 | REDIS_TIMEOUT | 0.25 | seconds per Redis command (a slow Redis is a cache miss) |
 | LICENSE_CACHE_TTL | 300 | seconds an issued license answers identical retries |
 | LICENSE_CACHE_MAX_ENTRIES | 10000 | in-memory cache size |
+| LICENSE_CACHE_L1_TTL | 10 | with Redis: seconds an in-process copy answers first (0: off) |
 | STREAM_SLOT_TTL | 300 | seconds one license keeps a concurrent-stream slot |
 | PLAN_POLICIES | (built-in) | JSON overlay on plan profiles (``policy.parse_plan_profiles``) |
 | HLS_KEY_REQUIRE_USER | false | /drm/key/* also needs x-playback-user (not just authz's mark) |
@@ -222,6 +223,7 @@ class BrokerConfig:
     redis_timeout: float = 0.25
     license_cache_ttl: int = 300
     license_cache_max_entries: int = 10000
+    license_cache_l1_ttl: float = 10.0
     stream_slot_ttl: int = 300
     plan_profiles: Mapping[str, PlanProfile] = field(
         default_factory=lambda: dict(DEFAULT_PLAN_PROFILES)
@@ -330,6 +332,7 @@ class BrokerConfig:
             redis_timeout=env_float(env, "REDIS_TIMEOUT", 0.25, minimum=0.01),
             license_cache_ttl=env_int(env, "LICENSE_CACHE_TTL", 300, minimum=0),
             license_cache_max_entries=env_int(env, "LICENSE_CACHE_MAX_ENTRIES", 10000, minimum=1),
+            license_cache_l1_ttl=env_float(env, "LICENSE_CACHE_L1_TTL", 10.0, minimum=0.0),
             stream_slot_ttl=env_int(env, "STREAM_SLOT_TTL", 300, minimum=1),
             plan_profiles=profiles,
             hls_key_require_user=env_bool(env, "HLS_KEY_REQUIRE_USER", False),

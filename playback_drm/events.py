@@ -61,6 +61,7 @@ variable                           default                   meaning
 ``EVENTS_DRAIN_TIMEOUT_S``         ``5.0``                   flush deadline on close
 ``EVENTS_RECONNECT_MAX_WAIT_S``    ``2.0``                   reconnect backoff cap (with jitter)
 ``EVENTS_LINGER_S``                ``0.1``                   longest wait for a batch to fill
+``EVENTS_BACKLOG_RATE``            ``2000``                  events/s cap when catching up
 =================================  ========================  ==================================
 """
 
@@ -391,6 +392,7 @@ DEFAULT_ACK_TIMEOUT_S: Final = 2.0
 DEFAULT_DRAIN_TIMEOUT_S: Final = 5.0
 DEFAULT_RECONNECT_MAX_WAIT_S: Final = 2.0
 DEFAULT_LINGER_S: Final = 0.1
+DEFAULT_BACKLOG_RATE: Final = 2000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +414,7 @@ class EventsConfig:
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     reconnect_max_wait_s: float = DEFAULT_RECONNECT_MAX_WAIT_S
     linger_s: float = DEFAULT_LINGER_S
+    backlog_rate: float = DEFAULT_BACKLOG_RATE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EventsConfig:
@@ -454,6 +457,7 @@ class EventsConfig:
                 env, "EVENTS_RECONNECT_MAX_WAIT_S", DEFAULT_RECONNECT_MAX_WAIT_S, minimum=0.01
             ),
             linger_s=env_float(env, "EVENTS_LINGER_S", DEFAULT_LINGER_S, minimum=0),
+            backlog_rate=env_float(env, "EVENTS_BACKLOG_RATE", DEFAULT_BACKLOG_RATE, minimum=0),
         )
 
     @property

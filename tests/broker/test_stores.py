@@ -208,3 +208,45 @@ async def test_unreachable_redis_does_not_stop_licensing(make_broker: BrokerFact
     health = await (await broker.get("/health")).json()
     assert health["status"] == "degraded"
     assert health["licenseCache"]["reachable"] is False
+
+
+async def test_tiered_license_cache_answers_repeats_in_process(redis_url: str) -> None:
+    """The in-process copy answers a repeat without Redis, is filled by both get and add, and
+    never outlives the license; first writer wins across replicas as before."""
+    from license_broker.cache import (
+        CachedLicense,
+        MemoryLicenseCache,
+        RedisLicenseCache,
+        TieredLicenseCache,
+    )
+
+    client = aioredis.Redis.from_url(redis_url)
+    now = [1_000_000.0]
+    try:
+        shared = RedisLicenseCache(client)
+        one = TieredLicenseCache(MemoryLicenseCache(10), shared, 10.0, wall_clock=lambda: now[0])
+        two = TieredLicenseCache(MemoryLicenseCache(10), shared, 10.0, wall_clock=lambda: now[0])
+        lic = CachedLicense("lic-1", now[0] + 3600, "org.w3.clearkey", "application/json")
+        other = CachedLicense("lic-2", now[0] + 3600, "org.w3.clearkey", "application/json")
+        assert await one.add("pdrm:lic:t1", lic, 300) == lic
+        assert await two.add("pdrm:lic:t1", other, 300) == lic  # first writer wins
+        await client.delete("pdrm:lic:t1")
+        # both replicas kept a copy: they answer without Redis
+        assert await one.get("pdrm:lic:t1") == lic
+        assert await two.get("pdrm:lic:t1") == lic
+        # a copy never outlives the license itself
+        short = CachedLicense("lic-3", now[0] + 1, "org.w3.clearkey", "application/json")
+        await client.set("pdrm:lic:t3", short.to_bytes(), ex=300)
+        fresh = TieredLicenseCache(MemoryLicenseCache(10), shared, 10.0, wall_clock=lambda: now[0])
+        assert await fresh.get("pdrm:lic:t3") == short
+        await client.delete("pdrm:lic:t3")
+        assert await fresh.get("pdrm:lic:t3") == short  # from the copy
+        expired = TieredLicenseCache(
+            MemoryLicenseCache(10), shared, 10.0, wall_clock=lambda: now[0] + 2
+        )
+        await client.set("pdrm:lic:t3", short.to_bytes(), ex=300)
+        assert await expired.get("pdrm:lic:t3") == short
+        await client.delete("pdrm:lic:t3")
+        assert await expired.get("pdrm:lic:t3") is None  # expired license: no copy was kept
+    finally:
+        await client.aclose()

@@ -348,3 +348,19 @@ async def test_batches_leave_when_full_or_when_the_linger_is_over(
     assert sorted(e["data"]["licenseId"] for e in await stream_events(config)) == [
         f"lic-{n:04d}" for n in range(4)
     ]
+
+
+async def test_a_backlog_is_flushed_at_a_bounded_rate(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Full batches mean a backlog: they go at EVENTS_BACKLOG_RATE at most, never in one burst
+    that would crowd out the requests being served."""
+    config = config_for(nats_server, tmp_path, max_inflight=2, backlog_rate=1.0)
+    async with JetStreamSink(config, name="paced") as sink:
+        await wait_until(lambda: sink._stream_ready)
+        for n in range(4):
+            sink.emit(issued(n))
+        await wait_until(lambda: sink.stats.published == 2)
+        await asyncio.sleep(0.3)  # the next full batch waits 2 s (2 events at 1 event/s)
+        assert sink.stats.published == 2
+        await wait_until(lambda: sink.stats.published == 4)
