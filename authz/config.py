@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from playback_drm.h2grpc import env_transport
+from playback_drm.h2grpc import check_transport
 from playback_drm.settings import (
     ConfigError,
     env_addr,
@@ -87,7 +87,7 @@ class AuthzConfig:
         return cls(
             grpc_host=grpc_host,
             grpc_port=grpc_port,
-            grpc_transport=env_transport(env),
+            grpc_transport=check_transport(env_str(env, "GRPC_TRANSPORT", "lean")),
             http_host=http_host,
             http_port=http_port,
             jwks_url=env_str(env, "JWKS_URL"),

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from extproc.policy import PolicyConfig
-from playback_drm.h2grpc import env_transport
+from playback_drm.h2grpc import check_transport
 from playback_drm.settings import ConfigError, env_addr, env_int, env_str
 
 
@@ -65,7 +65,7 @@ class ExtprocConfig:
         return cls(
             grpc_host=grpc_host,
             grpc_port=grpc_port,
-            grpc_transport=env_transport(env),
+            grpc_transport=check_transport(env_str(env, "GRPC_TRANSPORT", "lean")),
             http_host=http_host,
             http_port=http_port,
             policy=PolicyConfig.from_env(env),

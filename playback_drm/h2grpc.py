@@ -26,7 +26,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -985,12 +985,12 @@ class _CallDetails(grpc.HandlerCallDetails):  # type: ignore[misc]
 TRANSPORTS = ("lean", "grpcio")
 
 
-def env_transport(env: Mapping[str, str]) -> str:
+def check_transport(value: str) -> str:
     """``GRPC_TRANSPORT``: ``lean`` (this module, the default) or ``grpcio`` (``grpc.aio``)."""
-    value = (env.get("GRPC_TRANSPORT") or "lean").strip().lower()
-    if value not in TRANSPORTS:
+    choice = value.strip().lower()
+    if choice not in TRANSPORTS:
         raise ConfigError(f"GRPC_TRANSPORT must be one of {', '.join(TRANSPORTS)}, got {value!r}")
-    return value
+    return choice
 
 
 def make_server(transport: str, *, max_receive_bytes: int, max_send_bytes: int) -> Any:
