@@ -115,11 +115,24 @@ class BillingClient:
             raise BillingUnavailable("Billing answered an unexpected document") from exc
 
 
+REDIS_MAX_CONNECTIONS = 64
+
+
 def redis_client(url: str) -> aioredis.Redis:
-    """The one pooled Redis client an authz process shares (entitlements, rate limits)."""
-    return aioredis.Redis.from_url(
-        url, socket_timeout=0.2, socket_connect_timeout=0.5, max_connections=64
+    """The one pooled Redis client an authz process shares (entitlements, rate limits).
+
+    A blocking pool: past ``REDIS_MAX_CONNECTIONS`` commands in flight, the next waits (up to
+    0.2 s) for a connection. The default pool raises "Too many connections" instead, which a burst
+    of rate-limit checks turned into backend errors, and Envoy into admitted requests.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=0.2,
+        socket_timeout=0.2,
+        socket_connect_timeout=0.5,
     )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 async def redis_ping(client: aioredis.Redis) -> bool:

@@ -138,15 +138,21 @@ class MemoryLicenseCache:
 
 
 def redis_client(url: str, *, max_connections: int, timeout: float) -> aioredis.Redis:
-    """One pooled client per process, shared by the license cache and the stream tracker."""
-    pool = aioredis.ConnectionPool.from_url(
+    """One pooled client per process, shared by the license cache and the stream tracker.
+
+    A blocking pool: past ``max_connections`` commands in flight the next one waits (up to the
+    timeout) for a connection, instead of failing with "Too many connections" (a miss, or a
+    stream slot granted without a check).
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=max(timeout, 0.5),
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 class RedisGuard:

@@ -602,7 +602,9 @@ def _per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
                 "@type": T_RL,
                 "domain": "playback",
                 "stage": 0,
-                "timeout": "0.1s",
+                # fails open (availability over a global limit), so give a burst time to be
+                # counted: the authz Redis pool queues commands up to 0.2 s
+                "timeout": "0.25s",
                 "failure_mode_deny": False,
                 "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
                 "rate_limited_as_resource_exhausted": False,

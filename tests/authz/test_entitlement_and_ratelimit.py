@@ -125,6 +125,17 @@ async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
     await client_two.aclose()
 
 
+async def test_a_burst_beyond_the_pool_is_counted_not_failed(redis_url: str) -> None:
+    """More checks in flight than the pool has connections: they wait for one and are counted.
+    With a non-blocking pool the surplus raised, and Envoy (failure_mode_deny: false) admitted
+    those requests."""
+    client = redis_client(redis_url)
+    window = RedisSlidingWindow(client, 200, 1.0)
+    outcomes = await asyncio.gather(*(window.hit("user=burst") for _ in range(300)))
+    assert sum(o.allowed for o in outcomes) == 200
+    await client.aclose()
+
+
 async def test_redis_window_unavailable_raises_typed_error() -> None:
     client = redis_client("redis://127.0.0.1:1/0")
     window = RedisSlidingWindow(client, 10, 1.0)
