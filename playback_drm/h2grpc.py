@@ -219,7 +219,7 @@ class CallContext:
 
     async def write(self, message: Any) -> None:
         """Server-streaming writes, as ``grpc.aio`` offers them beside async generators."""
-        self._stream.send_message(self._stream.handler.response_serializer(message))
+        self._stream.send_response(message)
 
     async def read(self) -> Any:
         return await self._stream.next_request()
@@ -288,6 +288,11 @@ class _Stream:
         return raw
 
     # -- sending
+    def send_response(self, response: Any, trailers: bytes | None = None) -> None:
+        """A response as the handler returned it, serialized as the method registered."""
+        serialize = self.handler.response_serializer
+        self.send_message(serialize(response) if serialize else response, trailers)
+
     def send_message(self, payload: bytes, trailers: bytes | None = None) -> None:
         """One response message (and, for a unary call, the trailers): one write when the
         flow-control windows allow, which they nearly always do."""
@@ -550,10 +555,7 @@ class _Connection(asyncio.Protocol):
         if stream_id % 2 == 0 or stream_id <= self.last_stream_id:
             raise _ConnectionError(PROTOCOL_ERROR, "stream id not new and odd")
         self.last_stream_id = stream_id
-        if self.going_away:
-            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
-            return
-        if len(self.streams) >= self.server.max_concurrent_streams:
+        if self.going_away or len(self.streams) >= self.server.max_concurrent_streams:
             self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
             return
         path = ""
@@ -693,7 +695,6 @@ class _Connection(asyncio.Protocol):
                         stream, grpc.StatusCode.INTERNAL, "could not parse the request message"
                     )
                     return
-            serialize = handler.response_serializer
             if handler.response_streaming:
                 call = handler.stream_stream if handler.request_streaming else handler.unary_stream
                 responses = call(requests, context)
@@ -701,7 +702,7 @@ class _Connection(asyncio.Protocol):
                     async for response in responses:
                         if stream.closed:
                             break
-                        stream.send_message(serialize(response) if serialize else response)
+                        stream.send_response(response)
                 elif isinstance(responses, Awaitable):
                     await responses  # writes went through context.write
             else:
@@ -710,7 +711,7 @@ class _Connection(asyncio.Protocol):
                 if inspect.isawaitable(response):
                     response = await response
                 if context._code in (None, grpc.StatusCode.OK):
-                    stream.send_message(serialize(response) if serialize else response, TRAILERS_OK)
+                    stream.send_response(response, TRAILERS_OK)
                     return
             if context._code not in (None, grpc.StatusCode.OK):
                 assert context._code is not None
@@ -740,44 +741,34 @@ class _Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- frames out
     def flush_stream(self, stream: _Stream, head: bytes = b"") -> None:
-        """Send what flow control allows; trailers go once the DATA before them has gone."""
+        """Send what flow control allows, in one write; trailers go once the DATA before them
+        has gone."""
+        out = bytearray(head)
         pending = stream.pending
+        allowed = min(self.send_window, stream.window, len(pending))
+        if allowed > 0:
+            max_frame = self.peer_max_frame
+            sent = 0
+            while sent < allowed:
+                size = min(max_frame, allowed - sent)
+                out += size.to_bytes(3, "big") + b"\x00\x00" + stream.id.to_bytes(4, "big")
+                out += pending[sent : sent + size]
+                sent += size
+            del pending[:allowed]
+            self.send_window -= allowed
+            stream.window -= allowed
+        ended = False
         if pending:
-            allowed = min(self.send_window, stream.window, len(pending))
-            if allowed > 0:
-                out = bytearray(head)
-                head = b""
-                max_frame = self.peer_max_frame
-                sent = 0
-                while sent < allowed:
-                    size = min(max_frame, allowed - sent)
-                    out += size.to_bytes(3, "big") + b"\x00\x00" + stream.id.to_bytes(4, "big")
-                    out += pending[sent : sent + size]
-                    sent += size
-                del pending[:allowed]
-                self.send_window -= allowed
-                stream.window -= allowed
-                if not pending and stream.pending_trailers is not None:
-                    out += frame(
-                        HEADERS, END_HEADERS | END_STREAM, stream.id, stream.pending_trailers
-                    )
-                    stream.pending_trailers = None
-                    self._write(bytes(out))
-                    self._done(stream)
-                    return
-                self._write(bytes(out))
-            elif head:
-                self._write(head)
-            if pending:
-                self.blocked[stream.id] = stream
-                return
-        elif head:
-            self._write(head)
-        self.blocked.pop(stream.id, None)
-        if stream.pending_trailers is not None:
-            trailers = stream.pending_trailers
-            stream.pending_trailers = None
-            self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers))
+            self.blocked[stream.id] = stream
+        else:
+            self.blocked.pop(stream.id, None)
+            if stream.pending_trailers is not None:
+                out += frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.pending_trailers)
+                stream.pending_trailers = None
+                ended = True
+        if out:
+            self._write(bytes(out))
+        if ended:
             self._done(stream)
 
     def _flush_blocked(self) -> None:
@@ -788,7 +779,6 @@ class _Connection(asyncio.Protocol):
 
     def _done(self, stream: _Stream) -> None:
         """Our side ended; if the client's side has not, it will not matter: forget it."""
-        stream.closed = True
         if not stream.remote_closed:
             # the call is over; tell the client to stop sending (RFC 9113 section 8.1)
             self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR)))
