@@ -105,8 +105,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._events = events
         # signed body -> the ProcessingResponse built around it (re-encoded when the origin
         # compressed), reused while the signer's cache hands out the same body object
-        self._responses: OrderedDict[tuple[int, str | None], tuple[bytes, ep.ProcessingResponse]]
-        self._responses = OrderedDict()
+        self._responses: OrderedDict[
+            tuple[int, str | None], tuple[bytes, ep.ProcessingResponse, int]
+        ] = OrderedDict()
         self._response_bytes = 0
 
     async def Process(
@@ -249,13 +250,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         size = len(body) + len(out)
         if size > _RESPONSE_MEMO_BYTES // 16:
             return response  # a huge manifest: not worth holding twice
-        self._responses[key] = (body, response)
+        self._responses[key] = (body, response, size)
         self._response_bytes += size
         while len(self._responses) > _RESPONSE_MEMO or self._response_bytes > _RESPONSE_MEMO_BYTES:
-            _, (old_body, old) = self._responses.popitem(last=False)
-            self._response_bytes -= len(old_body) + len(
-                old.response_body.response.body_mutation.body
-            )
+            self._response_bytes -= self._responses.popitem(last=False)[1][2]
         return response
 
 

@@ -19,12 +19,12 @@ How an event travels::
   it for good: ``dropped_total{reason="rejected"}``). Unacknowledged events are retried before
   anything newer, one at a time with ``js.publish`` (which reports server errors properly).
 - Batching: a batch leaves when it is full (``EVENTS_MAX_INFLIGHT``) or when its oldest event
-  has waited ``EVENTS_LINGER_S`` (100 ms), as Kafka's ``linger.ms``; the spill writer lingers the
-  same way. Per-batch costs (wake-ups, a socket write, reading the acks, an fsync) are then shared:
-  at 200 events/s, batches of 20 cost the broker about 55 µs per event and nats-server 45 µs,
-  against 150 and 90 µs in batches of 4. It costs analytics
-  latency, never request latency; retries, replays and a backlog go without lingering, and a
-  backlog is flushed at ``EVENTS_BACKLOG_RATE`` events per second at most (2000) so that
+  has waited ``EVENTS_LINGER_S`` (100 ms), as Kafka's ``linger.ms``; the spill writer, woken
+  from idle, waits ``EVENTS_LINGER_S`` before a write. Per-batch costs (wake-ups, a socket write,
+  reading the acks, an fsync) are then shared: at 200 events/s, batches of 20 cost the broker
+  about 55 µs per event and nats-server 45 µs, against 150 and 90 µs in batches of 4. It costs
+  analytics latency, never request latency. Retries, replays and a backlog go without lingering,
+  and a backlog is flushed at ``EVENTS_BACKLOG_RATE`` events per second at most (2000) so that
   catching up after an outage does not crowd out requests.
 - Deduplication: JetStream drops a message whose ``Nats-Msg-Id`` it stored within the stream's
   ``duplicate_window`` (>= 2 min, persisted with the stream), so a retry after a lost ack stores
