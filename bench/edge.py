@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Request, RunResult, run_open_loop, table
 from playback_drm import media
-from playback_drm.envoy_config import EXTPROC_ATTRIBUTES
+from playback_drm.envoy_config import EXTPROC_ATTRIBUTES, EXTPROC_PROCESSING_MODE
 from playback_drm.stack import Stack, StackPorts, StackSettings
-from playback_drm.supervise import ManagedProcess, binary, free_port
+from playback_drm.supervise import ManagedProcess, binary, free_port, port_open
 
 T_HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -161,14 +161,7 @@ EXTPROC_FILTER = {
         "failure_mode_allow": False,
         "message_timeout": "2s",
         "response_attributes": list(EXTPROC_ATTRIBUTES),
-        "processing_mode": {
-            "request_header_mode": "SKIP",
-            "response_header_mode": "SKIP",
-            "request_body_mode": "NONE",
-            "response_body_mode": "BUFFERED",
-            "request_trailer_mode": "SKIP",
-            "response_trailer_mode": "SKIP",
-        },
+        "processing_mode": dict(EXTPROC_PROCESSING_MODE),  # as the sidecar configures it
     },
 }
 MANIFEST_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
@@ -400,7 +393,7 @@ def start_grpcio_twins(
             [sys.executable, "-m", "playback_drm.cli", "serve", name],
             log_dir=root / "logs",
             env=env,
-            ready=lambda port=http_port: _port_open(port),  # type: ignore[misc]
+            ready=lambda port=http_port: port_open(port),  # type: ignore[misc]
         ).start()
     return twins
 
@@ -410,7 +403,7 @@ def start_echo(root: Path, port: int, transport: str) -> ManagedProcess:
         f"echo-authz-{transport}",
         [sys.executable, str(Path(__file__).with_name("echo_authz.py")), str(port), transport],
         log_dir=root / "logs",
-        ready=lambda: _port_open(port),
+        ready=lambda: port_open(port),
     ).start()
 
 
@@ -464,14 +457,6 @@ async def scenario_authz(seconds: float) -> list[RunResult]:
                     )
                 )
         return results
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def scenario_manifest(seconds: float) -> list[RunResult]:

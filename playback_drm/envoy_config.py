@@ -359,6 +359,16 @@ EXTPROC_ATTRIBUTES = (
         )
     ),
 )
+# One message per manifest: the buffered body, with the request's facts as attributes. Static
+# header changes live on the routes (manifest_encoding).
+EXTPROC_PROCESSING_MODE = {
+    "request_header_mode": "SKIP",
+    "response_header_mode": "SKIP",
+    "request_body_mode": "NONE",
+    "response_body_mode": "BUFFERED",
+    "request_trailer_mode": "SKIP",
+    "response_trailer_mode": "SKIP",
+}
 
 
 def _enable_extproc(*, request_headers: bool = False) -> dict[str, Any]:
@@ -719,16 +729,7 @@ def _sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
                 },
                 "failure_mode_allow": False,
                 "message_timeout": f"{s.extproc_timeout_ms / 1000}s",
-                # One message per manifest: the buffered body, with the request's facts as
-                # attributes. Static header changes live on the routes (manifest_encoding).
-                "processing_mode": {
-                    "request_header_mode": "SKIP",
-                    "response_header_mode": "SKIP",
-                    "request_body_mode": "NONE",
-                    "response_body_mode": "BUFFERED",
-                    "request_trailer_mode": "SKIP",
-                    "response_trailer_mode": "SKIP",
-                },
+                "processing_mode": dict(EXTPROC_PROCESSING_MODE),
                 "response_attributes": list(EXTPROC_ATTRIBUTES),
                 "allow_mode_override": False,
                 "mutation_rules": {"allow_all_routing": False},
