@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 GATEWAY_SPIFFE_ID = "spiffe://playback-drm.local/ns/edge/sa/gateway"
@@ -55,7 +56,8 @@ class DevPki:
         return self.dir / "other.key"
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+def write_private_key(key: PrivateKeyTypes, path: Path) -> None:
+    """PEM (PKCS#8, unencrypted: development only), readable by the owner alone."""
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -150,5 +152,5 @@ def ensure_dev_pki(directory: Path) -> DevPki:
     for name, (cn, sans, usage) in issued.items():
         key, cert = _issue(ca_key, ca_name, cn, sans, usage, now)
         (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key, directory / f"{name}.key")
+        write_private_key(key, directory / f"{name}.key")
     return pki
