@@ -1,8 +1,9 @@
 """The manifest signer: given the request context and an origin response, produce the signed body.
 
 Pure apart from the clock: no gRPC, no aiohttp. ``extproc.server`` adapts it to Envoy's ext_proc
-stream and to the JSON endpoint. Signed manifests are cached per (public path, binding, expiry
-window, origin body digest), so a burst of players in one window costs one rewrite.
+stream and to the JSON endpoint. Signed manifests are cached per (requested path, public path,
+video, binding, expiry window, origin body digest), so a burst of players in one window costs one
+rewrite.
 """
 
 from __future__ import annotations
@@ -191,9 +192,9 @@ class ManifestSigner:
         self._factory = mapper_factory
         self._clock = clock
         self._limits = ManifestLimits(max_bytes=config.max_manifest_bytes)
-        self._cache: OrderedDict[tuple[str, str, int, bytes], tuple[bytes, ManifestKind, int]] = (
-            OrderedDict()
-        )
+        self._cache: OrderedDict[
+            tuple[str, str, str, str, int, bytes], tuple[bytes, ManifestKind, int]
+        ] = OrderedDict()
         self._cache_entries = config.cache_entries
         self.hits = 0
         self.misses = 0
@@ -227,8 +228,13 @@ class ManifestSigner:
         if kind is None:
             return None
         now = self._clock()
+        # The rewrite depends on the path the player asked for (relative URIs are written
+        # against it), not only on the origin document: /playback/{id}/manifest and the
+        # manifest's own signed /media/ URL share a public path but not a base.
         key = (
+            ctx.request_path,
             ctx.public_path,
+            ctx.video,
             self.binding_value(ctx),
             self.expires_at(now),  # the expiry window; the VOD extension follows from the body
             hashlib.blake2b(decoded, digest_size=16).digest(),

@@ -6,6 +6,7 @@ import gzip
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 from envoy.config.core.v3 import base_pb2
@@ -120,6 +121,22 @@ def test_cache_per_window_and_gzip_and_passthrough() -> None:
     assert later is not None
     assert not later.cached
     assert sign.sign(ctx, "text/plain", None, b"not a manifest") is None
+
+
+def test_cached_manifest_resolves_from_the_path_the_player_asked_for() -> None:
+    """The same origin manifest reached as /playback/{id}/manifest (the entry) and as its signed
+    /media/ URL (the JSON form) shares a public path, but its relative URIs differ: one cached
+    rewrite served to both would send one of the players to a path with no route."""
+    clock = [1_000_000.0]
+    sign = signer(clock)
+    for path in ("/media/demo/master.m3u8", "/playback/demo/manifest", "/media/demo/master.m3u8"):
+        ctx = context_from_request(config(), path, {})
+        assert ctx is not None
+        assert ctx.public_path == "/media/demo/master.m3u8"
+        signed = sign.sign(ctx, None, None, MASTER)
+        assert signed is not None
+        variant = signed.body.decode().splitlines()[-1]
+        assert urljoin(path, variant).split("?")[0] == "/media/demo/hls/720p/playlist.m3u8", path
 
 
 async def _stream(*messages: ep.ProcessingRequest) -> AsyncIterator[ep.ProcessingRequest]:

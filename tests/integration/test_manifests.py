@@ -61,6 +61,41 @@ def test_hls_session_from_one_jwt(stack: Stack) -> None:
     assert fetched > 4
 
 
+def _fresh_video(stack: Stack, name: str) -> str:
+    """A copy of ``demo`` under a new id (no signed manifest cached for it yet)."""
+    origin_dir = stack.media_dir / "origin"
+    shutil.rmtree(origin_dir / name, ignore_errors=True)
+    shutil.copytree(origin_dir / "demo", origin_dir / name)
+    req = http(
+        f"http://127.0.0.1:{stack.ports.billing}/admin/catalog/{name}",
+        method="PUT",
+        body=json.dumps({"tier": "HD", "plan": "basic"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert req.status == 200
+    return name
+
+
+def test_json_form_and_entry_route_each_resolve_their_own_variants(stack: Stack) -> None:
+    """The master reached first through the JSON form's signed URL, then through the entry route,
+    in one expiry window: each player's relative variant URIs lead to a playlist, not a 404."""
+    video = _fresh_video(stack, "json-then-entry")
+    try:
+        entry = f"{stack.gateway}/playback/{video}/manifest"
+        doc = http(entry, headers={**_bearer(stack), "Accept": "application/json"}).json()
+        for url, headers in ((doc["url"], {}), (entry, _bearer(stack)), (doc["url"], {})):
+            master = http(url, headers=headers)
+            assert master.status == 200, url
+            variants = _uris_hls(master.body.decode())
+            assert variants
+            for variant in variants:
+                media = http(urllib.parse.urljoin(url, variant))
+                assert media.status == 200, (url, variant, media.body[:200])
+                assert media.body.startswith(b"#EXTM3U")
+    finally:
+        shutil.rmtree(stack.media_dir / "origin" / video, ignore_errors=True)
+
+
 def test_dash_manifest_every_url_signed_and_fetchable(stack: Stack) -> None:
     mpd = http(f"{stack.gateway}/playback/demo/manifest?format=dash", headers=_bearer(stack))
     assert mpd.status == 200
@@ -154,20 +189,10 @@ def test_key_rotation_keeps_old_urls_valid(stack: Stack) -> None:
 
 
 def test_gzip_origin_manifest_is_decoded_and_signed(stack: Stack) -> None:
-    origin_dir = stack.media_dir / "origin"
-    video = origin_dir / "gzip-probe"
-    shutil.rmtree(video, ignore_errors=True)
-    shutil.copytree(origin_dir / "demo", video)
+    video = stack.media_dir / "origin" / _fresh_video(stack, "gzip-probe")
     master = video / "master.m3u8"
     master.with_name("master.m3u8.gz").write_bytes(gzip.compress(master.read_bytes()))
     master.write_text("#EXTM3U\n# the gzip variant must be served\n")
-    req = http(
-        f"http://127.0.0.1:{stack.ports.billing}/admin/catalog/gzip-probe",
-        method="PUT",
-        body=json.dumps({"tier": "HD", "plan": "basic"}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    assert req.status == 200
     try:
         reply = http(f"{stack.gateway}/playback/gzip-probe/manifest", headers=_bearer(stack))
         assert reply.status == 200
