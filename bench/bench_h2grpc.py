@@ -2,7 +2,9 @@
 Envoy sends them are fed to a connection whose transport only collects what it writes.
 
     python bench/bench_h2grpc.py            # µs of CPU per call: unary ext_authz (do-nothing
-                                            # servicer) and an ext_proc manifest (real servicer)
+                                            # servicer), an ext_proc media playlist (real
+                                            # servicer) and an entry manifest (/playback/...:
+                                            # viewer facts, PlaybackStarted to the event log)
     python bench/bench_h2grpc.py --profile  # the same under cProfile, top functions
 
 What the numbers leave out is the kernel (socket reads and writes, epoll): bench/edge.py has
@@ -15,6 +17,7 @@ import asyncio
 import cProfile
 import pstats
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,17 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import uvloop
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from google.protobuf.struct_pb2 import Struct
 from hpack import Encoder
 from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 
-from bench.bench_extproc_inprocess import ENV, message
+from bench.bench_extproc_inprocess import BODY, ENV, message
 from extproc.config import ExtprocConfig
 from extproc.policy import SigningPolicy
 from extproc.server import ExternalProcessor
 from extproc.signer import ManifestSigner, mapper_factory
 from playback_drm import h2grpc
-from playback_drm.events import NullSink
+from playback_drm.eventlog import JsonLinesSink
 
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
 PROCESS_PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
@@ -123,6 +128,30 @@ class Echo(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
         return self.OK
 
 
+def entry_messages(n: int) -> list[bytes]:
+    """What Envoy sends for ``GET /playback/bench/manifest`` by a viewer: the origin's body and
+    the request's facts (a request id of its own each)."""
+    out = []
+    for i in range(n):
+        facts = Struct()
+        facts.update(
+            {
+                "request.path": "/bench/master.m3u8",
+                "request.headers['x-envoy-original-path']": "/playback/bench/manifest",
+                "request.headers['x-playback-user']": "alice",
+                "request.headers['x-playback-video']": "bench",
+                "request.headers['x-playback-session']": "3f2a9c1e-session",
+                "request.headers['x-request-id']": f"8d7c6b5a-{i:08d}",
+                "source.address": "127.0.0.1:41234",
+                "response.code": 200,
+            }
+        )
+        request = ep.ProcessingRequest(response_body=ep.HttpBody(body=BODY, end_of_stream=True))
+        request.attributes["envoy.filters.http.ext_proc"].CopyFrom(facts)
+        out.append(request.SerializeToString())
+    return out
+
+
 async def drive(server: h2grpc.LeanGrpcServer, kind: str, n: int) -> float:
     conn = h2grpc._Connection(server)
     sink = Sink()
@@ -130,9 +159,14 @@ async def drive(server: h2grpc.LeanGrpcServer, kind: str, n: int) -> float:
     client = Client()
     conn.data_received(client.preface())
     loop = asyncio.get_running_loop()
-    request = external_auth_pb2.CheckRequest().SerializeToString() if kind == "authz" else message()
+    if kind == "authz":
+        requests = [external_auth_pb2.CheckRequest().SerializeToString()] * n
+    elif kind == "entry":
+        requests = entry_messages(n)
+    else:
+        requests = [message()] * n
     started = time.process_time()
-    for _ in range(n):
+    for request in requests:
         sink.waiter = loop.create_future()
         before = len(sink.out)
         if kind == "authz":
@@ -140,7 +174,7 @@ async def drive(server: h2grpc.LeanGrpcServer, kind: str, n: int) -> float:
         else:
             conn.data_received(client.call(PROCESS_PATH, request, end_stream=False))
         await sink.waiter
-        if kind == "extproc":  # Envoy resets the stream once it has the body back
+        if kind != "authz":  # Envoy resets the stream once it has the body back
             conn.data_received(client.reset())
             await asyncio.sleep(0)
         conn.data_received(client.window(len(sink.out) - before))
@@ -154,11 +188,13 @@ async def main(profile: bool) -> None:
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Echo(), server)
     cfg = ExtprocConfig.from_env(ENV)
     policy = SigningPolicy(cfg.policy)
-    proc = ExternalProcessor(
-        cfg, ManifestSigner(cfg, mapper_factory(cfg, policy)), policy, NullSink()
-    )
+    tmp = tempfile.TemporaryDirectory()
+    # the local stack's event sink: PlaybackStarted encoded and appended by a worker thread
+    events = JsonLinesSink(Path(tmp.name) / "events.jsonl")
+    await events.start()
+    proc = ExternalProcessor(cfg, ManifestSigner(cfg, mapper_factory(cfg, policy)), policy, events)
     ep_grpc.add_ExternalProcessorServicer_to_server(proc, server)
-    for kind in ("authz", "extproc"):
+    for kind in ("authz", "extproc", "entry"):
         await drive(server, kind, 500)  # warm up
         if profile:
             prof = cProfile.Profile()
@@ -170,6 +206,8 @@ async def main(profile: bool) -> None:
         else:
             us = min([await drive(server, kind, 3000) for _ in range(3)])
             print(f"{kind}: {us:.1f} µs CPU per call (transport + servicer, no sockets)")
+    await events.close()
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

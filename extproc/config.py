@@ -9,6 +9,7 @@
 | MANIFEST_DASH_TEMPLATE | {videoId}/manifest.mpd | where the DASH manifest lives at the origin |
 | MANIFEST_MAX_BYTES | 8388608 | larger (decompressed) manifests are refused |
 | MANIFEST_CACHE_ENTRIES | 512 | signed manifests kept per process |
+| MANIFEST_CACHE_BYTES | 268435456 | bytes they may take (origin and signed bodies) |
 | URL_TOKEN_VOD_EXTENSION_MAX | 43200 | cap on VOD segment URL life beyond TTL (0: off) |
 
 The signing policy (ORIGIN_URL, URL_SIGNING_KEYS, URL_TOKEN_MODE, URL_TOKEN_TTL,
@@ -38,6 +39,7 @@ class ExtprocConfig:
     dash_template: str
     max_manifest_bytes: int
     cache_entries: int
+    cache_bytes: int = 256 << 20
     vod_extension_max: float = 43200.0
     media_prefix: str = "/media"
 
@@ -73,5 +75,6 @@ class ExtprocConfig:
             dash_template=templates["MANIFEST_DASH_TEMPLATE"],
             max_manifest_bytes=env_int(env, "MANIFEST_MAX_BYTES", 8 * 1024 * 1024, minimum=1024),
             cache_entries=env_int(env, "MANIFEST_CACHE_ENTRIES", 512, minimum=0),
+            cache_bytes=env_int(env, "MANIFEST_CACHE_BYTES", 256 << 20, minimum=0),
             vod_extension_max=float(env_int(env, "URL_TOKEN_VOD_EXTENSION_MAX", 43200, minimum=0)),
         )

@@ -103,6 +103,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._signer = signer
         self._policy = policy
         self._events = events
+        # the request facts Envoy attached (path, viewer, address) -> their request context
+        self._contexts: dict[tuple[str, ...], ManifestContext | None] = {}
         # signed body -> the ProcessingResponse built around it (re-encoded when the origin
         # compressed), reused while the signer's cache hands out the same body object
         self._responses: OrderedDict[
@@ -148,17 +150,40 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 yield _generic_continue(phase)
 
     def _response_body(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
-        facts = attributes_of(request)
-        if facts.get("response.code") != "200":
+        struct = request.attributes.get(ATTRIBUTE_NAMESPACE)
+        if struct is None:
             return _UNCHANGED_BODY
-        headers = {h: facts[key] for h, key in _FACT_KEYS if key in facts}
-        address = _host_of(facts.get("source.address", ""))
-        if address:
-            headers["x-envoy-external-address"] = address
+        fields = struct.fields
+        code = fields.get("response.code")
+        if code is None or (code.number_value != 200 and code.string_value != "200"):
+            return _UNCHANGED_BODY
         # the path the viewer asked for: Envoy keeps it when the route rewrites :path
-        path = facts.get(_ORIGINAL_PATH) or facts.get("request.path", "")
-        ctx = context_from_request(self._config, path, headers)
-        return self._body(ctx, request.response_body.body)
+        facts = tuple(
+            value.string_value if (value := fields.get(key)) is not None else ""
+            for key in _CONTEXT_KEYS
+        )
+        ctx = self._contexts.get(facts)
+        if ctx is None and facts not in self._contexts:
+            ctx = self._context_of(facts)
+        request_id = fields.get(_REQUEST_ID_KEY)
+        return self._body(
+            ctx, request.response_body.body, request_id.string_value if request_id else None
+        )
+
+    def _context_of(self, facts: tuple[str, ...]) -> ManifestContext | None:
+        """The request context of these facts, remembered: a viewer's player asks again and
+        again with the same ones (only the request id differs, and it is not part of them)."""
+        original, path, user, video, session, address = facts
+        headers = {"x-playback-user": user, "x-playback-video": video}
+        if session:
+            headers["x-playback-session"] = session
+        if address:
+            headers["x-envoy-external-address"] = _host_of(address)
+        ctx = context_from_request(self._config, original or path, headers)
+        if len(self._contexts) >= _CONTEXT_MEMO:
+            self._contexts.clear()
+        self._contexts[facts] = ctx
+        return ctx
 
     def _manifest_url(self, ctx: ManifestContext, headers: dict[str, str]) -> ep.ProcessingResponse:
         if not ctx.user:
@@ -181,7 +206,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             )
         )
 
-    def _body(self, ctx: ManifestContext | None, body: bytes) -> ep.ProcessingResponse:
+    def _body(
+        self, ctx: ManifestContext | None, body: bytes, request_id: str | None
+    ) -> ep.ProcessingResponse:
         if ctx is None:
             return _UNCHANGED_BODY
         started = time.perf_counter()
@@ -194,7 +221,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             log.warning(
                 "manifest refused: %s",
                 exc.code,
-                extra={"videoId": ctx.video, "userId": ctx.user, "requestId": ctx.request_id},
+                extra={"videoId": ctx.video, "userId": ctx.user, "requestId": request_id},
             )
             status = 502 if exc.status < 500 else exc.status
             return immediate(status, exc.code, exc.title, exc.detail)
@@ -216,6 +243,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         metrics.manifest_counter(kind, "signed", "ok").inc()
         metrics.manifest_cache_counter("hit" if signed.cached else "miss").inc()
         if ctx.entry:
+            # no span of ours when tracing is off: skip asking the OpenTelemetry context
+            trace_id = tracing.current_trace_id() if tracing.tracing_enabled() else None
             self._events.emit(
                 Event(
                     type=PLAYBACK_STARTED,
@@ -226,8 +255,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         "videoId": ctx.video,
                         "format": kind,
                         "sessionId": ctx.session,
-                        "requestId": ctx.request_id,
-                        "traceId": tracing.current_trace_id(),
+                        "requestId": request_id,
+                        "traceId": trace_id,
                     },
                 )
             )
@@ -260,25 +289,17 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 ATTRIBUTE_NAMESPACE = "envoy.filters.http.ext_proc"
 _RESPONSE_MEMO = 256
 _RESPONSE_MEMO_BYTES = 64 << 20
-_ORIGINAL_PATH = "request.headers['x-envoy-original-path']"
-_FACT_HEADERS = ("x-playback-user", "x-playback-video", "x-playback-session", "x-request-id")
-_FACT_KEYS = tuple((h, f"request.headers['{h}']") for h in _FACT_HEADERS)
-
-
-def attributes_of(request: ep.ProcessingRequest) -> dict[str, str]:
-    """The CEL attributes Envoy attached, as strings (numbers without a fraction as integers)."""
-    struct = request.attributes.get(ATTRIBUTE_NAMESPACE)
-    if struct is None:
-        return {}
-    out: dict[str, str] = {}
-    for key, value in struct.fields.items():
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            out[key] = value.string_value
-        elif kind == "number_value":
-            number = value.number_value
-            out[key] = str(int(number)) if number.is_integer() else str(number)
-    return out
+_CONTEXT_MEMO = 4096
+# the attributes a request context is made of, in _context_of's order; the request id is apart
+_CONTEXT_KEYS = (
+    "request.headers['x-envoy-original-path']",
+    "request.path",
+    "request.headers['x-playback-user']",
+    "request.headers['x-playback-video']",
+    "request.headers['x-playback-session']",
+    "source.address",
+)
+_REQUEST_ID_KEY = "request.headers['x-request-id']"
 
 
 def _host_of(address: str) -> str:

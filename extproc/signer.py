@@ -2,14 +2,13 @@
 
 Pure apart from the clock: no gRPC, no aiohttp. ``extproc.server`` adapts it to Envoy's ext_proc
 stream and to the JSON endpoint. Signed manifests are cached per (requested path, public path,
-video, binding, expiry window, origin body digest), so a burst of players in one window costs one
-rewrite.
+video, binding, expiry window, origin document), bounded in entries and bytes, so a burst of
+players in one window costs one rewrite.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -33,7 +32,6 @@ class ManifestContext:
     user: str | None
     session: str | None
     client_ip: str | None
-    request_id: str | None
     entry: bool  # the player's entry point (/playback/...): a PlaybackStarted
     format: str  # "hls" or "dash" (a hint; detection decides)
 
@@ -164,7 +162,6 @@ def context_from_request(
         user=headers.get("x-playback-user") or None,
         session=headers.get("x-playback-session") or None,
         client_ip=_client_ip(headers),
-        request_id=headers.get("x-request-id"),
         entry=entry,
         format=fmt,
     )
@@ -192,10 +189,15 @@ class ManifestSigner:
         self._factory = mapper_factory
         self._clock = clock
         self._limits = ManifestLimits(max_bytes=config.max_manifest_bytes)
+        # (request path, public path, video, binding, expiry window, content type, origin
+        # document) -> (signed body, kind, expiry, bytes held)
         self._cache: OrderedDict[
-            tuple[str, str, str, str, int, bytes], tuple[bytes, ManifestKind, int]
+            tuple[str, str, str, str, int, str | None, bytes],
+            tuple[bytes, ManifestKind, int, int],
         ] = OrderedDict()
         self._cache_entries = config.cache_entries
+        self._cache_budget = config.cache_bytes
+        self._cache_bytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -224,26 +226,29 @@ class ManifestSigner:
         """
         encoding = (content_encoding or "").strip().lower()
         decoded = decode_body(body, encoding or None, self._limits)
-        kind = detect(content_type, decoded)
-        if kind is None:
-            return None
         now = self._clock()
         # The rewrite depends on the path the player asked for (relative URIs are written
         # against it), not only on the origin document: /playback/{id}/manifest and the
-        # manifest's own signed /media/ URL share a public path but not a base.
+        # manifest's own signed /media/ URL share a public path but not a base. The origin
+        # document itself is part of the key (hashing it costs less than a digest, and equal
+        # keys mean equal documents, not a collision).
         key = (
             ctx.request_path,
             ctx.public_path,
             ctx.video,
             self.binding_value(ctx),
             self.expires_at(now),  # the expiry window; the VOD extension follows from the body
-            hashlib.blake2b(decoded, digest_size=16).digest(),
+            content_type,
+            decoded,
         )
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             self.hits += 1
             return SignedManifest(hit[0], hit[1], hit[2], True, decoded is not body)
+        kind = detect(content_type, decoded)
+        if kind is None:
+            return None  # never cached: a hit is always a manifest
         self.misses += 1
         # A VOD player fetches a media playlist once and plays it to the end: its segment URLs
         # must outlive the presentation, so they expire TTL after it could have been played.
@@ -251,8 +256,10 @@ class ManifestSigner:
             now += min(presentation_seconds(kind, decoded), self._config.vod_extension_max)
         expires_at = self.expires_at(now)
         signed = rewrite(kind, decoded, self._factory(ctx, now), self._limits)
-        if self._cache_entries:
-            self._cache[key] = (signed, kind, expires_at)
-            if len(self._cache) > self._cache_entries:
-                self._cache.popitem(last=False)
+        size = len(decoded) + len(signed)
+        if self._cache_entries and size <= self._cache_budget // 4:
+            self._cache[key] = (signed, kind, expires_at, size)
+            self._cache_bytes += size
+            while len(self._cache) > self._cache_entries or self._cache_bytes > self._cache_budget:
+                self._cache_bytes -= self._cache.popitem(last=False)[1][3]
         return SignedManifest(signed, kind, expires_at, False, decoded is not body)

@@ -131,7 +131,9 @@ class JsonLinesSink:
             await self._wake.wait()
             await asyncio.sleep(LINGER_S)
             self._wake.clear()
-            while self._queue:
+            # one write per linger: events emitted while it is under way wait for the next one
+            # (a busy process otherwise writes back to back, a few events per worker hop)
+            if self._queue:
                 await self._write_batch()
             self._progress.set()
 
@@ -150,8 +152,11 @@ class JsonLinesSink:
         finally:
             self._writing = 0
         self.written += len(batch)
+        counts: dict[str, int] = {}
         for event in batch:
-            metrics.EVENTS_PUBLISHED.labels(event.type).inc()
+            counts[event.type] = counts.get(event.type, 0) + 1
+        for event_type, count in counts.items():
+            metrics.events_published(event_type).inc(count)
 
     async def flush(self) -> None:
         """Return once every event emitted so far is in the file."""

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -315,9 +316,23 @@ def subject_for(event_type: EventType, source: str) -> str:
     return f"{SUBJECT_PREFIX}.{SUBJECT_TOKENS[event_type]}.{_service_token(source)}"
 
 
+@lru_cache(maxsize=8)  # events come in bursts: a second is formatted once
+def _utc_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def rfc3339(timestamp: float) -> str:
-    """UTC RFC 3339 with microseconds and a ``Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC RFC 3339 with microseconds and a ``Z``: what ``datetime.fromtimestamp(timestamp, UTC)``
+    formats, with its rounding (half-even microseconds), without building a datetime."""
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole += 1.0
+        micros -= 1_000_000
+    elif micros < 0:
+        whole -= 1.0
+        micros += 1_000_000
+    return f"{_utc_second(int(whole))}.{micros:06d}Z"
 
 
 def parse_rfc3339(value: str) -> float:
@@ -339,11 +354,12 @@ def to_cloudevent(event: Event) -> dict[str, Any]:
     return doc
 
 
+_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def encode_cloudevent(event: Event) -> bytes:
     """Compact JSON bytes of the CloudEvent (no newline)."""
-    return json.dumps(
-        to_cloudevent(event), separators=(",", ":"), ensure_ascii=False, default=str
-    ).encode()
+    return _JSON.encode(to_cloudevent(event)).encode()
 
 
 def from_cloudevent(doc: Mapping[str, Any]) -> Event:

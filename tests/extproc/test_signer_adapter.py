@@ -198,6 +198,56 @@ async def test_adapter_signs_the_body_in_one_message() -> None:
     assert sink.events[0].data["userId"] == "alice"
 
 
+async def test_each_request_keeps_its_own_viewer_facts() -> None:
+    """Request contexts are remembered per (path, viewer, session, address), never per request:
+    each PlaybackStarted carries its own request id, and another viewer is another context."""
+    proc, sink = processor()
+    facts = {"x_playback_video": "demo", "x_playback_session": "s1"}
+    for user, request_id in (("alice", "r1"), ("alice", "r2"), ("bob", "r3")):
+        await _run(
+            proc,
+            _body_message(
+                "/playback/demo/manifest",
+                MASTER,
+                x_playback_user=user,
+                x_request_id=request_id,
+                **facts,
+            ),
+        )
+    assert [(e.data["userId"], e.data["requestId"], e.data["sessionId"]) for e in sink.events] == [
+        ("alice", "r1", "s1"),
+        ("alice", "r2", "s1"),
+        ("bob", "r3", "s1"),
+    ]
+
+
+def test_cache_is_bounded_in_bytes() -> None:
+    """MANIFEST_CACHE_BYTES bounds what the cache holds (origin and signed bodies); a manifest
+    larger than a quarter of it is signed every time rather than pushing everything out."""
+    clock = [1_000_000.0]
+    ctx = context_from_request(config(), "/media/demo/hls/720p/playlist.m3u8", {})
+    assert ctx is not None
+    probe = signer(clock).sign(ctx, None, None, VOD)
+    assert probe is not None
+    budget = 4 * (len(VOD) + len(probe.body) + 400)  # four 150-segment playlists (+ "seg7")
+    sign = signer(clock, MANIFEST_CACHE_BYTES=str(budget))
+    bodies = [VOD.replace(b"seg.ts", b"seg%d.ts" % n) for n in range(8)]
+    for body in bodies:
+        assert sign.sign(ctx, None, None, body) is not None
+    assert 0 < sign._cache_bytes <= budget
+    assert len(sign._cache) == 4
+    last = sign.sign(ctx, None, None, bodies[-1])
+    assert last is not None
+    assert last.cached  # the newest stayed
+    first = sign.sign(ctx, None, None, bodies[0])
+    assert first is not None
+    assert not first.cached  # the oldest went
+    huge = VOD * 8
+    assert len(huge) > budget // 4
+    twice = [sign.sign(ctx, None, None, huge), sign.sign(ctx, None, None, huge)]
+    assert [s is not None and s.cached for s in twice] == [False, False]
+
+
 async def test_adapter_answers_compressed_origins_in_their_encoding() -> None:
     proc, _ = processor()
     for encode, decode in ((gzip.compress, gzip.decompress), (zlib.compress, zlib.decompress)):

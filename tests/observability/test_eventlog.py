@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from playback_drm import eventlog
 from playback_drm.eventlog import JsonLinesSink, print_events, read_events
 from playback_drm.events import (
     BROKER_SOURCE,
@@ -43,6 +44,33 @@ async def test_sink_appends_one_cloudevent_per_line(tmp_path: Path) -> None:
     assert lines[:50] == [encode_cloudevent(event) for event in events]
     assert json.loads(lines[50])["data"]["userId"] == "u50"
     assert sink.written == 51
+
+
+async def test_a_steady_stream_is_written_once_per_linger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events that arrive while a batch is being written wait for the next linger: a busy
+    process makes one write (and one worker-thread hop) per linger, not one per few events."""
+    writes: list[int] = []
+    append = eventlog._append
+
+    def counting_append(path: Path, data: bytes) -> None:
+        writes.append(data.count(b"\n"))
+        append(path, data)
+
+    monkeypatch.setattr(eventlog, "_append", counting_append)
+    monkeypatch.setattr(eventlog, "LINGER_S", 0.05)
+    async with JsonLinesSink(tmp_path / "e.jsonl") as sink:
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + 0.4
+        emitted = 0
+        while loop.time() < stop:
+            sink.emit(started(emitted))
+            emitted += 1
+            await asyncio.sleep(0.0005)
+    assert sum(writes) == emitted
+    assert len(writes) <= 0.4 / 0.05 + 2, writes  # not one per worker hop
+    assert emitted > 5 * len(writes)
 
 
 async def test_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:

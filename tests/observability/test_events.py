@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from playback_drm.events import (
     AUTHZ_SOURCE,
@@ -25,6 +28,7 @@ from playback_drm.events import (
     license_issued,
     playback_error,
     playback_started,
+    rfc3339,
     subject_for,
     to_cloudevent,
 )
@@ -187,3 +191,14 @@ def test_config_defaults_and_overrides() -> None:
 def test_bad_config_names_the_variable(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         EventsConfig.from_env(env)
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False))
+@example(1795521600.9999996)  # rounds up into the next second
+@example(1795521600.0000005)  # half a microsecond: half-even
+@example(1234567890.9999995)
+def test_rfc3339_formats_what_datetime_formats(timestamp: float) -> None:
+    """The fast path (a cached second, microseconds rounded as datetime rounds them) never
+    differs from the datetime it replaces, and parses back."""
+    expected = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert rfc3339(timestamp) == expected
