@@ -37,7 +37,7 @@ from envoy.type.v3 import http_status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
 
-from extproc import metrics
+from extproc import dash, hls, metrics
 from extproc.config import ExtprocConfig
 from extproc.policy import SigningPolicy
 from extproc.signer import (
@@ -53,6 +53,9 @@ from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 
 log = logging.getLogger(__name__)
+# extproc.manifest imports the rewriters lazily (they import it): loaded here, at start, so no
+# viewer's first manifest pays for the import
+_REWRITERS = (dash, hls)
 SOURCE = "/playback-drm/extproc"
 
 _CONTINUE_REQUEST_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
