@@ -61,7 +61,8 @@ variable                           default                   meaning
 ``EVENTS_DRAIN_TIMEOUT_S``         ``5.0``                   flush deadline on close
 ``EVENTS_RECONNECT_MAX_WAIT_S``    ``2.0``                   reconnect backoff cap (with jitter)
 ``EVENTS_LINGER_S``                ``0.1``                   longest wait for a batch to fill
-``EVENTS_BACKLOG_RATE``            ``2000``                  events/s cap when catching up
+``EVENTS_BACKLOG_RATE``            ``2000``                  events/s a backlog drains at, beyond
+                                                            the live rate
 =================================  ========================  ==================================
 """
 

@@ -24,8 +24,9 @@ How an event travels::
   reading the acks, an fsync) are then shared: at 200 events/s, batches of 20 cost the broker
   about 55 µs per event and nats-server 45 µs, against 150 and 90 µs in batches of 4. It costs
   analytics latency, never request latency. Retries, replays and a backlog go without lingering,
-  and a backlog is flushed at ``EVENTS_BACKLOG_RATE`` events per second at most (2000) so that
-  catching up after an outage does not crowd out requests.
+  and a backlog drains at ``EVENTS_BACKLOG_RATE`` events per second (2000) beyond the live rate,
+  so that catching up after an outage does not crowd out requests, and still catches up when
+  the live rate itself is high.
 - Deduplication: JetStream drops a message whose ``Nats-Msg-Id`` it stored within the stream's
   ``duplicate_window`` (>= 2 min, persisted with the stream), so a retry after a lost ack stores
   nothing twice: at-least-once delivery becomes effectively exactly-once.
@@ -386,6 +387,8 @@ class JetStreamSink:
         self._wake: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._mem_since = 0.0  # monotonic time of the oldest event waiting in memory
+        self._rate_mark = (0.0, 0)  # (monotonic time, stats.emitted) the live rate counts from
+        self._live_rate = 0.0  # events emitted per second, last measured
         self._spill_wake: asyncio.Event | None = None
         self._spill_done: asyncio.Event | None = None
         self._connected: asyncio.Event | None = None
@@ -496,6 +499,7 @@ class JetStreamSink:
             return
         leftovers = await asyncio.to_thread(self._spill.open)
         self._started = True
+        self._rate_mark = (time.monotonic(), self.stats.emitted)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
@@ -673,7 +677,19 @@ class JetStreamSink:
             elif len(entries) >= self.config.max_inflight and self.config.backlog_rate:
                 # A full batch means a backlog (after an outage, or a replay from disk): flush
                 # it at a bounded rate, so catching up never crowds out the requests being served.
-                await asyncio.sleep(len(entries) / self.config.backlog_rate)
+                await asyncio.sleep(self._backlog_pause(len(entries)))
+
+    def _backlog_pause(self, sent: int) -> float:
+        """Seconds to wait after a full batch of ``sent``: a backlog drains at
+        ``EVENTS_BACKLOG_RATE`` beyond the live rate (events emitted per second, measured over
+        windows of a second or more), so it shrinks whatever the traffic, never only while the
+        live rate stays under a fixed cap."""
+        now = time.monotonic()
+        since, emitted = self._rate_mark
+        if now - since >= 1.0:
+            self._live_rate = (self.stats.emitted - emitted) / (now - since)
+            self._rate_mark = (now, self.stats.emitted)
+        return sent / (self.config.backlog_rate + self._live_rate)
 
     def _linger_left(self) -> float:
         """Seconds the next batch should still wait for more events (0: send now)."""

@@ -364,3 +364,26 @@ async def test_a_backlog_is_flushed_at_a_bounded_rate(
         await asyncio.sleep(0.3)  # the next full batch waits 2 s (2 events at 1 event/s)
         assert sink.stats.published == 2
         await wait_until(lambda: sink.stats.published == 4)
+
+
+async def test_a_backlog_drains_beyond_the_live_rate(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """EVENTS_BACKLOG_RATE is what a backlog drains at on top of the live rate: with the cap
+    under a steady live rate, the backlog still shrinks instead of growing for good."""
+    config = config_for(nats_server, tmp_path, max_inflight=4, backlog_rate=20.0, linger_s=1.0)
+    async with JetStreamSink(config, name="live") as sink:
+        await wait_until(lambda: sink._stream_ready)
+        for n in range(40):  # a backlog, as after an outage
+            sink.emit(issued(n))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 3.0
+        n = 40
+        while loop.time() < end:  # live traffic at about 40 events/s, twice the cap
+            sink.emit(issued(n))
+            n += 1
+            await asyncio.sleep(0.025)
+        behind = sink.stats.emitted - sink.stats.published
+        # capped at 20/s the backlog would have grown by 20/s to about 100
+        assert behind < 40, behind
+        await wait_until(lambda: sink.stats.published == n, within_s=10.0)
