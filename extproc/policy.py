@@ -360,7 +360,8 @@ class _Base:
     url: str  # absolute URL the references resolve against
     public_dir: str | None  # public directory of ``url`` when it is on our origin, else None
     relative_ok: bool  # a relative URI may stay relative (the player resolves it the same way)
-    in_video: bool  # public_dir is inside /media/{videoId}/
+    in_video: bool  # public_dir is inside /media/{videoId}/, without dot segments or encoded
+    # separators (what the video-wide token covers; the slow path checks the same)
 
 
 class SigningPolicy:
@@ -590,7 +591,11 @@ class ManifestUriMapper:
         }
 
     def _make_base(self, url: str, public_dir: str | None, relative_ok: bool) -> _Base:
-        in_video = public_dir is not None and public_dir.startswith(self.video_prefix)
+        in_video = (
+            public_dir is not None
+            and public_dir.startswith(self.video_prefix)
+            and not urlsign.has_traversal(urlsign.canonical_path(public_dir))
+        )
         return _Base(url, public_dir, relative_ok, in_video)
 
     @property

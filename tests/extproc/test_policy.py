@@ -15,7 +15,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from extproc import manifest
@@ -612,6 +612,8 @@ def test_property_relative_uris_verify_where_the_player_resolves_them(
     is_template=st.booleans(),
     mode=st.sampled_from([TokenMode.PREFIX, TokenMode.URL]),
 )
+# a base the video-wide token cannot cover: the fast path once decided otherwise than the first
+@example(raw="0", bases=("0\x00/",), kind=UriKind.SEGMENT, is_template=False, mode=TokenMode.PREFIX)
 def test_property_any_reference_maps_to_a_string_or_none(
     raw: str, bases: tuple[str, ...], kind: UriKind, is_template: bool, mode: TokenMode
 ) -> None:
@@ -621,6 +623,21 @@ def test_property_any_reference_maps_to_a_string_or_none(
     if out is not None and is_template:
         assert raw in out  # the rewriter's template contract
     assert mapper(UriRef(raw, kind, is_template, bases)) == out
+
+
+@pytest.mark.parametrize("base", ["0\x00/", "a%2Fb/", "a%5cb/"])
+def test_a_base_the_video_token_cannot_cover_gets_a_token_per_url(base: str) -> None:
+    """A base directory with an encoded separator or NUL is outside what the video-wide token
+    covers: its URIs get their own token, on the first reference and on every later one (the
+    fast path for known bases decides as the first, slow, one did)."""
+    mapper = master_mapper(_policies(TokenMode.PREFIX))
+    ref = UriRef("seg.ts", UriKind.SEGMENT, False, (base,))
+    first = mapper(ref)
+    assert first is not None
+    assert mapper(ref) == first
+    assert mapper(UriRef("seg2.ts", UriKind.SEGMENT, False, (base,))) != first.replace(
+        "seg.ts", "seg2.ts"
+    )
 
 
 @functools.cache
