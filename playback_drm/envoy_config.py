@@ -203,7 +203,16 @@ def local_reply_config() -> dict[str, Any]:
                 "this route requires an allowed client certificate and source address",
             ),
             _mapper(
-                {"response_flag_filter": {"flags": ["RL"]}},
+                # The rate limit filter flags RL before its reply; the local rate limit filter
+                # flags it only after, so its reply is matched by its details.
+                {
+                    "or_filter": {
+                        "filters": [
+                            {"response_flag_filter": {"flags": ["RL"]}},
+                            _cel("response.code_details == 'local_rate_limited'"),
+                        ]
+                    }
+                },
                 429,
                 "rate_limited",
                 "Too many requests",

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from playback_drm.emulators.auth import load_or_create_key, sign_token
+from playback_drm.problem import PROBLEM_CONTENT_TYPE
 from playback_drm.stack import Stack
 from tests.support.stack import http
 
@@ -185,14 +186,20 @@ def test_unknown_route_is_problem_json_404(stack: Stack) -> None:
     assert reply.json()["code"] == "not_found"
 
 
-async def _burst(url: str, token: str, count: int) -> list[int]:
+async def _burst(
+    url: str, token: str, count: int, refusals: list[tuple[str, bytes]] | None = None
+) -> list[int]:
+    """Status codes of ``count`` concurrent requests; 429 answers' (content type, body) go to
+    ``refusals``."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one() -> int:
             async with session.get(url, headers=headers) as resp:
-                await resp.read()
+                body = await resp.read()
+                if resp.status == 429 and refusals is not None:
+                    refusals.append((resp.headers.get("content-type", ""), body))
                 return resp.status
 
         return list(await asyncio.gather(*(one() for _ in range(count))))
@@ -204,12 +211,18 @@ async def test_per_user_rate_limit(stack: Stack) -> None:
     await _burst(url, alice, 1)  # warm caches and connections
     await asyncio.sleep(1.1)
     started = time.monotonic()
-    alice_codes, bob_codes = await asyncio.gather(_burst(url, alice, 300), _burst(url, bob, 40))
+    refusals: list[tuple[str, bytes]] = []
+    alice_codes, bob_codes = await asyncio.gather(
+        _burst(url, alice, 300, refusals), _burst(url, bob, 40)
+    )
     elapsed = time.monotonic() - started
     assert elapsed < 1.0, f"the burst took {elapsed:.2f}s; the test needs it within one second"
     assert alice_codes.count(429) >= 90, alice_codes
     assert set(alice_codes) <= {200, 429}
     assert bob_codes == [200] * 40
+    # every refusal is the problem+json of the API, whichever limiter made it
+    assert {content_type for content_type, _ in refusals} == {PROBLEM_CONTENT_TYPE}, refusals[:3]
+    assert {json.loads(body)["code"] for _, body in refusals} == {"rate_limited"}
     reply = http(url, headers=bearer(alice) | {"Accept": "application/json"})
     if reply.status == 429:
         assert reply.headers["retry-after"]
