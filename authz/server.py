@@ -46,7 +46,7 @@ from authz.ratelimit import (
 from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
-from playback_drm.events import PLAYBACK_ERROR, Event, EventSink, NullSink
+from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.h2grpc import make_server
 from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
@@ -69,7 +69,7 @@ _NO_STORE = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="cache-control", value="no-store"),
     append_action=_OVERWRITE,
 )
-SOURCE = "/playback-drm/authz"
+SOURCE = AUTHZ_SOURCE
 
 
 def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
@@ -188,17 +188,13 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             extra={"code": decision.code, "status": decision.status},
         )
         self._events.emit(
-            Event(
-                type=PLAYBACK_ERROR,
-                source=SOURCE,
-                subject=inp.path,
-                data={
-                    "code": decision.code,
-                    "status": decision.status,
-                    "path": inp.path,
-                    "videoId": _video_or_none(inp),
-                    "traceId": tracing.current_trace_id(),
-                },
+            playback_error(
+                SOURCE,
+                code=decision.code,
+                status=decision.status,
+                video_id=_video_or_none(inp),
+                trace_id=tracing.current_trace_id(),
+                path=inp.path,
             )
         )
 

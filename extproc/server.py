@@ -47,7 +47,7 @@ from extproc.signer import (
     mapper_factory,
 )
 from playback_drm import tracing
-from playback_drm.events import PLAYBACK_STARTED, Event, EventSink, NullSink
+from playback_drm.events import EXTPROC_SOURCE, EventSink, NullSink, playback_started
 from playback_drm.h2grpc import make_server
 from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 # extproc.manifest imports the rewriters lazily (they import it): loaded here, at start, so no
 # viewer's first manifest pays for the import
 _REWRITERS = (dash, hls)
-SOURCE = "/playback-drm/extproc"
+SOURCE = EXTPROC_SOURCE
 
 _CONTINUE_REQUEST_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
 _CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersResponse())
@@ -249,18 +249,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             # no span of ours when tracing is off: skip asking the OpenTelemetry context
             trace_id = tracing.current_trace_id() if tracing.tracing_enabled() else None
             self._events.emit(
-                Event(
-                    type=PLAYBACK_STARTED,
-                    source=SOURCE,
-                    subject=ctx.video,
-                    data={
-                        "userId": ctx.user,
-                        "videoId": ctx.video,
-                        "format": kind,
-                        "sessionId": ctx.session,
-                        "requestId": request_id,
-                        "traceId": trace_id,
-                    },
+                playback_started(
+                    SOURCE,
+                    user_id=ctx.user or "",
+                    video_id=ctx.video,
+                    request_id=request_id,
+                    trace_id=trace_id,
+                    format=kind,
+                    sessionId=ctx.session,
                 )
             )
         return response
