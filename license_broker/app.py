@@ -30,8 +30,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
 from typing import Any, Final
 
 from aiohttp import web
@@ -93,7 +95,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    """UTC, whole seconds: licenses of one second share the text (formatted once)."""
+    return _utc_second(math.floor(ts))
+
+
+@lru_cache(maxsize=256)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> web.Response:
