@@ -24,6 +24,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import urllib.request
@@ -602,6 +603,9 @@ def main() -> int:
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
+    # `timeout` or a CI runner ends a run with SIGTERM: unwind like Ctrl-C, so that every
+    # server the scenario started is stopped on the way out instead of left running
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     for name in names:
         run, baseline = SCENARIOS[name]
