@@ -13,8 +13,7 @@ import dataclasses
 import json
 import secrets
 import sys
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,7 +28,7 @@ from playback_drm.emulators.auth import (
 )
 from playback_drm.emulators.drm import provider_env
 from playback_drm.envoy_config import Endpoint, EnvoySettings, TlsFiles, render
-from playback_drm.supervise import ManagedProcess, binary, free_port
+from playback_drm.supervise import ManagedProcess, binary, free_port, http_probe
 
 EMULATORS = frozenset({"auth-emulator", "billing-emulator", "drm-emulator", "origin"})
 COMPONENTS = (
@@ -272,7 +271,7 @@ class Stack:
                 "--drain-time-s",
                 "2",
             ]
-            ready = _http_probe(f"http://127.0.0.1:{p.admin}/ready")
+            ready = http_probe(f"http://127.0.0.1:{p.admin}/ready")
             timeout = 60.0
         else:
             argv = [sys.executable, "-m", "playback_drm.cli", "serve", name]
@@ -285,7 +284,7 @@ class Stack:
                 "extproc": f"http://127.0.0.1:{p.extproc_http}/health/live",
                 "broker": f"http://127.0.0.1:{p.broker}/health/live",
             }[name]
-            ready = _http_probe(health)
+            ready = http_probe(health)
             timeout = 30.0
         return ManagedProcess(
             name, argv, log_dir=self.logs, env=env, ready=ready, ready_timeout=timeout
@@ -358,14 +357,3 @@ class Stack:
             if isinstance(doc, dict):
                 out.append(doc)
         return out
-
-
-def _http_probe(url: str) -> Callable[[], bool]:
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - loopback only
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    return probe

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True
     return False
+
+
+def http_ok(url: str) -> bool:
+    """A readiness probe: the loopback URL answers 2xx within half a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - loopback only
+            return bool(200 <= resp.status < 300)
+    except OSError:
+        return False
+
+
+def http_probe(url: str) -> Callable[[], bool]:
+    """:func:`http_ok` of ``url``, as a ``ready`` callable."""
+    return lambda: http_ok(url)
 
 
 class ManagedProcess:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import ManagedProcess, binary, free_port, port_open
+from tests.support.procs import ManagedProcess, binary, free_port, http_ok, port_open
 
 
 def _redis_ping(port: int) -> bool:
@@ -77,14 +77,6 @@ class NatsServer:
         self.process.start()
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as resp:
-            return bool(200 <= resp.status < 300)
-    except OSError:
-        return False
-
-
 def start_nats(log_dir: Path) -> NatsServer:
     port, monitor = free_port(), free_port()
     store = log_dir / f"nats-{port}-store"
@@ -105,7 +97,7 @@ def start_nats(log_dir: Path) -> NatsServer:
         f"nats-{port}",
         argv,
         log_dir=log_dir,
-        ready=lambda: _http_ok(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"),
+        ready=lambda: http_ok(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"),
     ).start()
     return NatsServer(proc, port, monitor, store)
 
@@ -139,7 +131,7 @@ def start_vault(log_dir: Path) -> VaultServer:
         argv,
         log_dir=log_dir,
         env={"BAO_DEV_ROOT_TOKEN_ID": VAULT_ROOT_TOKEN, "HOME": str(log_dir)},
-        ready=lambda: _http_ok(f"http://127.0.0.1:{port}/v1/sys/health"),
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/v1/sys/health"),
     ).start()
     return VaultServer(proc, port)
 
@@ -187,7 +179,7 @@ def start_envoy(
         f"{name}-{admin_port}",
         argv,
         log_dir=log_dir,
-        ready=lambda: _http_ok(f"http://127.0.0.1:{admin_port}/ready"),
+        ready=lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"),
         ready_timeout=60,
     ).start()
     return EnvoyServer(proc, admin_port)
