@@ -399,9 +399,6 @@ class JetStreamSink:
         self._stream_ready = False
         self._last_drop_log = 0.0
         self._drops_since_log = 0
-        self._published_children = {
-            t: metrics.EVENTS_PUBLISHED.labels(t) for t in EVENT_TYPE_BY_CLOUDEVENT.values()
-        }
 
     # ------------------------------------------------------------------------- emit (hot path)
 
@@ -843,7 +840,7 @@ class JetStreamSink:
 
     def _published(self, item: _Item) -> None:
         self.stats.published += 1
-        self._published_children[item.type].inc()
+        metrics.events_published(item.type).inc()
 
     def _reject(self, item: _Item, why: str) -> None:
         logger.error("JetStream refused event %s: %s", item.msg_id, why)
