@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import gzip
 import json
 import logging
@@ -51,6 +50,7 @@ from playback_drm.events import EXTPROC_SOURCE, EventSink, NullSink, playback_st
 from playback_drm.h2grpc import make_server
 from playback_drm.metrics import add_metrics_route
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
+from playback_drm.timefmt import rfc3339_seconds
 
 log = logging.getLogger(__name__)
 # extproc.manifest imports the rewriters lazily (they import it): loaded here, at start, so no
@@ -356,8 +356,7 @@ def signed_manifest_url(
     )
     if url.startswith("/"):
         url = base + url
-    expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
-    return {"url": url, "expiresAt": expires, "format": ctx.format}
+    return {"url": url, "expiresAt": rfc3339_seconds(expires_at), "format": ctx.format}
 
 
 def build_http_app() -> web.Application:

@@ -30,10 +30,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import lru_cache
 from typing import Any, Final
 
 from aiohttp import web
@@ -66,6 +64,7 @@ from license_broker.streams import MemoryStreamTracker, RedisStreamTracker, Stre
 from playback_drm.events import BROKER_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.metrics import metrics_handler
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, Problem
+from playback_drm.timefmt import rfc3339_seconds
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +91,6 @@ _HTTP_CODES: Final = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def rfc3339(ts: float) -> str:
-    """UTC, whole seconds: licenses of one second share the text (formatted once)."""
-    return _utc_second(math.floor(ts))
-
-
-@lru_cache(maxsize=256)
-def _utc_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> web.Response:
@@ -297,7 +286,7 @@ async def license_json(request: web.Request) -> web.Response:
     doc_out = {
         "license": b64(issued.body),
         "licenseId": issued.license_id,
-        "expiresAt": rfc3339(issued.expires_at),
+        "expiresAt": rfc3339_seconds(issued.expires_at),
         "keySystem": issued.key_system,
     }
     return web.Response(
@@ -313,7 +302,7 @@ async def license_json(request: web.Request) -> web.Response:
 def _license_headers(issued: IssuedLicense) -> dict[str, str]:
     return {
         LICENSE_ID_HEADER: issued.license_id,
-        LICENSE_EXPIRES_HEADER: rfc3339(issued.expires_at),
+        LICENSE_EXPIRES_HEADER: rfc3339_seconds(issued.expires_at),
     }
 
 

@@ -70,20 +70,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, get_args
 
 from playback_drm.problem import PlaybackError
 from playback_drm.settings import ConfigError, env_float, env_int, env_opt, env_str
+from playback_drm.timefmt import rfc3339_micros as rfc3339
 
 EventType = Literal["PlaybackStarted", "LicenseIssued", "PlaybackError"]
 
@@ -315,25 +315,6 @@ def _service_token(source: str) -> str:
 def subject_for(event_type: EventType, source: str) -> str:
     """NATS subject: ``playback.events.<event>.<service>`` (see the module docstring)."""
     return f"{SUBJECT_PREFIX}.{SUBJECT_TOKENS[event_type]}.{_service_token(source)}"
-
-
-@lru_cache(maxsize=8)  # events come in bursts: a second is formatted once
-def _utc_second(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def rfc3339(timestamp: float) -> str:
-    """UTC RFC 3339 with microseconds and a ``Z``: what ``datetime.fromtimestamp(timestamp, UTC)``
-    formats, with its rounding (half-even microseconds), without building a datetime."""
-    fraction, whole = math.modf(timestamp)
-    micros = round(fraction * 1e6)
-    if micros >= 1_000_000:
-        whole += 1.0
-        micros -= 1_000_000
-    elif micros < 0:
-        whole -= 1.0
-        micros += 1_000_000
-    return f"{_utc_second(int(whole))}.{micros:06d}Z"
 
 
 def parse_rfc3339(value: str) -> float:

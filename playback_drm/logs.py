@@ -43,12 +43,12 @@ import logging.handlers
 import queue
 import re
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from playback_drm.settings import ConfigError, env_str
+from playback_drm.timefmt import rfc3339_millis
 from playback_drm.tracing import current_ids
 
 REDACTED: Final = "[REDACTED]"
@@ -165,11 +165,6 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
-def rfc3339_ms(created: float) -> str:
-    millis = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record (see the module docstring for the fields)."""
 
@@ -179,7 +174,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "timestamp": rfc3339_ms(record.created),
+            "timestamp": rfc3339_millis(record.created),
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
