@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -318,3 +320,16 @@ async def test_json_form_is_answered_on_the_stream() -> None:
         ),
     )
     assert anonymous[0].immediate_response.status.code == 401
+
+
+def test_the_rewriters_load_with_the_server_not_on_a_first_manifest() -> None:
+    """extproc.manifest imports the HLS and DASH rewriters lazily; the server loads them at
+    start, so no viewer's first manifest waits for an import."""
+    probe = (
+        "import sys, extproc.server; "
+        "print(all(m in sys.modules for m in ('extproc.dash', 'extproc.hls')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "True"
