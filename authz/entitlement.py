@@ -1,6 +1,6 @@
 """Entitlement lookups against the Billing service, cached.
 
-Billing API (see ``playback_drm.emulators.billing``)::
+Billing API (see ``devstack.emulators.billing``)::
 
     GET {BILLING_URL}/v1/entitlements?userId=U&videoId=V
     200 {"userId", "videoId", "entitled": bool, "plan": str|null, "reason": str|null,

@@ -46,6 +46,7 @@ from authz.ratelimit import (
 from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
+from playback_drm.contract import AUTHZ_MODE_KEY, MODE_JWT
 from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.h2grpc import make_server
 from playback_drm.metrics import add_metrics_route
@@ -80,7 +81,7 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     if not sep and http.query:
         query = http.query
     headers = http.headers
-    mode = attrs.context_extensions.get("mode", "jwt")
+    mode = attrs.context_extensions.get(AUTHZ_MODE_KEY, MODE_JWT)
     body = http.raw_body or (http.body.encode() if http.body else b"")
     client_ip = attrs.source.address.socket_address.address or None
     return CheckInput(

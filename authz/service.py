@@ -12,7 +12,7 @@ from authz.decision import Allow, CheckInput, Decision, Deny
 from authz.entitlement import EntitlementCache
 from authz.errors import TokenMissing
 from authz.tokens import TokenVerifier
-from playback_drm import tracing
+from playback_drm import contract, identity, tracing
 from playback_drm.problem import PlaybackError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Authorizer:
 
     async def check(self, inp: CheckInput) -> Decision:
         try:
-            if inp.mode == decision.MODE_SIGNED_URL:
+            if inp.mode == contract.MODE_SIGNED_URL:
                 return self._check_signed_url(inp)
             return await self._check_jwt(inp)
         except PlaybackError as exc:
@@ -64,7 +64,7 @@ class Authorizer:
         else:
             _TOKEN_HIT.inc()
         remove = inp.authorization is None or decision.has_token_param(inp.query)
-        if inp.mode == decision.MODE_JWT_ONLY:
+        if inp.mode == contract.MODE_JWT_ONLY:
             return decision.identified(ident, remove)
         video = decision.video_for(inp)
         cached = self._entitlements.cached(ident.sub, video)
@@ -79,8 +79,8 @@ class Authorizer:
     def _check_signed_url(self, inp: CheckInput) -> Decision:
         video = decision.video_for(inp)
         verified = self._url_verifier(inp.path, inp.query, inp.client_ip)
-        headers: list[tuple[str, str]] = [(decision.VIDEO_HEADER, video)]
+        headers: list[tuple[str, str]] = [(identity.VIDEO_HEADER, video)]
         session = getattr(verified, "session_id", None)
         if isinstance(session, str) and session:
-            headers.append((decision.SESSION_HEADER, session))
+            headers.append((identity.SESSION_HEADER, session))
         return Allow(tuple(headers), ("pdt",))

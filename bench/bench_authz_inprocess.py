@@ -18,7 +18,7 @@ from authz.entitlement import Entitlement, EntitlementCache
 from authz.server import AuthorizationService
 from authz.service import Authorizer
 from authz.tokens import JwksCache, TokenVerifier
-from playback_drm.emulators.auth import AuthEmulator
+from devstack.emulators.auth import AuthEmulator
 from playback_drm.events import NullSink
 
 

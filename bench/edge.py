@@ -36,10 +36,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Request, RunResult, run_open_loop, table
-from playback_drm import media
-from playback_drm.envoy_config import EXTPROC_ATTRIBUTES, EXTPROC_PROCESSING_MODE
-from playback_drm.stack import Stack, StackPorts, StackSettings
-from playback_drm.supervise import ManagedProcess, binary, free_port, port_open
+from devstack import media
+from devstack.stack import Stack, StackPorts, StackSettings
+from devstack.supervise import ManagedProcess, binary, free_port, port_open
+from playback_drm.contract import EXTPROC_ATTRIBUTES, EXTPROC_PROCESSING_MODE
 
 T_HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -391,7 +391,7 @@ def start_grpcio_twins(
         http_port = ports[f"{name}_g_http"]
         twins[f"{name}_grpcio"] = ManagedProcess(
             f"{name}-grpcio",
-            [sys.executable, "-m", "playback_drm.cli", "serve", name],
+            [sys.executable, "-m", name],
             log_dir=root / "logs",
             env=env,
             ready=lambda port=http_port: port_open(port),  # type: ignore[misc]

@@ -30,13 +30,7 @@ from typing import Any, Final
 
 from license_broker.errors import MissingIdentity, NotEntitledToTrack, UnknownKeyId
 from license_broker.model import ContentKey, Track, VideoKeys, parse_track
-
-HEADER_USER: Final = "x-playback-user"
-HEADER_PLAN: Final = "x-playback-plan"
-HEADER_VIDEO: Final = "x-playback-video"
-HEADER_SESSION: Final = "x-playback-session"
-HEADER_ENTITLEMENT: Final = "x-playback-entitlement"
-HEADER_REQUEST_ID: Final = "x-request-id"
+from playback_drm import identity
 
 HDCP_LEVELS: Final = (
     "HDCP_NONE",
@@ -152,12 +146,12 @@ class Identity:
     @staticmethod
     def from_headers(headers: Mapping[str, str]) -> Identity:
         return Identity(
-            user=headers.get(HEADER_USER) or None,
-            plan=headers.get(HEADER_PLAN) or None,
-            video=headers.get(HEADER_VIDEO) or None,
-            session=headers.get(HEADER_SESSION) or None,
-            entitlement=headers.get(HEADER_ENTITLEMENT) or None,
-            request_id=headers.get(HEADER_REQUEST_ID) or None,
+            user=headers.get(identity.USER_HEADER) or None,
+            plan=headers.get(identity.PLAN_HEADER) or None,
+            video=headers.get(identity.VIDEO_HEADER) or None,
+            session=headers.get(identity.SESSION_HEADER) or None,
+            entitlement=headers.get(identity.ENTITLEMENT_HEADER) or None,
+            request_id=headers.get(identity.REQUEST_ID_HEADER) or None,
         )
 
     @property

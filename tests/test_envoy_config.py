@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from playback_drm.devpki import ensure_dev_pki
-from playback_drm.envoy_config import (
+from devstack.devpki import ensure_dev_pki
+from envoyconf import (
     RENDERED_FILES,
     EnvoySettings,
     build,

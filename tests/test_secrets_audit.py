@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from playback_drm.stack import Stack, StackPorts, StackSettings
+from devstack.stack import Stack, StackPorts, StackSettings
 from tests.support.secrets_audit import audit_logs
 
 

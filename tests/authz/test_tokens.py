@@ -23,7 +23,7 @@ from authz.errors import (
     TokenUnknownKey,
 )
 from authz.tokens import JwksCache, TokenVerifier
-from playback_drm.emulators.auth import AuthEmulator, kid_for, sign_token
+from devstack.emulators.auth import AuthEmulator, kid_for, sign_token
 
 ISS = "https://auth.test"
 AUD = "playback"

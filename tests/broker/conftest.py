@@ -10,11 +10,11 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from devstack.emulators.drm import DrmEmulatorConfig, provider_env
+from devstack.emulators.drm import build_app as build_emulator
 from license_broker.app import build_app
 from license_broker.config import BrokerConfig
 from license_broker.keys import KeyStore, MemoryKeyStore
-from playback_drm.emulators.drm import DrmEmulatorConfig, provider_env
-from playback_drm.emulators.drm import build_app as build_emulator
 from playback_drm.events import EventSink, MemorySink
 
 Client = TestClient[web.Request, web.Application]

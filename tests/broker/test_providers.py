@@ -16,8 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from license_broker.encoding import uuid_str
-from playback_drm.emulators.drm import (
+from devstack.emulators.drm import (
     FPS_CERTIFICATE,
     SERVICE_CERTIFICATE,
     DrmEmulatorConfig,
@@ -26,6 +25,7 @@ from playback_drm.emulators.drm import (
     fairplay_ckc,
     playready_license_text,
 )
+from license_broker.encoding import uuid_str
 from tests.broker.conftest import (
     KEY_HD,
     KID_AUDIO,

@@ -11,9 +11,9 @@ import hvac
 import pytest
 import redis.asyncio as aioredis
 
+from devstack.emulators.drm import DrmEmulatorConfig
 from license_broker.errors import UnknownVideo
 from license_broker.keys import VaultKeyStore
-from playback_drm.emulators.drm import DrmEmulatorConfig
 from playback_drm.events import LICENSE_ISSUED, MemorySink
 from tests.broker.conftest import (
     KEYS_DOC,

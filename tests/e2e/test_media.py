@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import ElementTree
 
+from devstack import media
 from license_broker.keys import MemoryKeyStore, VaultKeyStore
-from playback_drm import media
 from tests.support.servers import VaultServer
 
 MPD_NS = {"mpd": "urn:mpeg:dash:schema:mpd:2011", "cenc": "urn:mpeg:cenc:2013"}

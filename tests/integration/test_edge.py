@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from playback_drm.emulators.auth import load_or_create_key, sign_token
+from devstack.emulators.auth import load_or_create_key, sign_token
+from devstack.stack import Stack
 from playback_drm.problem import PROBLEM_CONTENT_TYPE
-from playback_drm.stack import Stack
 from tests.support.stack import http
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import aiohttp
 import nats
 import pytest
 
-from playback_drm.stack import Stack
+from devstack.stack import Stack
 from tests.support.servers import NatsServer
 from tests.support.stack import start_stack, stop_and_audit
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from playback_drm.stack import Stack
+from devstack.stack import Stack
 from tests.support.stack import http
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import urllib.parse
 
 import pytest
 
+from devstack.stack import Stack
 from playback_drm import urlsign
-from playback_drm.stack import Stack
 from tests.support.stack import Reply, http
 
 pytestmark = pytest.mark.integration

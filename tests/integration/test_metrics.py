@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from playback_drm.stack import Stack
+from devstack.stack import Stack
 from tests.support.stack import http
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from playback_drm.stack import Stack, StackSettings
-from playback_drm.supervise import free_port
+from devstack.stack import Stack, StackSettings
+from devstack.supervise import free_port
 from tests.support.servers import RedisServer
 from tests.support.stack import http, start_stack, stop_and_audit
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from playback_drm.stack import Stack
+from devstack.stack import Stack
 from tests.support.otlp import Collector
 from tests.support.stack import http, start_stack, stop_and_audit
 

@@ -12,7 +12,7 @@ from tests.k8s.checks import Index, container_env
 from tests.k8s.codeenv import documented_variables, env_reads
 from tests.k8s.render import OVERLAYS, REPO_ROOT, Obj, render_overlay
 
-# `playback-drm serve <component>` -> the config classes that component builds from the env.
+# `python -m <module>` -> the config classes that service builds from the env at start-up.
 COMMON_CONFIGS = (
     "playback_drm.events:EventsConfig",
     "playback_drm.logs:LoggingConfig",
@@ -21,7 +21,7 @@ COMMON_CONFIGS = (
 COMPONENT_CONFIGS = {
     "authz": ("authz.config:AuthzConfig",),
     "extproc": ("extproc.config:ExtprocConfig",),
-    "broker": ("license_broker.config:BrokerConfig",),
+    "license_broker": ("license_broker.config:BrokerConfig",),
 }
 # Values an operator writes at deploy time (ExternalSecret, cert-manager): examples of the
 # expected shape, so the prod overlay's configuration can be checked too.
@@ -45,7 +45,7 @@ def _app_containers() -> list[Any]:
     cases = []
     for overlay in OVERLAYS:
         for _, dep, c in _containers(overlay):
-            if c.get("args", [])[:1] == ["serve"]:
+            if c.get("command", [])[:2] == ["python", "-m"]:
                 cases.append(
                     pytest.param(
                         overlay, dep["metadata"]["name"], c["name"], id=f"{overlay}-{c['name']}"
@@ -85,7 +85,7 @@ def test_the_service_accepts_its_rendered_configuration(
         if value is None:
             assert name in OPERATOR_SAMPLES, f"{name}: set by an operator, add a sample value"
         env[name] = OPERATOR_SAMPLES[name] if value is None else value
-    component = c["args"][1]
+    component = c["command"][2]
     for spec in COMMON_CONFIGS + COMPONENT_CONFIGS[component]:
         module, _, cls = spec.partition(":")
         config_class = getattr(importlib.import_module(module), cls)

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from playback_drm.supervise import free_port
+from devstack.supervise import free_port
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Process helpers for the tests (the implementation is shared with the local stack)."""
 
-from playback_drm.supervise import ManagedProcess, binary, free_port, http_ok, port_open, running
+from devstack.supervise import ManagedProcess, binary, free_port, http_ok, port_open, running
 
 __all__ = ["ManagedProcess", "binary", "free_port", "http_ok", "port_open", "running"]

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from playback_drm.stack import Stack
+from devstack.stack import Stack
 
 JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 PDT_VALUE = re.compile(

@@ -1,7 +1,7 @@
 """The whole local stack as a pytest fixture: real Envoy, our services, emulators, demo media.
 
 ``stack`` (session scope) is what the integration and browser tests use: the same
-``playback_drm.stack.Stack`` that ``playback-drm up`` runs, on free loopback ports, in a temporary
+``devstack.stack.Stack`` that ``playback-drm up`` runs, on free loopback ports, in a temporary
 folder. Demo media is generated once per machine into ``.local/test-media`` (reused while its
 content stamp matches).
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from playback_drm.stack import COMPONENTS, Stack, StackPorts, StackSettings
+from devstack.stack import COMPONENTS, Stack, StackPorts, StackSettings
 from tests.support.secrets_audit import audit_logs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

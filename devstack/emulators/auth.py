@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from playback_drm.devpki import write_private_key
+from devstack.devpki import write_private_key
 
 DEFAULT_ISSUER = "https://auth.playback-drm.local"
 DEFAULT_AUDIENCE = "playback"

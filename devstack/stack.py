@@ -18,18 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from playback_drm import media
-from playback_drm.devpki import DevPki, ensure_dev_pki
-from playback_drm.emulators.auth import (
+from devstack import media
+from devstack.devpki import DevPki, ensure_dev_pki
+from devstack.emulators.auth import (
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
     load_or_create_key,
     sign_token,
 )
-from playback_drm.emulators.drm import provider_env
-from playback_drm.envoy_config import Endpoint, EnvoySettings, TlsFiles, render
-from playback_drm.supervise import ManagedProcess, binary, free_port, http_probe
+from devstack.emulators.drm import provider_env
+from devstack.supervise import ManagedProcess, binary, free_port, http_probe
+from envoyconf import Endpoint, EnvoySettings, TlsFiles, render
 
+# the services start the way the production image starts them
+SERVICE_MODULES = {"authz": "authz", "extproc": "extproc", "broker": "license_broker"}
 EMULATORS = frozenset({"auth-emulator", "billing-emulator", "drm-emulator", "origin"})
 COMPONENTS = (
     "auth-emulator",
@@ -274,7 +276,10 @@ class Stack:
             ready = http_probe(f"http://127.0.0.1:{p.admin}/ready")
             timeout = 60.0
         else:
-            argv = [sys.executable, "-m", "playback_drm.cli", "serve", name]
+            if name in SERVICE_MODULES:  # what the image runs
+                argv = [sys.executable, "-m", SERVICE_MODULES[name]]
+            else:
+                argv = [sys.executable, "-m", "devstack.cli", "serve", name]
             health = {
                 "auth-emulator": f"http://127.0.0.1:{p.auth}/health",
                 "billing-emulator": f"http://127.0.0.1:{p.billing}/health",

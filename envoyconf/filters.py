@@ -1,0 +1,265 @@
+"""The sidecar's HTTP filter chain and the per-route settings of its filters.
+
+Order: header_mutation (strip forged identity headers) -> cors -> local_ratelimit per IP -> rbac
+(per route) -> ext_authz -> per-user limit (rate limit service, or local_ratelimit) -> ext_proc
+(manifest routes only) -> router.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoyconf.settings import EnvoySettings
+from envoyconf.typeurls import (
+    T_CORS,
+    T_CORS_POLICY,
+    T_EXT_AUTHZ,
+    T_EXT_AUTHZ_ROUTE,
+    T_EXT_PROC,
+    T_EXT_PROC_ROUTE,
+    T_FILTER_CONFIG,
+    T_HEADER_MUTATION,
+    T_LOCAL_RL,
+    T_RBAC,
+    T_RBAC_ROUTE,
+    T_RL,
+    T_ROUTER,
+)
+from playback_drm.contract import (
+    AUTHZ_MODE_KEY,
+    EXTPROC_ATTRIBUTES,
+    EXTPROC_JSON_FORM_PROCESSING_MODE,
+    EXTPROC_PROCESSING_MODE,
+)
+from playback_drm.identity import IDENTITY_HEADERS, USER_HEADER
+
+
+def disable_authz() -> dict[str, Any]:
+    return {"envoy.filters.http.ext_authz": {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True}}
+
+
+def authz_mode(mode: str, *, with_body: bool = False) -> dict[str, Any]:
+    settings: dict[str, Any] = {"context_extensions": {AUTHZ_MODE_KEY: mode}}
+    if with_body:
+        settings["with_request_body"] = {
+            "max_request_bytes": 65536,
+            "allow_partial_message": True,
+            "pack_as_bytes": True,
+        }
+    return {"@type": T_EXT_AUTHZ_ROUTE, "check_settings": settings}
+
+
+def enable_extproc(*, request_headers: bool = False) -> dict[str, Any]:
+    # The filter is disabled at the HCM level; FilterConfig{disabled: false} turns it on here.
+    overrides: dict[str, Any] = {"failure_mode_allow": False}
+    if not request_headers:
+        # per-route overrides replace the filter's attribute list: name them here too
+        overrides["response_attributes"] = list(EXTPROC_ATTRIBUTES)
+    if request_headers:
+        # the JSON form is answered at request headers, as an immediate response
+        overrides["processing_mode"] = dict(EXTPROC_JSON_FORM_PROCESSING_MODE)
+    return {
+        "@type": T_FILTER_CONFIG,
+        "disabled": False,
+        "config": {"@type": T_EXT_PROC_ROUTE, "overrides": overrides},
+    }
+
+
+def license_rbac(s: EnvoySettings) -> dict[str, Any]:
+    principal = {
+        "and_ids": {
+            "ids": [
+                {
+                    "or_ids": {
+                        "ids": [
+                            {"authenticated": {"principal_name": {"exact": p}}}
+                            for p in s.license_principals
+                        ]
+                    }
+                },
+                {"or_ids": {"ids": [{"direct_remote_ip": _cidr(c)} for c in s.license_peer_cidrs]}},
+                {"or_ids": {"ids": [{"remote_ip": _cidr(c)} for c in s.license_client_cidrs]}},
+            ]
+        }
+    }
+    return {
+        "@type": T_RBAC_ROUTE,
+        "rbac": {
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "license-clients": {"permissions": [{"any": True}], "principals": [principal]}
+                },
+            }
+        },
+    }
+
+
+def _cidr(value: str) -> dict[str, Any]:
+    prefix, _, length = value.partition("/")
+    if not length:
+        length = "128" if ":" in prefix else "32"
+    return {"address_prefix": prefix, "prefix_len": int(length)}
+
+
+def per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
+    action = {
+        "actions": [
+            {
+                "request_headers": {
+                    "header_name": USER_HEADER,
+                    "descriptor_key": "user",
+                    "skip_if_absent": True,
+                }
+            }
+        ]
+    }
+    if s.use_rate_limit_service:
+        return {
+            "name": "envoy.filters.http.ratelimit",
+            "typed_config": {
+                "@type": T_RL,
+                "domain": "playback",
+                "stage": 0,
+                # fails open (availability over a global limit), so give a burst time to be
+                # counted: the authz Redis pool queues commands up to 0.2 s
+                "timeout": "0.25s",
+                "failure_mode_deny": False,
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+                "rate_limited_as_resource_exhausted": False,
+                "rate_limit_service": {
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}},
+                    "transport_api_version": "V3",
+                },
+                "rate_limits": [action],
+            },
+        }
+    # no x-ratelimit-* headers here: requests without a user would report the catch-all
+    # bucket; 429s carry Retry-After (the rate limit service adds the rest)
+    return _local_limit("per_user", "user", s.per_user_rps, s.per_user_burst, action)
+
+
+def _local_limit(
+    stat_prefix: str, descriptor_key: str, rps: int, burst: int, action: dict[str, Any]
+) -> dict[str, Any]:
+    """A local token bucket per descriptor value (dynamic descriptors: one bucket per user or
+    address), with a catch-all bucket that never limits."""
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": T_LOCAL_RL,
+            "stat_prefix": stat_prefix,
+            "token_bucket": {
+                "max_tokens": 1_000_000,
+                "tokens_per_fill": 1_000_000,
+                "fill_interval": "1s",
+            },
+            "always_consume_default_token_bucket": False,
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "response_headers_to_add": [
+                {
+                    "header": {"key": "retry-after", "value": "1"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ],
+            "descriptors": [
+                {
+                    "entries": [{"key": descriptor_key}],
+                    "token_bucket": {
+                        "max_tokens": burst,
+                        "tokens_per_fill": rps,
+                        "fill_interval": "1s",
+                    },
+                }
+            ],
+            "max_dynamic_descriptors": 100_000,
+            "rate_limits": [action],
+        },
+    }
+
+
+def sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
+    strip = [{"remove": h} for h in (*IDENTITY_HEADERS, *s.extra_headers_to_strip)]
+    return [
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": T_HEADER_MUTATION,
+                "mutations": {"request_mutations": strip},
+            },
+        },
+        {"name": "envoy.filters.http.cors", "typed_config": {"@type": T_CORS}},
+        _local_limit(
+            "per_ip",
+            "remote_address",
+            s.per_ip_rps,
+            s.per_ip_burst,
+            {"actions": [{"remote_address": {}}]},
+        ),
+        {
+            # Filter-level: allow all; the license route overrides with its strict policy.
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {"@type": T_RBAC, "rules": {"action": "DENY", "policies": {}}},
+        },
+        {
+            "name": "envoy.filters.http.ext_authz",
+            "typed_config": {
+                "@type": T_EXT_AUTHZ,
+                "transport_api_version": "V3",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": "authz"},
+                    "timeout": f"{s.authz_timeout_ms / 1000}s",
+                },
+                "failure_mode_allow": False,
+                "status_on_error": {"code": 503},
+                "clear_route_cache": False,
+                "include_peer_certificate": False,
+                "allowed_headers": {
+                    "patterns": [
+                        {"exact": "authorization"},
+                        {"exact": "content-type"},
+                        {"exact": "traceparent"},
+                        {"exact": "x-request-id"},
+                    ]
+                },
+                "stat_prefix": "playback",
+            },
+        },
+        per_user_limit_filter(s),
+        {
+            "name": "envoy.filters.http.ext_proc",
+            "disabled": True,  # enabled per route where there is a manifest to rewrite
+            "typed_config": {
+                "@type": T_EXT_PROC,
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": "extproc"},
+                    "timeout": f"{s.extproc_timeout_ms / 1000}s",
+                },
+                "failure_mode_allow": False,
+                "message_timeout": f"{s.extproc_timeout_ms / 1000}s",
+                "processing_mode": dict(EXTPROC_PROCESSING_MODE),
+                "response_attributes": list(EXTPROC_ATTRIBUTES),
+                "allow_mode_override": False,
+                "mutation_rules": {"allow_all_routing": False},
+            },
+        },
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": T_ROUTER}},
+    ]
+
+
+def cors_policy(s: EnvoySettings) -> dict[str, Any]:
+    origins = (
+        [{"safe_regex": {"regex": ".*"}}]
+        if "*" in s.cors_origins
+        else [{"exact": o} for o in s.cors_origins]
+    )
+    return {
+        "@type": T_CORS_POLICY,
+        "allow_origin_string_match": origins,
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": "authorization, content-type, soapaction, x-request-id",
+        "expose_headers": "x-request-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining",
+        "max_age": "600",
+        "allow_credentials": False,
+    }

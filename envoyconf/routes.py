@@ -1,0 +1,191 @@
+"""The sidecar's routes: what each public path checks, where it goes, what it rewrites."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from envoyconf.filters import authz_mode, disable_authz, enable_extproc, license_rbac
+from envoyconf.replies import problem_body
+from envoyconf.settings import EnvoySettings
+from playback_drm.contract import MODE_JWT, MODE_SIGNED_URL
+from playback_drm.problem import PROBLEM_CONTENT_TYPE
+
+MANIFEST_ROUTE_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
+
+
+MEDIA_MANIFEST_REGEX = r"^/media/[^/]+/.+[.](m3u8|mpd)$"
+
+
+def _template_to_rewrite(template: str) -> str:
+    """``{videoId}/master.m3u8`` -> ``/\\1/master.m3u8`` for a regex_rewrite substitution."""
+    if "{videoId}" not in template:
+        raise ValueError("origin path template must contain {videoId}")
+    cleaned = template.lstrip("/")
+    if re.search(r"[\\\s?#]", cleaned):
+        raise ValueError(f"origin path template has forbidden characters: {template!r}")
+    return "/" + cleaned.replace("{videoId}", r"\1")
+
+
+def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
+    hls_rewrite = _template_to_rewrite(s.hls_path_template)
+    dash_rewrite = _template_to_rewrite(s.dash_path_template)
+    origin_route: dict[str, Any] = {"cluster": "origin", "timeout": "15s"}
+    if s.origin_host_header:
+        origin_route["host_rewrite_literal"] = s.origin_host_header
+    # The signer handles gzip and deflate (and answers in the same encoding), but identity is
+    # cheapest; never let the origin pick br or zstd.
+    manifest_encoding = [
+        {
+            "header": {"key": "accept-encoding", "value": "identity, gzip;q=0.5, deflate;q=0.5"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    # Signed manifests are per viewer and expire: never cached, never revalidated against the
+    # origin's validators (Envoy sends the rewritten body chunked).
+    manifest_response_headers = {
+        "response_headers_to_add": [
+            {
+                "header": {"key": "cache-control", "value": "private, no-store"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "response_headers_to_remove": ["etag", "last-modified", "content-length"],
+    }
+    manifest_filters = {
+        "envoy.filters.http.ext_authz": authz_mode(MODE_JWT),
+        "envoy.filters.http.ext_proc": enable_extproc(),
+    }
+    return [
+        {
+            "name": "health",
+            "match": {"path": "/health"},
+            "route": {"cluster": "authz_http", "timeout": "2s"},
+            "typed_per_filter_config": disable_authz(),
+        },
+        {
+            "name": "health_live",
+            "match": {"path": "/health/live"},
+            "direct_response": {"status": 200, "body": {"inline_string": '{"status":"ok"}'}},
+            "response_headers_to_add": [
+                {"header": {"key": "content-type", "value": "application/json"}}
+            ],
+            "typed_per_filter_config": disable_authz(),
+        },
+        {
+            "name": "manifest_url_json",
+            "request_headers_to_add": manifest_encoding,
+            "match": {
+                "safe_regex": {"regex": MANIFEST_ROUTE_REGEX},
+                "headers": [
+                    {
+                        "name": "accept",
+                        "string_match": {"contains": "application/json"},
+                    }
+                ],
+            },
+            # extproc answers with an immediate response at request headers. The route needs a
+            # real route entry all the same: the rate limit filter skips direct responses.
+            "route": {
+                **origin_route,
+                "regex_rewrite": {
+                    "pattern": {"regex": MANIFEST_ROUTE_REGEX},
+                    "substitution": hls_rewrite,
+                },
+            },
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": authz_mode(MODE_JWT),
+                "envoy.filters.http.ext_proc": enable_extproc(request_headers=True),
+            },
+        },
+        {
+            "name": "manifest_dash",
+            "request_headers_to_add": manifest_encoding,
+            **manifest_response_headers,
+            "match": {
+                "safe_regex": {"regex": MANIFEST_ROUTE_REGEX},
+                "query_parameters": [{"name": "format", "string_match": {"exact": "dash"}}],
+            },
+            "route": {
+                **origin_route,
+                "regex_rewrite": {
+                    "pattern": {"regex": MANIFEST_ROUTE_REGEX},
+                    "substitution": dash_rewrite,
+                },
+            },
+            "typed_per_filter_config": manifest_filters,
+        },
+        {
+            "name": "manifest_hls",
+            "request_headers_to_add": manifest_encoding,
+            **manifest_response_headers,
+            "match": {"safe_regex": {"regex": MANIFEST_ROUTE_REGEX}},
+            "route": {
+                **origin_route,
+                "regex_rewrite": {
+                    "pattern": {"regex": MANIFEST_ROUTE_REGEX},
+                    "substitution": hls_rewrite,
+                },
+            },
+            "typed_per_filter_config": manifest_filters,
+        },
+        {
+            "name": "media_manifest",
+            "request_headers_to_add": manifest_encoding,
+            **manifest_response_headers,
+            "match": {"safe_regex": {"regex": MEDIA_MANIFEST_REGEX}},
+            "route": {
+                **origin_route,
+                "regex_rewrite": {"pattern": {"regex": "^/media/"}, "substitution": "/"},
+            },
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": authz_mode(MODE_SIGNED_URL),
+                "envoy.filters.http.ext_proc": enable_extproc(),
+            },
+        },
+        {
+            "name": "media",
+            "match": {"prefix": "/media/"},
+            "route": {**origin_route, "prefix_rewrite": "/"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": authz_mode(MODE_SIGNED_URL)
+            },
+        },
+        {
+            "name": "hls_key",
+            "match": {"prefix": "/drm/key/"},
+            "route": {"cluster": "license_broker", "timeout": "5s"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": authz_mode(MODE_SIGNED_URL)
+            },
+        },
+        {
+            "name": "drm_certificate",
+            "match": {"prefix": "/drm/certificate/"},
+            "route": {"cluster": "license_broker", "timeout": "5s"},
+            "typed_per_filter_config": disable_authz(),
+        },
+        {
+            "name": "license",
+            "match": {"prefix": "/drm/license"},
+            "route": {"cluster": "license_broker", "timeout": "10s"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": authz_mode(MODE_JWT, with_body=True),
+                "envoy.filters.http.rbac": license_rbac(s),
+            },
+        },
+        {
+            "name": "not_found",
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 404,
+                "body": {
+                    "inline_string": problem_body("not_found", 404, "Not found", "no such route")
+                },
+            },
+            "response_headers_to_add": [
+                {"header": {"key": "content-type", "value": PROBLEM_CONTENT_TYPE}}
+            ],
+            "typed_per_filter_config": disable_authz(),
+        },
+    ]
