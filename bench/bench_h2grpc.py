@@ -39,6 +39,8 @@ from extproc.server import ExternalProcessor
 from extproc.signer import ManifestSigner, mapper_factory
 from playback_drm import h2grpc
 from playback_drm.eventlog import JsonLinesSink
+from playback_drm.h2grpc import frames as h2
+from playback_drm.h2grpc.connection import Connection
 
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
 PROCESS_PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
@@ -77,11 +79,11 @@ class Client:
         self.blocks: dict[str, tuple[int, bytes]] = {}
 
     def preface(self) -> bytes:
-        settings = h2grpc._SETTING.pack(h2grpc.S_INITIAL_WINDOW_SIZE, h2grpc.MAX_WINDOW)
+        settings = h2.SETTING.pack(h2.S_INITIAL_WINDOW_SIZE, h2.MAX_WINDOW)
         return (
-            h2grpc.PREFACE
-            + h2grpc.frame(h2grpc.SETTINGS, 0, 0, settings)
-            + h2grpc.frame(h2grpc.WINDOW_UPDATE, 0, 0, h2grpc._U32.pack((1 << 30) - 65535))
+            h2.PREFACE
+            + h2.frame(h2.SETTINGS, 0, 0, settings)
+            + h2.frame(h2.WINDOW_UPDATE, 0, 0, h2.U32.pack((1 << 30) - 65535))
         )
 
     def call(self, path: str, message: bytes, *, end_stream: bool) -> bytes:
@@ -89,8 +91,8 @@ class Client:
         self.stream_id += 2
         block = self._block(path)
         data = b"\x00" + len(message).to_bytes(4, "big") + message
-        return h2grpc.frame(h2grpc.HEADERS, h2grpc.END_HEADERS, sid, block) + h2grpc.frame(
-            h2grpc.DATA, h2grpc.END_STREAM if end_stream else 0, sid, data
+        return h2.frame(h2.HEADERS, h2.END_HEADERS, sid, block) + h2.frame(
+            h2.DATA, h2.END_STREAM if end_stream else 0, sid, data
         )
 
     def _block(self, path: str) -> bytes:
@@ -115,10 +117,10 @@ class Client:
         return block
 
     def reset(self) -> bytes:
-        return h2grpc.frame(h2grpc.RST_STREAM, 0, self.stream_id - 2, h2grpc._U32.pack(0x2))
+        return h2.frame(h2.RST_STREAM, 0, self.stream_id - 2, h2.U32.pack(0x2))
 
     def window(self, size: int) -> bytes:
-        return h2grpc.frame(h2grpc.WINDOW_UPDATE, 0, 0, h2grpc._U32.pack(size))
+        return h2.frame(h2.WINDOW_UPDATE, 0, 0, h2.U32.pack(size))
 
 
 class Echo(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -153,7 +155,7 @@ def entry_messages(n: int) -> list[bytes]:
 
 
 async def drive(server: h2grpc.LeanGrpcServer, kind: str, n: int) -> float:
-    conn = h2grpc._Connection(server)
+    conn = Connection(server)
     sink = Sink()
     conn.connection_made(sink)  # type: ignore[arg-type]
     client = Client()
