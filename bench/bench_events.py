@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO))
 
 from bench.harness import Request, RunResult, run_open_loop, table  # noqa: E402
 from playback_drm import tracing  # noqa: E402
-from playback_drm.eventlog import JsonLinesSink  # noqa: E402
 from playback_drm.events import (  # noqa: E402
     BROKER_SOURCE,
     Event,
@@ -49,7 +48,9 @@ from playback_drm.events import (  # noqa: E402
     NullSink,
     license_issued,
 )
-from playback_drm.jetstream import JetStreamSink, read_stream  # noqa: E402
+from playback_drm.events.jetstream import JetStreamSink  # noqa: E402
+from playback_drm.events.jsonlines import JsonLinesSink  # noqa: E402
+from playback_drm.events.reader import read_stream  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 from tests.support.servers import NatsServer, start_nats  # noqa: E402
 
@@ -140,7 +141,7 @@ sys.path.insert(0, {repo!r})
 from aiohttp import web
 from bench.bench_events import make_event
 from playback_drm.events import EventsConfig, NullSink
-from playback_drm.jetstream import JetStreamSink
+from playback_drm.events.jetstream import JetStreamSink  # noqa: E402
 
 async def main() -> None:
     sinks = {{"null": NullSink()}}

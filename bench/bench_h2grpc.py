@@ -38,7 +38,7 @@ from extproc.policy import SigningPolicy
 from extproc.server import ExternalProcessor
 from extproc.signer import ManifestSigner, mapper_factory
 from playback_drm import h2grpc
-from playback_drm.eventlog import JsonLinesSink
+from playback_drm.events.jsonlines import JsonLinesSink
 from playback_drm.h2grpc import frames as h2
 from playback_drm.h2grpc.connection import Connection
 

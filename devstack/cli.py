@@ -112,8 +112,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from playback_drm.eventlog import print_events
     from playback_drm.events import EventsConfig, EventsUnavailable
+    from playback_drm.events.reader import print_events
 
     env = dict(os.environ)
     env.setdefault("EVENTS_LOG_PATH", str(Path(args.root) / "events.jsonl"))

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from playback_drm import eventlog
-from playback_drm.eventlog import JsonLinesSink, print_events, read_events
 from playback_drm.events import (
     BROKER_SOURCE,
     EXTPROC_SOURCE,
     Event,
     EventsConfig,
     encode_cloudevent,
+    jsonlines,
     license_issued,
     open_sink,
     playback_started,
 )
+from playback_drm.events.jsonlines import JsonLinesSink, read_events
+from playback_drm.events.reader import print_events
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,14 +53,14 @@ async def test_a_steady_stream_is_written_once_per_linger(
     """Events that arrive while a batch is being written wait for the next linger: a busy
     process makes one write (and one worker-thread hop) per linger, not one per few events."""
     writes: list[int] = []
-    append = eventlog._append
+    append = jsonlines.append_bytes
 
-    def counting_append(path: Path, data: bytes) -> None:
+    def counting_append(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         writes.append(data.count(b"\n"))
-        append(path, data)
+        append(path, data, mode=mode)
 
-    monkeypatch.setattr(eventlog, "_append", counting_append)
-    monkeypatch.setattr(eventlog, "LINGER_S", 0.05)
+    monkeypatch.setattr(jsonlines, "append_bytes", counting_append)
+    monkeypatch.setattr(jsonlines, "LINGER_S", 0.05)
     async with JsonLinesSink(tmp_path / "e.jsonl") as sink:
         loop = asyncio.get_running_loop()
         stop = loop.time() + 0.4

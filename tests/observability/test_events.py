@@ -28,11 +28,11 @@ from playback_drm.events import (
     license_issued,
     playback_error,
     playback_started,
-    rfc3339,
     subject_for,
     to_cloudevent,
 )
 from playback_drm.settings import ConfigError
+from playback_drm.timefmt import rfc3339_micros as rfc3339
 
 
 def test_license_issued_is_a_structured_cloudevent() -> None:

@@ -19,7 +19,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from playback_drm import metrics
-from playback_drm.eventlog import print_events
 from playback_drm.events import (
     BROKER_SOURCE,
     LICENSE_ISSUED,
@@ -32,7 +31,8 @@ from playback_drm.events import (
     open_sink,
     playback_error,
 )
-from playback_drm.jetstream import JetStreamSink
+from playback_drm.events.jetstream import JetStreamSink
+from playback_drm.events.reader import print_events
 from tests.support.procs import free_port
 from tests.support.servers import NatsServer
 
@@ -214,7 +214,7 @@ async def test_full_disk_buffer_drops_counts_and_warns(
     dropped = metrics.EVENTS_DROPPED.labels(metrics.DROP_BUFFER_FULL)
     dropped_before = dropped._value.get()
     nats_server.process.stop()
-    caplog.set_level(logging.WARNING, logger="playback_drm.jetstream")
+    caplog.set_level(logging.WARNING, logger="playback_drm.events.jetstream")
     async with JetStreamSink(config, name="tiny") as sink:
         for n in range(100):
             sink.emit(issued(n))

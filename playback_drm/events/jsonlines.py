@@ -1,16 +1,12 @@
-"""Local event log: CloudEvents appended to a JSON-lines file, and the reader behind
-``playback-drm events``.
+"""Local event log: CloudEvents appended to a JSON-lines file, and reading it back.
 
 :class:`JsonLinesSink` is the local stack's default sink (``EVENTS_LOG_PATH``, when ``NATS_URL`` is
 unset). ``emit`` appends to a bounded in-memory queue; a writer task appends whole batches with a
 single ``write`` on an ``O_APPEND`` descriptor in a worker thread (after lingering ``LINGER_S``
 so a batch carries every event of the moment), so several local processes can
 share one file without interleaving lines. It keeps nothing across crashes (a development log, not
-a delivery guarantee: that is :class:`playback_drm.jetstream.JetStreamSink`'s job); when the queue
-is full, events are dropped and counted.
-
-:func:`print_events` prints recorded events, one CloudEvent per line: from the file, or from the
-JetStream stream when ``NATS_URL`` is set; it exits at the end unless ``follow``.
+a delivery guarantee: that is :class:`playback_drm.events.jetstream.JetStreamSink`'s job); when
+the queue is full, events are dropped and counted.
 """
 
 from __future__ import annotations
@@ -26,10 +22,11 @@ from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Self
 
 from playback_drm import metrics
-from playback_drm.events import EVENT_TYPE_BY_CLOUDEVENT, Event, EventsConfig, encode_cloudevent
+from playback_drm.events.files import append_bytes
+from playback_drm.events.model import EVENT_TYPE_BY_CLOUDEVENT, Event, encode_cloudevent
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +37,6 @@ DROP_LOG_INTERVAL_S: Final = 5.0
 # every event of the moment rather than one each: at 200 manifests per second the hop per event
 # was a third of extproc's CPU. It delays the log, never a request.
 LINGER_S: Final = 0.05
-
-
-def _append(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
 
 
 class JsonLinesSink:
@@ -143,7 +129,7 @@ class JsonLinesSink:
         self._writing = len(batch)
         try:
             data = b"".join(encode_cloudevent(event) + b"\n" for event in batch)
-            await asyncio.to_thread(_append, self.path, data)
+            await asyncio.to_thread(append_bytes, self.path, data, mode=0o644)
         except OSError:
             logger.exception("cannot write the event log %s", self.path)
             for _ in batch:
@@ -238,30 +224,4 @@ async def read_events(
             await asyncio.sleep(poll_interval_s)
 
 
-class TextOut(Protocol):
-    def write(self, text: str, /) -> int: ...
-
-    def flush(self) -> None: ...
-
-
-async def print_events(source: EventsConfig, follow: bool, out: TextOut) -> int:
-    """Print recorded events, one CloudEvent per line; return how many were printed.
-
-    Reads the JetStream stream (an ephemeral ordered consumer) when ``source.nats_url`` is set,
-    otherwise ``source.log_path``. Exits at the end unless ``follow``.
-    """
-    if source.nats_url:
-        from playback_drm.jetstream import read_stream  # noqa: PLC0415 - needs NATS only here
-
-        events = read_stream(source, follow)
-    else:
-        events = read_events(source.log_path, follow)
-    count = 0
-    async for doc in events:
-        out.write(json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n")
-        out.flush()
-        count += 1
-    return count
-
-
-__all__ = ["JsonLinesSink", "print_events", "read_events"]
+__all__ = ["JsonLinesSink", "read_events"]

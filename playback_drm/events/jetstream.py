@@ -1,6 +1,6 @@
 """NATS JetStream event sink: at-least-once delivery that never blocks a request.
 
-Subjects, CloudEvent format and configuration are described in :mod:`playback_drm.events`.
+Subjects, CloudEvent format and configuration: :mod:`playback_drm.events.model`, :mod:`.config`.
 
 How an event travels::
 
@@ -37,18 +37,12 @@ How an event travels::
   such a restart, order is best effort.
 - Fairness: the publisher yields to the event loop every ``YIELD_EVERY`` publishes and the spill
   writer every ``ENCODE_SLICE`` encodes, so a backlog being flushed does not stall requests.
-- Connection: ``nats-py`` reconnects forever; the delay between attempts is exponential with full
-  jitter (``reconnect_to_server_handler``), capped by ``EVENTS_RECONNECT_MAX_WAIT_S``. If NATS is
-  down at start, the first connection is retried every second in the background (the service
-  starts anyway). The stream (``PLAYBACK_EVENTS``, subjects ``playback.events.>``, file storage,
-  limits retention, discard old) is created or updated after connecting, and again whenever a
-  publish finds no stream.
-- Spill buffer: append-only JSON-lines segment files (one CloudEvent per line, exactly the bytes
-  published), rotated at ``EVENTS_SPILL_SEGMENT_BYTES``, bounded by ``EVENTS_SPILL_MAX_BYTES`` in
-  total. A segment is deleted once every event in it is acknowledged. ``EVENTS_SPILL_FSYNC``:
-  ``batch`` (default) fsyncs after every write batch (a machine crash loses nothing written),
-  ``segment`` fsyncs when a segment is closed, ``never`` leaves it to the OS. All file I/O runs in
-  worker threads. One process per spill directory (an ``flock`` guards it).
+- Connection (:mod:`.natsconn`): reconnects forever with jittered backoff. If NATS is down at
+  start, the first connection is retried every second in the background (the service starts
+  anyway). The stream is created or updated after connecting, and again whenever a publish finds
+  no stream.
+- Spill buffer (:mod:`.spill`): bounded JSON-lines segment files, fsynced per
+  ``EVENTS_SPILL_FSYNC``, one process per spill directory.
 - Overflow: when memory, staging and disk are all full the event is dropped,
   ``playback_events_dropped_total{reason="buffer_full"}`` counts it and a warning is logged (at most
   every few seconds).
@@ -61,274 +55,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
-import os
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, NamedTuple, Self
+from typing import Final, Self
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.aio.client import Server
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js import errors as js_errors
 
 from playback_drm import metrics
-from playback_drm.events import (
-    CLOUDEVENTS_CONTENT_TYPE,
-    EVENT_TYPE_BY_CLOUDEVENT,
-    SUBJECT_WILDCARD,
-    Event,
-    EventsConfig,
-    EventsUnavailable,
-    EventType,
-    SpillDirectoryBusy,
-    encode_cloudevent,
-    subject_for,
+from playback_drm.events import natsconn
+from playback_drm.events.config import EventsConfig
+from playback_drm.events.files import read_lines
+from playback_drm.events.messages import (
+    Entry,
+    Message,
+    SinkStats,
+    acked,
+    encode_in_slices,
+    message_from_event,
+    message_from_line,
+    publish_headers,
+    take,
 )
+from playback_drm.events.model import (
+    Event,
+    encode_cloudevent,
+)
+from playback_drm.events.spill import SpillBuffer
 
 logger = logging.getLogger(__name__)
 
-MSG_ID_HEADER: Final = "Nats-Msg-Id"
-CONTENT_TYPE_HEADER: Final = "Content-Type"
-INITIAL_CONNECT_WAIT_S: Final = 1
-RECONNECT_BASE_S: Final = 0.05
-CONNECT_TIMEOUT_S: Final = 2
-PING_INTERVAL_S: Final = 10
-MAX_OUTSTANDING_PINGS: Final = 3
 RETRY_PAUSE_S: Final = 0.2
 DROP_LOG_INTERVAL_S: Final = 5.0
-CLOSE_TIMEOUT_S: Final = 2.0
 # Events waiting for the spill writer's next batch (it writes them within one loop iteration).
 STAGING_MIN_EVENTS: Final = 4096
 YIELD_EVERY: Final = 16  # publishes between two yields to the event loop
-ENCODE_SLICE: Final = 64  # events encoded between two yields to the event loop
-
-
-class _Item(NamedTuple):
-    subject: str
-    payload: bytes
-    msg_id: str
-    type: EventType
-    from_disk: bool
-
-
-@dataclass
-class SinkStats:
-    """Per-sink counters (the Prometheus metrics aggregate every sink of the process)."""
-
-    emitted: int = 0
-    published: int = 0
-    spilled: int = 0
-    retried: int = 0
-    dropped: int = 0
-
-
-def _item_from_event(event: Event) -> _Item:
-    return _Item(
-        subject_for(event.type, event.source), encode_cloudevent(event), event.id, event.type, False
-    )
-
-
-def _item_from_line(line: bytes) -> _Item | None:
-    try:
-        doc = json.loads(line)
-        event_type = EVENT_TYPE_BY_CLOUDEVENT[doc["type"]]
-        return _Item(
-            subject_for(event_type, str(doc["source"])), line, str(doc["id"]), event_type, True
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-# A buffered event: in memory (Event), read back from a spill segment (raw line), or encoded.
-_Entry = Event | bytes | _Item
-
-
-def _take(source: deque[Any], limit: int) -> list[Any]:
-    count = min(limit, len(source))
-    popleft = source.popleft
-    return [popleft() for _ in range(count)]
-
-
-def _headers(item: _Item) -> dict[str, str]:
-    """JetStream dedup id and the CloudEvents structured-mode content type."""
-    return {MSG_ID_HEADER: item.msg_id, CONTENT_TYPE_HEADER: CLOUDEVENTS_CONTENT_TYPE}
-
-
-def _acked(future: asyncio.Future[js_api.PubAck]) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is None
-
-
-async def _encode_in_slices(events: list[Event]) -> list[bytes]:
-    """CloudEvent bytes of ``events``, yielding to the loop between slices."""
-    lines: list[bytes] = []
-    for start in range(0, len(events), ENCODE_SLICE):
-        if start:
-            await asyncio.sleep(0)
-        lines.extend(encode_cloudevent(event) for event in events[start : start + ENCODE_SLICE])
-    return lines
-
-
-# ------------------------------------------------------------------------------- spill buffer
-
-
-def _append(path: Path, data: bytes, fsync: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _append_segments(plan: list[tuple[Path, list[bytes]]], fsync: str, filled: list[Path]) -> None:
-    """Write each segment's lines; fsync per policy (``segment``: the ``filled`` ones)."""
-    for path, lines in plan:
-        _append(path, b"\n".join(lines) + b"\n", fsync == "batch")
-    if fsync == "segment":
-        for path in filled:
-            _fsync_path(path)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_lines(path: Path) -> list[bytes]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    return [line for line in data.split(b"\n") if line.strip()]
-
-
-class SpillBuffer:
-    """Bounded on-disk FIFO of JSON-lines segments. State lives on the event loop; only file I/O
-    runs in threads. Callers serialise :meth:`write` and :meth:`seal` (the sink's disk lock)."""
-
-    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int, fsync: str) -> None:
-        self.directory = directory
-        self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
-        self.fsync = fsync
-        self.bytes = 0
-        self.sealed: deque[tuple[Path, int]] = deque()
-        self._active: Path | None = None
-        self._active_bytes = 0
-        self._next_seq = 0
-        self._lock_file: IO[bytes] | None = None
-
-    def open(self) -> list[tuple[Path, int]]:
-        """Lock the directory; return the segments a previous process left (oldest first)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        lock = (self.directory / ".lock").open("ab")
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise SpillDirectoryBusy(
-                f"spill directory {self.directory} is used by another process"
-            ) from None
-        self._lock_file = lock
-        leftovers: list[tuple[Path, int]] = []
-        for path in sorted(self.directory.glob("*.jsonl")):
-            size = path.stat().st_size
-            if size == 0:
-                path.unlink()
-                continue
-            leftovers.append((path, size))
-            self.bytes += size
-            with contextlib.suppress(ValueError):
-                self._next_seq = max(self._next_seq, int(path.stem) + 1)
-        return leftovers
-
-    def close(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
-    @property
-    def full(self) -> bool:
-        return self.bytes >= self.max_bytes
-
-    @property
-    def empty(self) -> bool:
-        return self._active is None and not self.sealed
-
-    def room(self) -> int:
-        return max(0, self.max_bytes - self.bytes)
-
-    async def write(self, lines: list[bytes]) -> int:
-        """Append as many ``lines`` as fit in the byte bound; return how many were written.
-
-        Segments are rotated so none grows past ``segment_bytes`` (unless one line is larger).
-        """
-        room = self.room()
-        plan: list[tuple[Path, list[bytes]]] = []
-        sealed: list[tuple[Path, int]] = []
-        written = total = 0
-        for line in lines:
-            size = len(line) + 1
-            if total + size > room:
-                break
-            if (
-                self._active is not None
-                and self._active_bytes + size > self.segment_bytes
-                and self._active_bytes > 0
-            ):
-                sealed.append((self._active, self._active_bytes))
-                self._active = None
-            if self._active is None:
-                self._active = self.directory / f"{self._next_seq:012d}.jsonl"
-                self._next_seq += 1
-                self._active_bytes = 0
-            if not plan or plan[-1][0] != self._active:
-                plan.append((self._active, []))
-            plan[-1][1].append(line)
-            self._active_bytes += size
-            total += size
-            written += 1
-        if plan:
-            filled = [path for path, _ in sealed]
-            await asyncio.to_thread(_append_segments, plan, self.fsync, filled)
-        self.bytes += total
-        self.sealed.extend(sealed)
-        return written
-
-    async def seal(self) -> None:
-        """Close the active segment so it can be replayed."""
-        if self._active is None:
-            return
-        path, size = self._active, self._active_bytes
-        self._active, self._active_bytes = None, 0
-        if self.fsync == "segment":
-            await asyncio.to_thread(_fsync_path, path)
-        self.sealed.append((path, size))
-
-    async def remove(self, path: Path, size: int) -> None:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-        self.bytes = max(0, self.bytes - size)
-
-
-# ------------------------------------------------------------------------------------- sink
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
@@ -342,15 +111,6 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             logger.error("event task failed", exc_info=task.exception())
-
-
-def _reconnect_delay(cap_s: float) -> Any:
-    def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
-        attempts = servers[0].reconnects if servers else 0
-        ceiling = min(cap_s, RECONNECT_BASE_S * (2 ** min(attempts, 16)))
-        return None, random.uniform(0, ceiling)  # noqa: S311 - jitter, not crypto
-
-    return choose
 
 
 class JetStreamSink:
@@ -373,7 +133,7 @@ class JetStreamSink:
         # Oldest first: retries, then the replayed segment, then memory, then live segments.
         self._mem: deque[Event] = deque()
         self._staging: list[Event] = []
-        self._retry: deque[_Entry] = deque()
+        self._retry: deque[Entry] = deque()
         self._replay: deque[bytes] = deque()
         self._replay_segment: tuple[Path, int] | None = None
         self._backlog: deque[tuple[Path, int]] = deque()
@@ -550,7 +310,7 @@ class JetStreamSink:
         nc = self._nc
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(nc.close(), natsconn.CLOSE_TIMEOUT_S)
         metrics.EVENTS_QUEUE_DEPTH.set_function(lambda: 0.0)
         metrics.EVENTS_SPILL_BYTES.set_function(lambda: 0.0)
         self._spill.close()
@@ -572,7 +332,7 @@ class JetStreamSink:
         for entry in self._retry:
             if isinstance(entry, Event):
                 lines.append(encode_cloudevent(entry))
-            elif isinstance(entry, _Item) and not entry.from_disk:
+            elif isinstance(entry, Message) and not entry.from_disk:
                 lines.append(entry.payload)
         lines.extend(encode_cloudevent(event) for event in self._mem)
         lines.extend(encode_cloudevent(event) for event in self._staging)
@@ -614,7 +374,7 @@ class JetStreamSink:
                     self._spill_batch = len(batch)
                     try:
                         try:
-                            lines = await _encode_in_slices(batch)
+                            lines = await encode_in_slices(batch)
                         except asyncio.CancelledError:
                             self._staging[:0] = batch  # shutting down: close() persists them
                             raise
@@ -704,14 +464,14 @@ class JetStreamSink:
             return 0.0
         return self._mem_since + self.config.linger_s - time.monotonic()
 
-    async def _next_batch(self) -> tuple[list[_Entry], bool] | None:
+    async def _next_batch(self) -> tuple[list[Entry], bool] | None:
         """The next events to publish, oldest first, and whether they are retries."""
         limit = self.config.max_inflight
         while True:
             if self._retry:
-                return _take(self._retry, limit), True
+                return take(self._retry, limit), True
             if self._replay:
-                return list(_take(self._replay, limit)), False
+                return list(take(self._replay, limit)), False
             if self._replay_segment is not None:
                 path, size = self._replay_segment  # every event of it is acknowledged
                 await self._spill.remove(path, size)
@@ -721,7 +481,7 @@ class JetStreamSink:
                 await self._load_segment(self._backlog.popleft())
                 continue
             if self._mem:
-                return list(_take(self._mem, limit)), False
+                return list(take(self._mem, limit)), False
             if not self._spilling:
                 return None
             # Memory is empty: the next events are on disk or about to be written there.
@@ -743,16 +503,16 @@ class JetStreamSink:
 
     async def _load_segment(self, segment: tuple[Path, int]) -> None:
         self._replay_segment = segment  # first: while reading, the sink is not idle
-        self._replay.extend(await asyncio.to_thread(_read_lines, segment[0]))
+        self._replay.extend(await asyncio.to_thread(read_lines, segment[0]))
 
-    async def _publish_pipelined(self, entries: list[_Entry]) -> list[_Entry]:
+    async def _publish_pipelined(self, entries: list[Entry]) -> list[Entry]:
         """Send every entry, then wait (bounded) for the acks; return the entries to retry.
 
         Yields to the event loop every few messages: a batch must not delay requests.
         """
         js = self._js
         assert js is not None
-        sent: list[tuple[_Item, asyncio.Future[js_api.PubAck]]] = []
+        sent: list[tuple[Message, asyncio.Future[js_api.PubAck]]] = []
         index = 0
         try:
             for index, entry in enumerate(entries):
@@ -765,7 +525,7 @@ class JetStreamSink:
                     future = await js.publish_async(
                         item.subject,
                         item.payload,
-                        headers=_headers(item),
+                        headers=publish_headers(item),
                         stream=self.config.stream,
                     )
                 except nats.errors.MaxPayloadError:
@@ -783,12 +543,12 @@ class JetStreamSink:
                 )
         except asyncio.CancelledError:
             # Shutting down mid-batch: whatever is not acknowledged goes back for persisting.
-            unacked: list[_Entry] = [i for i, f in sent if not _acked(f)]
+            unacked: list[Entry] = [i for i, f in sent if not acked(f)]
             self._retry.extendleft(reversed(unacked + entries[index:]))
             raise
-        failed: list[_Entry] = []
+        failed: list[Entry] = []
         for item, future in sent:
-            if _acked(future):
+            if acked(future):
                 self._published(item)
                 continue
             if not future.done():
@@ -800,7 +560,7 @@ class JetStreamSink:
             failed.append(item)
         return failed
 
-    async def _publish_sequential(self, entries: list[_Entry]) -> list[_Entry]:
+    async def _publish_sequential(self, entries: list[Entry]) -> list[Entry]:
         """Retries: one request at a time, so server errors are reported (and classified)."""
         js = self._js
         assert js is not None
@@ -813,7 +573,7 @@ class JetStreamSink:
                     item.subject,
                     item.payload,
                     timeout=self.config.ack_timeout_s,
-                    headers=_headers(item),
+                    headers=publish_headers(item),
                     stream=self.config.stream,
                 )
             except (nats.errors.MaxPayloadError, js_errors.BadRequestError) as exc:
@@ -827,22 +587,22 @@ class JetStreamSink:
             self._published(item)
         return []
 
-    def _to_item(self, entry: _Entry) -> _Item | None:
-        if isinstance(entry, _Item):
+    def _to_item(self, entry: Entry) -> Message | None:
+        if isinstance(entry, Message):
             return entry
         if isinstance(entry, Event):
-            return _item_from_event(entry)
-        item = _item_from_line(entry)
+            return message_from_event(entry)
+        item = message_from_line(entry)
         if item is None:
             logger.warning("skipped an unreadable line of the event spill buffer")
             self._drop(metrics.DROP_REJECTED, 1)
         return item
 
-    def _published(self, item: _Item) -> None:
+    def _published(self, item: Message) -> None:
         self.stats.published += 1
         metrics.events_published(item.type).inc()
 
-    def _reject(self, item: _Item, why: str) -> None:
+    def _reject(self, item: Message, why: str) -> None:
         logger.error("JetStream refused event %s: %s", item.msg_id, why)
         self._drop(metrics.DROP_REJECTED, 1)
 
@@ -864,53 +624,16 @@ class JetStreamSink:
             self._connected.set()
             self._wake.set()
 
-        async def error(exc: Exception) -> None:
-            logger.debug("NATS connection error: %s", exc)
-
-        nc = NATS()
-        self._nc = nc
-        await nc.connect(
-            servers=self.config.nats_servers,
-            name=f"playback-drm-{self.name}",
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=INITIAL_CONNECT_WAIT_S,
-            reconnect_to_server_handler=_reconnect_delay(self.config.reconnect_max_wait_s),
-            ping_interval=PING_INTERVAL_S,
-            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
+        self._nc, self._js = await natsconn.connect(
+            self.config, f"playback-drm-{self.name}", disconnected, reconnected
         )
-        self._js = nc.jetstream(timeout=self.config.ack_timeout_s)
         logger.info("NATS connected", extra={"stream": self.config.stream})
         self._connected.set()
 
     async def _ensure_stream(self) -> bool:
-        js = self._js
-        assert js is not None
-        wanted = js_api.StreamConfig(
-            name=self.config.stream,
-            subjects=[SUBJECT_WILDCARD],
-            retention=js_api.RetentionPolicy.LIMITS,
-            discard=js_api.DiscardPolicy.OLD,
-            storage=js_api.StorageType.FILE,
-            max_age=self.config.stream_max_age_s,
-            duplicate_window=self.config.duplicate_window_s,
-        )
+        assert self._js is not None
         try:
-            try:
-                await js.add_stream(wanted)
-            except js_errors.BadRequestError:
-                # Exists with another configuration (an operator may have tuned it): keep theirs,
-                # but make sure it captures our subjects and deduplicates long enough.
-                current = (await js.stream_info(self.config.stream)).config
-                subjects = list(current.subjects or [])
-                if SUBJECT_WILDCARD not in subjects:
-                    subjects.append(SUBJECT_WILDCARD)
-                window = max(current.duplicate_window or 0, self.config.duplicate_window_s)
-                await js.update_stream(current.evolve(subjects=subjects, duplicate_window=window))
+            await natsconn.ensure_stream(self._js, self.config)
         except Exception as exc:
             logger.warning("cannot create JetStream stream %s: %s", self.config.stream, exc)
             return False
@@ -918,76 +641,4 @@ class JetStreamSink:
         return True
 
 
-# ------------------------------------------------------------------------------------ reading
-
-READ_IDLE_TIMEOUT_S: Final = 5.0
-
-
-async def read_stream(config: EventsConfig, follow: bool) -> AsyncIterator[dict[str, Any]]:
-    """CloudEvents stored in the stream, oldest first, through an ephemeral ordered consumer.
-
-    Without ``follow`` it stops at the last message stored when it started (or when no message
-    arrives for a few seconds); with it, it keeps waiting for new ones (and for NATS).
-    Raises :class:`~playback_drm.events.EventsUnavailable` when NATS cannot be reached.
-    """
-
-    async def quiet(exc: Exception) -> None:
-        logger.debug("NATS connection error: %s", exc)
-
-    nc = NATS()
-    try:
-        await nc.connect(
-            servers=config.nats_servers,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=follow,
-            # nats-py retries the first connection until the attempts run out (-1: forever).
-            max_reconnect_attempts=-1 if follow else 1,
-            reconnect_time_wait=INITIAL_CONNECT_WAIT_S if follow else 0,
-            name="playback-drm-events-reader",
-            error_cb=quiet,
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise EventsUnavailable(f"cannot reach NATS at {config.nats_url}: {exc}") from exc
-    try:
-        js = nc.jetstream()
-        while True:
-            try:
-                info = await js.stream_info(config.stream)
-                break
-            except js_errors.NotFoundError:
-                if not follow:
-                    return
-                await asyncio.sleep(INITIAL_CONNECT_WAIT_S)  # nothing published yet
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise EventsUnavailable(f"cannot read stream {config.stream}: {exc}") from exc
-        last_seq = info.state.last_seq
-        if not follow and info.state.messages == 0:
-            return
-        sub = await js.subscribe(
-            SUBJECT_WILDCARD,
-            stream=config.stream,
-            ordered_consumer=True,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-        )
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=READ_IDLE_TIMEOUT_S)
-                except nats.errors.TimeoutError:
-                    if follow:
-                        continue
-                    return
-                try:
-                    doc = json.loads(msg.data)
-                except ValueError:
-                    doc = None
-                if isinstance(doc, dict):
-                    yield doc
-                if not follow and msg.metadata.sequence.stream >= last_seq:
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
+__all__ = ["JetStreamSink", "SinkStats"]
