@@ -17,14 +17,12 @@ from typing import Any
 import aiohttp
 import grpc
 import redis.asyncio as aioredis
-from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, status_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
 
 from authz import metrics
@@ -48,9 +46,9 @@ from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
 from playback_drm.contract import AUTHZ_MODE_KEY, MODE_JWT
 from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_error
-from playback_drm.h2grpc import make_server
-from playback_drm.metrics import add_metrics_route
+from playback_drm.health import OK, Check, Readiness, health_app
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
+from playback_drm.runtime import serving_grpc, serving_http
 
 log = logging.getLogger(__name__)
 
@@ -274,54 +272,36 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         return response
 
 
-class Health:
-    """Readiness of authz: JWKS loaded, Billing reachable, Redis reachable when configured."""
+def readiness_of(
+    jwks: JwksCache,
+    session: aiohttp.ClientSession,
+    billing_url: str,
+    redis: aioredis.Redis | None,
+) -> Readiness:
+    """authz is ready when the JWKS is loaded, Billing answers and Redis (when configured) does."""
+    billing_health = billing_url + "/health"
 
-    def __init__(
-        self,
-        jwks: JwksCache,
-        session: aiohttp.ClientSession,
-        billing_url: str,
-        redis: aioredis.Redis | None,
-    ) -> None:
-        self._jwks = jwks
-        self._session = session
-        self._billing_health = billing_url + "/health"
-        self._redis = redis
-        self._cached: tuple[float, dict[str, Any]] | None = None
+    async def jwks_loaded() -> str:
+        return OK if jwks.loaded else "unavailable"
 
-    async def report(self) -> dict[str, Any]:
-        if self._cached is not None and time.monotonic() - self._cached[0] < 1.0:
-            return self._cached[1]
-        checks: dict[str, str] = {"jwks": "ok" if self._jwks.loaded else "unavailable"}
+    async def billing() -> str:
         try:
-            async with self._session.get(
-                self._billing_health, timeout=aiohttp.ClientTimeout(total=0.5)
+            async with session.get(
+                billing_health, timeout=aiohttp.ClientTimeout(total=0.5)
             ) as resp:
-                checks["billing"] = "ok" if resp.status < 500 else f"http {resp.status}"
+                return OK if resp.status < 500 else f"http {resp.status}"
         except (aiohttp.ClientError, TimeoutError):
-            checks["billing"] = "unreachable"
-        if self._redis is not None:
-            checks["redis"] = "ok" if await redis_ping(self._redis) else "unreachable"
-        ready = all(v == "ok" for v in checks.values())
-        report = {"status": "ok" if ready else "unavailable", "service": "authz", "checks": checks}
-        self._cached = (time.monotonic(), report)
-        return report
+            return "unreachable"
 
+    checks: dict[str, Check] = {"jwks": jwks_loaded, "billing": billing}
+    if redis is not None:
+        client = redis
 
-def build_http_app(health: Health) -> web.Application:
-    async def ready(_: web.Request) -> web.Response:
-        report = await health.report()
-        return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+        async def redis_reachable() -> str:
+            return OK if await redis_ping(client) else "unreachable"
 
-    async def live(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "authz"})
-
-    app = web.Application()
-    app.router.add_get("/health", ready)
-    app.router.add_get("/health/live", live)
-    add_metrics_route(app)
-    return app
+        checks["redis"] = redis_reachable
+    return Readiness("authz", checks)
 
 
 def url_verifier_from(config: AuthzConfig) -> UrlVerifier:
@@ -375,16 +355,13 @@ async def running_authz(
     )
     authorizer = Authorizer(verifier, entitlements, url_verifier_from(config))
 
-    server = make_server(config.grpc_transport, max_receive_bytes=4 << 20, max_send_bytes=4 << 20)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationService(authorizer, events), server
-    )
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-        RateLimitService(window, config.rate_limit_per_user), server
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
+    def register(server: Any) -> None:
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationService(authorizer, events), server
+        )
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+            RateLimitService(window, config.rate_limit_per_user), server
+        )
 
     await jwks.refresh(force=True)
     if not jwks.loaded:
@@ -396,24 +373,23 @@ async def running_authz(
             await jwks.refresh(force=True)
 
     refresher = asyncio.create_task(periodic_refresh())
-    http_runner = web.AppRunner(build_http_app(Health(jwks, session, config.billing_url, redis)))
-    await http_runner.setup()
-    await web.TCPSite(http_runner, config.http_host, config.http_port).start()
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "authz serving gRPC on %s:%d (%s)",
-        config.grpc_host,
-        config.grpc_port,
-        config.grpc_transport,
-    )
+    readiness = readiness_of(jwks, session, config.billing_url, redis)
     try:
-        yield server, authorizer
+        async with (
+            serving_http(health_app(readiness), config.http_host, config.http_port),
+            serving_grpc(
+                "authz",
+                config.grpc_transport,
+                config.grpc_host,
+                config.grpc_port,
+                register,
+                max_receive_bytes=4 << 20,
+                max_send_bytes=4 << 20,
+            ) as server,
+        ):
+            yield server, authorizer
     finally:
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(grace=5)
         refresher.cancel()
-        await http_runner.cleanup()
         await session.close()
         if redis is not None:
             await redis.aclose()

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from extproc.dash import rewrite_dash
 from extproc.hls import rewrite_hls
-from extproc.manifest import ManifestKind, UriKind, UriMapper, UriRef, rewrite
+from extproc.manifest import ManifestKind, rewrite
+from extproc.uri import UriKind, UriMapper, UriRef
 
 _KEY = b"k" * 32
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"

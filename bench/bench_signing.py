@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO))
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 
 from extproc import manifest  # noqa: E402
+from extproc.config import PolicyConfig, TokenMode  # noqa: E402
 from extproc.manifest import ManifestKind  # noqa: E402
-from extproc.policy import PolicyConfig, SigningPolicy, TokenMode  # noqa: E402
+from extproc.policy import SigningPolicy  # noqa: E402
 from extproc.signers import AkamaiEdgeAuth, CloudFrontSigner, S3Presigner  # noqa: E402
 from playback_drm import urlsign  # noqa: E402
 

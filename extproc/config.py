@@ -12,19 +12,138 @@
 | MANIFEST_CACHE_BYTES | 268435456 | bytes they may take (origin and signed bodies) |
 | URL_TOKEN_VOD_EXTENSION_MAX | 43200 | cap on VOD segment URL life beyond TTL (0: off) |
 
-The signing policy (ORIGIN_URL, URL_SIGNING_KEYS, URL_TOKEN_MODE, URL_TOKEN_TTL,
-URL_TOKEN_WINDOW, URL_TOKEN_BINDING, CDN_SIGNERS, ...) is read by
-:meth:`extproc.policy.PolicyConfig.from_env`; see that module.
+The signing policy's settings, read by :meth:`PolicyConfig.from_env` (what they mean:
+:mod:`extproc.policy`)::
+
+    ORIGIN_URL                  origin base URL, e.g. http://127.0.0.1:9104/ (required)
+    URL_SIGNING_KEYS            kid:base64secret[:retire_after],...; first signs (required)
+    URL_TOKEN_MODE              prefix | url                                   (prefix)
+    URL_TOKEN_TTL               seconds                                        (300)
+    URL_TOKEN_PLAYLIST_TTL      seconds, for re-fetched playlists              (21600)
+    URL_TOKEN_WINDOW            seconds; expiries are rounded up to it         (60)
+    URL_TOKEN_BINDING           none | ip | session                            (none)
+    URL_TOKEN_UNSIGNED_KINDS    comma list of UriKind values left unsigned     (license_url)
+    URL_TOKEN_IN_PLACE_PREFIXES comma list of path prefixes signed in place    (/drm/key/)
+    PUBLIC_HOSTS                comma list of our public host[:port] names     (none)
+    CDN_SIGNERS                 JSON list of CDN signer specs, see extproc.signers (none)
 """
 
 from __future__ import annotations
 
+import enum
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
 
-from extproc.policy import PolicyConfig
+from extproc.signers import UrlSigner, signer_from_spec
+from extproc.uri import UriKind
+from extproc.urls import normalize_netloc
+from playback_drm import urlsign
 from playback_drm.h2grpc import check_transport
-from playback_drm.settings import ConfigError, env_addr, env_int, env_str
+from playback_drm.settings import ConfigError, env_addr, env_int, env_list, env_opt, env_str
+
+DEFAULT_PLAYLIST_TTL: Final = 6 * 3600
+
+
+class TokenMode(enum.Enum):
+    PREFIX = "prefix"
+    URL = "url"
+
+
+class Binding(enum.Enum):
+    NONE = "none"
+    IP = "ip"
+    SESSION = "session"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """How manifests are signed. Build with :meth:`from_env` (see the module docstring)."""
+
+    origin_url: str
+    keys: urlsign.KeyRing
+    mode: TokenMode = TokenMode.PREFIX
+    ttl: int = 300
+    playlist_ttl: int | None = None
+    window: int = 60
+    binding: Binding = Binding.NONE
+    unsigned_kinds: frozenset[UriKind] = frozenset({UriKind.LICENSE_URL})
+    public_prefix: str = "/media/"
+    in_place_prefixes: tuple[str, ...] = ("/drm/key/",)
+    public_hosts: frozenset[str] = frozenset()
+    cdn_signers: Mapping[str, UrlSigner] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.origin_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"ORIGIN_URL must be an absolute http(s) URL, got {self.origin_url!r}"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError("ORIGIN_URL must not have a query or fragment")
+        if self.ttl < 1 or self.window < 0 or (self.playlist_ttl or 1) < 1:
+            raise ConfigError("URL_TOKEN_TTL, URL_TOKEN_PLAYLIST_TTL must be >= 1, WINDOW >= 0")
+        if not (self.public_prefix.startswith("/") and self.public_prefix.endswith("/")):
+            raise ConfigError("the public prefix must start and end with '/'")
+        for prefix in self.in_place_prefixes:
+            if not prefix.startswith("/"):
+                raise ConfigError(f"URL_TOKEN_IN_PLACE_PREFIXES: {prefix!r} must start with '/'")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PolicyConfig:
+        keys = urlsign.KeyRing.from_spec(env_str(env, "URL_SIGNING_KEYS"))
+        mode_text = env_str(env, "URL_TOKEN_MODE", "prefix").lower()
+        binding_text = env_str(env, "URL_TOKEN_BINDING", "none").lower()
+        try:
+            mode = TokenMode(mode_text)
+        except ValueError:
+            raise ConfigError(f"URL_TOKEN_MODE must be prefix or url, got {mode_text!r}") from None
+        try:
+            binding = Binding(binding_text)
+        except ValueError:
+            raise ConfigError(
+                f"URL_TOKEN_BINDING must be none, ip or session, got {binding_text!r}"
+            ) from None
+        kinds: set[UriKind] = set()
+        for name in env_list(env, "URL_TOKEN_UNSIGNED_KINDS", ("license_url",)):
+            try:
+                kinds.add(UriKind(name.lower()))
+            except ValueError:
+                raise ConfigError(f"URL_TOKEN_UNSIGNED_KINDS: unknown kind {name!r}") from None
+        ttl = env_int(env, "URL_TOKEN_TTL", 300, minimum=1)
+        signers: dict[str, UrlSigner] = {}
+        raw_signers = env_opt(env, "CDN_SIGNERS")
+        if raw_signers:
+            try:
+                specs: Any = json.loads(raw_signers)
+            except ValueError:
+                raise ConfigError("CDN_SIGNERS must be a JSON list of signer objects") from None
+            if not isinstance(specs, list):
+                raise ConfigError("CDN_SIGNERS must be a JSON list of signer objects")
+            for spec in specs:
+                if not isinstance(spec, dict) or not isinstance(spec.get("host"), str):
+                    raise ConfigError("every CDN_SIGNERS entry needs a host")
+                host = normalize_netloc("https", spec["host"])
+                signers[host] = signer_from_spec(spec, env, ring=keys)
+        return cls(
+            origin_url=env_str(env, "ORIGIN_URL"),
+            keys=keys,
+            mode=mode,
+            ttl=ttl,
+            # Playlists are fetched again later (live reloads, ABR switches deep into a VOD):
+            # their URLs get a session-length per-URL token; segments keep the short one.
+            playlist_ttl=env_int(
+                env, "URL_TOKEN_PLAYLIST_TTL", max(ttl, DEFAULT_PLAYLIST_TTL), minimum=1
+            ),
+            window=env_int(env, "URL_TOKEN_WINDOW", 60, minimum=0),
+            binding=binding,
+            unsigned_kinds=frozenset(kinds),
+            in_place_prefixes=env_list(env, "URL_TOKEN_IN_PLACE_PREFIXES", ("/drm/key/",)),
+            public_hosts=frozenset(h.lower() for h in env_list(env, "PUBLIC_HOSTS")),
+            cdn_signers=signers,
+        )
 
 
 @dataclass(frozen=True, slots=True)

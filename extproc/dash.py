@@ -49,7 +49,7 @@ from extproc.errors import (
     ManifestTooLarge,
     MapperContractError,
 )
-from extproc.manifest import (
+from extproc.uri import (
     DEFAULT_LIMITS,
     ManifestLimits,
     UriKind,

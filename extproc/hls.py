@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Final
 
 from extproc.errors import ManifestMalformed, ManifestTooLarge, MapperContractError
-from extproc.manifest import (
+from extproc.uri import (
     DEFAULT_LIMITS,
     ManifestLimits,
     UriKind,

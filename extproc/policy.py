@@ -39,46 +39,35 @@ those URIs then always get per-URL tokens, so a long-lived token never covers se
 Within one manifest the same URI always maps to the same output (memoized per rewrite: a
 BYTERANGE sub-range and an ``EXT-X-MAP`` naming the same file get one URL).
 
-Environment (read by :meth:`PolicyConfig.from_env`)::
-
-    ORIGIN_URL                  origin base URL, e.g. http://127.0.0.1:9104/ (required)
-    URL_SIGNING_KEYS            kid:base64secret[:retire_after],...; first signs (required)
-    URL_TOKEN_MODE              prefix | url                                   (prefix)
-    URL_TOKEN_TTL               seconds                                        (300)
-    URL_TOKEN_PLAYLIST_TTL      seconds, for re-fetched playlists              (21600)
-    URL_TOKEN_WINDOW            seconds; expiries are rounded up to it         (60)
-    URL_TOKEN_BINDING           none | ip | session                            (none)
-    URL_TOKEN_UNSIGNED_KINDS    comma list of UriKind values left unsigned     (license_url)
-    URL_TOKEN_IN_PLACE_PREFIXES comma list of path prefixes signed in place    (/drm/key/)
-    PUBLIC_HOSTS                comma list of our public host[:port] names     (none)
-    CDN_SIGNERS                 JSON list of CDN signer specs, see extproc.signers (none)
+Configuration: :class:`extproc.config.PolicyConfig`.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from dataclasses import dataclass
+from typing import ClassVar, Final
 from urllib.parse import urlsplit
 
+from extproc.config import Binding, PolicyConfig, TokenMode
 from extproc.errors import ExtprocError
-from extproc.manifest import UriKind, UriRef
-from extproc.signers import SignContext, UrlSigner, prefix_directory, signer_from_spec
+from extproc.signers import SignContext, UrlSigner, prefix_directory
+from extproc.uri import UriKind, UriRef
+from extproc.urls import (
+    is_relative_path,
+    is_simple,
+    needs_cleaning,
+    normalize_netloc,
+    resolve_reference,
+)
 from playback_drm import urlsign
-from playback_drm.settings import ConfigError, env_int, env_list, env_opt, env_str
 
 __all__ = [
     "REFRESH_KINDS",
-    "Binding",
     "ManifestUriMapper",
-    "PolicyConfig",
     "SigningPolicy",
     "SigningUnavailable",
-    "TokenMode",
-    "resolve_reference",
+    "valid_video_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,18 +81,9 @@ REFRESH_KINDS: Final = frozenset(
         UriKind.STEERING,
     }
 )
-_DEFAULT_PORTS: Final = {"http": ":80", "https": ":443"}
 _VIDEO_ID_FIRST: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _VIDEO_ID_CHARS: Final = _VIDEO_ID_FIRST | frozenset("_.-")
 _MISS: Final = object()
-DEFAULT_PLAYLIST_TTL: Final = 6 * 3600
-_C0_OR_SPACE: Final = "".join(chr(c) for c in range(0x21))
-_SCHEME_CHARS: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
-)
-_SPECIAL_SCHEMES: Final = frozenset({"http", "https"})
-_DOT: Final = frozenset({".", "%2e"})
-_DOT_DOT: Final = frozenset({"..", ".%2e", "%2e.", "%2e%2e"})
 
 
 class SigningUnavailable(ExtprocError):
@@ -115,114 +95,6 @@ class SigningUnavailable(ExtprocError):
     title: ClassVar[str] = "Manifest URLs cannot be signed"
 
 
-class TokenMode(enum.Enum):
-    PREFIX = "prefix"
-    URL = "url"
-
-
-class Binding(enum.Enum):
-    NONE = "none"
-    IP = "ip"
-    SESSION = "session"
-
-
-def _normalize_netloc(scheme: str, netloc: str) -> str:
-    """``host[:port]`` in lower case, without userinfo or the scheme's default port."""
-    host = netloc.rpartition("@")[2].lower()
-    default = _DEFAULT_PORTS.get(scheme)
-    if default is not None and host.endswith(default):
-        host = host[: -len(default)]
-    return host
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    """How manifests are signed. Build with :meth:`from_env` (see the module docstring)."""
-
-    origin_url: str
-    keys: urlsign.KeyRing
-    mode: TokenMode = TokenMode.PREFIX
-    ttl: int = 300
-    playlist_ttl: int | None = None
-    window: int = 60
-    binding: Binding = Binding.NONE
-    unsigned_kinds: frozenset[UriKind] = frozenset({UriKind.LICENSE_URL})
-    public_prefix: str = "/media/"
-    in_place_prefixes: tuple[str, ...] = ("/drm/key/",)
-    public_hosts: frozenset[str] = frozenset()
-    cdn_signers: Mapping[str, UrlSigner] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        parts = urlsplit(self.origin_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"ORIGIN_URL must be an absolute http(s) URL, got {self.origin_url!r}"
-            )
-        if parts.query or parts.fragment:
-            raise ConfigError("ORIGIN_URL must not have a query or fragment")
-        if self.ttl < 1 or self.window < 0 or (self.playlist_ttl or 1) < 1:
-            raise ConfigError("URL_TOKEN_TTL, URL_TOKEN_PLAYLIST_TTL must be >= 1, WINDOW >= 0")
-        if not (self.public_prefix.startswith("/") and self.public_prefix.endswith("/")):
-            raise ConfigError("the public prefix must start and end with '/'")
-        for prefix in self.in_place_prefixes:
-            if not prefix.startswith("/"):
-                raise ConfigError(f"URL_TOKEN_IN_PLACE_PREFIXES: {prefix!r} must start with '/'")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> PolicyConfig:
-        keys = urlsign.KeyRing.from_spec(env_str(env, "URL_SIGNING_KEYS"))
-        mode_text = env_str(env, "URL_TOKEN_MODE", "prefix").lower()
-        binding_text = env_str(env, "URL_TOKEN_BINDING", "none").lower()
-        try:
-            mode = TokenMode(mode_text)
-        except ValueError:
-            raise ConfigError(f"URL_TOKEN_MODE must be prefix or url, got {mode_text!r}") from None
-        try:
-            binding = Binding(binding_text)
-        except ValueError:
-            raise ConfigError(
-                f"URL_TOKEN_BINDING must be none, ip or session, got {binding_text!r}"
-            ) from None
-        kinds: set[UriKind] = set()
-        for name in env_list(env, "URL_TOKEN_UNSIGNED_KINDS", ("license_url",)):
-            try:
-                kinds.add(UriKind(name.lower()))
-            except ValueError:
-                raise ConfigError(f"URL_TOKEN_UNSIGNED_KINDS: unknown kind {name!r}") from None
-        ttl = env_int(env, "URL_TOKEN_TTL", 300, minimum=1)
-        signers: dict[str, UrlSigner] = {}
-        raw_signers = env_opt(env, "CDN_SIGNERS")
-        if raw_signers:
-            try:
-                specs: Any = json.loads(raw_signers)
-            except ValueError:
-                raise ConfigError("CDN_SIGNERS must be a JSON list of signer objects") from None
-            if not isinstance(specs, list):
-                raise ConfigError("CDN_SIGNERS must be a JSON list of signer objects")
-            for spec in specs:
-                if not isinstance(spec, dict) or not isinstance(spec.get("host"), str):
-                    raise ConfigError("every CDN_SIGNERS entry needs a host")
-                host = _normalize_netloc("https", spec["host"])
-                signers[host] = signer_from_spec(spec, env, ring=keys)
-        return cls(
-            origin_url=env_str(env, "ORIGIN_URL"),
-            keys=keys,
-            mode=mode,
-            ttl=ttl,
-            # Playlists are fetched again later (live reloads, ABR switches deep into a VOD):
-            # their URLs get a session-length per-URL token; segments keep the short one.
-            playlist_ttl=env_int(
-                env, "URL_TOKEN_PLAYLIST_TTL", max(ttl, DEFAULT_PLAYLIST_TTL), minimum=1
-            ),
-            window=env_int(env, "URL_TOKEN_WINDOW", 60, minimum=0),
-            binding=binding,
-            unsigned_kinds=frozenset(kinds),
-            in_place_prefixes=env_list(env, "URL_TOKEN_IN_PLACE_PREFIXES", ("/drm/key/",)),
-            public_hosts=frozenset(h.lower() for h in env_list(env, "PUBLIC_HOSTS")),
-            cdn_signers=signers,
-        )
-
-
 def valid_video_id(video_id: str) -> bool:
     """Same rule as authz: ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`` and no ``..``."""
     return (
@@ -231,128 +103,6 @@ def valid_video_id(video_id: str) -> bool:
         and set(video_id) <= _VIDEO_ID_CHARS
         and ".." not in video_id
     )
-
-
-def _is_relative_path(raw: str) -> bool:
-    """A relative-path reference (RFC 3986 4.2): no scheme, not ``/...`` or ``//host``."""
-    if raw[:1] == "/":
-        return False
-    colon = raw.find(":")
-    if colon < 0:
-        return True
-    for delimiter in "/?#":
-        at = raw.find(delimiter)
-        if 0 <= at < colon:
-            return True
-    return False
-
-
-def _needs_cleaning(raw: str) -> bool:
-    """URL parsers (WHATWG, urllib) strip leading/trailing C0 controls and spaces and drop tabs
-    and line breaks anywhere: such a URI must not be kept relative or concatenated as is."""
-    return raw[0] <= " " or raw[-1] <= " " or "\t" in raw or "\n" in raw or "\r" in raw
-
-
-def _is_simple(raw: str) -> bool:
-    """A relative path that resolves by plain concatenation with its base directory."""
-    return (
-        raw[:1] not in ("/", ".", "")
-        and ":" not in raw
-        and "/." not in raw
-        and "#" not in raw
-        and "\\" not in raw
-    )
-
-
-def _split_reference(
-    ref: str,
-) -> tuple[str | None, str | None, str, str | None, str | None]:
-    """(scheme, authority, path, query, fragment); None marks an absent component."""
-    fragment = query = scheme = authority = None
-    hash_at = ref.find("#")
-    if hash_at >= 0:
-        ref, fragment = ref[:hash_at], ref[hash_at + 1 :]
-    question = ref.find("?")
-    if question >= 0:
-        ref, query = ref[:question], ref[question + 1 :]
-    colon = ref.find(":")
-    if colon > 0 and ref[0].isascii() and ref[0].isalpha() and set(ref[:colon]) <= _SCHEME_CHARS:
-        scheme, ref = ref[:colon].lower(), ref[colon + 1 :]
-    if scheme in _SPECIAL_SCHEMES or scheme is None:
-        ref = ref.replace("\\", "/")  # browsers treat \ as / in http(s) URLs
-    if ref.startswith("//"):
-        end = ref.find("/", 2)
-        end = len(ref) if end < 0 else end
-        authority, ref = ref[2:end], ref[end:]
-    return scheme, authority, ref, query, fragment
-
-
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 section 5.2.4; like browsers, ``%2e`` counts as a dot."""
-    if "." not in path and "%" not in path:
-        return path
-    absolute = path.startswith("/")
-    segments = path.split("/")[1:] if absolute else path.split("/")
-    out: list[str] = []
-    for segment in segments:
-        lowered = segment.lower()
-        if lowered in _DOT_DOT:
-            if out:
-                out.pop()
-        elif lowered not in _DOT:
-            out.append(segment)
-    if segments and segments[-1].lower() in _DOT | _DOT_DOT:
-        out.append("")
-    joined = "/".join(out)
-    return "/" + joined if absolute else joined
-
-
-def resolve_reference(base: str, ref: str) -> str:
-    """Resolve ``ref`` against the absolute URL ``base`` like a player does: RFC 3986 section
-    5.2, non-strict (``http:g`` with an http base is relative), after the WHATWG clean-up of
-    leading/trailing C0 controls and spaces and of tabs and line breaks.
-
-    ``urllib.parse.urljoin`` is not used: it drops an empty ``;`` parameter and mishandles a
-    reference that starts with ``;`` (RFC 3986 5.4.1: ``;x`` is ``http://a/b/c/;x``).
-    """
-    ref = ref.strip(_C0_OR_SPACE)
-    if "\t" in ref or "\n" in ref or "\r" in ref:
-        ref = ref.replace("\t", "").replace("\n", "").replace("\r", "")
-    r_scheme, r_authority, r_path, r_query, r_fragment = _split_reference(ref)
-    b_scheme, b_authority, b_path, b_query, _ = _split_reference(base)
-    if r_scheme is not None and r_scheme == b_scheme and r_authority is None:
-        r_scheme = None
-    scheme: str | None
-    authority: str | None
-    query: str | None
-    if r_scheme is not None:
-        scheme, authority, query = r_scheme, r_authority, r_query
-        path = _remove_dot_segments(r_path)
-    else:
-        scheme = b_scheme
-        if r_authority is not None:
-            authority, path, query = r_authority, _remove_dot_segments(r_path), r_query
-        else:
-            authority = b_authority
-            if not r_path:
-                path, query = b_path, r_query if r_query is not None else b_query
-            else:
-                if r_path.startswith("/"):
-                    path = _remove_dot_segments(r_path)
-                elif b_authority is not None and not b_path:
-                    path = _remove_dot_segments("/" + r_path)
-                else:
-                    path = _remove_dot_segments(b_path[: b_path.rfind("/") + 1] + r_path)
-                query = r_query
-    out = f"{scheme}:" if scheme is not None else ""
-    if authority is not None:
-        out += "//" + authority
-    out += path
-    if query is not None:
-        out += "?" + query
-    if r_fragment is not None:
-        out += "#" + r_fragment
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +133,7 @@ class SigningPolicy:
         parts = urlsplit(origin)
         self._origin_url = origin
         self.origin_scheme = parts.scheme.lower()
-        self.origin_netloc = _normalize_netloc(self.origin_scheme, parts.netloc)
+        self.origin_netloc = normalize_netloc(self.origin_scheme, parts.netloc)
         self._origin_path = parts.path
         self.refresh_ttl = config.playlist_ttl or config.ttl
         signed = [kind for kind in UriKind if kind not in config.unsigned_kinds]
@@ -470,7 +220,7 @@ class SigningPolicy:
         scheme = parts.scheme.lower()
         if scheme != self.origin_scheme:
             return None
-        if _normalize_netloc(scheme, parts.netloc) != self.origin_netloc:
+        if normalize_netloc(scheme, parts.netloc) != self.origin_netloc:
             return None
         return self.public_path(parts.path, parts.query)
 
@@ -672,11 +422,11 @@ class ManifestUriMapper:
         if not raw:
             return None
         base = self._base(bases)
-        if _needs_cleaning(raw):
+        if needs_cleaning(raw):
             relative_ok = False
         else:
             relative_ok = base.relative_ok
-            if base.public_dir is not None and _is_simple(raw):
+            if base.public_dir is not None and is_simple(raw):
                 # Fast path: a plain relative path below a directory of our origin.
                 query_at = raw.find("?")
                 path = base.public_dir + (raw if query_at < 0 else raw[:query_at])
@@ -694,7 +444,7 @@ class ManifestUriMapper:
             self._count("third_party")
             return None
         policy = self._policy
-        netloc = _normalize_netloc(scheme, parts.netloc)
+        netloc = normalize_netloc(scheme, parts.netloc)
         path = parts.path or "/"
         ours = netloc == policy.origin_netloc and scheme == policy.origin_scheme
         public_host = netloc in config.public_hosts
@@ -712,13 +462,13 @@ class ManifestUriMapper:
                         extra={"videoId": self.video_id, "uriKind": kind.value},
                     )
                 return None
-            if _is_relative_path(raw) and relative_ok:
+            if is_relative_path(raw) and relative_ok:
                 target = raw
             elif (
                 is_template
                 and base.public_dir is not None
-                and _is_relative_path(raw)
-                and not _needs_cleaning(raw)
+                and is_relative_path(raw)
+                and not needs_cleaning(raw)
             ):
                 target = base.public_dir + raw  # dot segments left for the player to resolve
             else:
@@ -813,6 +563,6 @@ class ManifestUriMapper:
             self._count("cdn_refused")
             return None
         out = signed
-        if relative_ok and _is_relative_path(raw) and signed.startswith(resolved):
+        if relative_ok and is_relative_path(raw) and signed.startswith(resolved):
             out = raw + signed[len(resolved) :]
         return self._finish(out, raw, ref.is_template, "cdn:" + signer.name)

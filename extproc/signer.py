@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from extproc.config import ExtprocConfig
-from extproc.manifest import ManifestKind, ManifestLimits, UriMapper, decode_body, detect, rewrite
-from extproc.policy import Binding, SigningPolicy
+from extproc.config import Binding, ExtprocConfig
+from extproc.manifest import ManifestKind, decode_body, detect, rewrite
+from extproc.policy import SigningPolicy
+from extproc.uri import ManifestLimits, UriMapper
 from playback_drm import urlsign
 
 

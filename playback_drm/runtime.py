@@ -1,4 +1,5 @@
-"""How a service process runs: the one start-up every service shares.
+"""How a service process runs: the one start-up every service shares, and the lifecycle of the
+servers it opens.
 
 ``python -m authz`` (and ``extproc``, ``license_broker``) is ``run_service(NAME, Config.from_env,
 serve)``: read the process environment once, configure JSON logging and tracing, build the
@@ -7,6 +8,9 @@ naming it, before anything listens), open the events sink (JetStream or the loca
 ``serve(config, events)`` on uvloop until SIGTERM or SIGINT, which cancel it so that the service's
 own shutdown runs (health NOT_SERVING, stop accepting, drain, close) and then the sink flushes.
 
+:func:`serving_grpc` and :func:`serving_http` open a service's listeners and close them in the
+house order: health NOT_SERVING, stop accepting, drain in-flight calls (grace), close.
+
 This module is, with the services' ``__main__`` modules, the only reader of ``os.environ``.
 """
 
@@ -14,20 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TextIO, TypeVar
 
 import uvloop
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from playback_drm.events import EventsConfig, EventSink, open_sink
+from playback_drm.h2grpc import make_server
 from playback_drm.logs import LoggingConfig, configure_logging
 from playback_drm.settings import ConfigError
 from playback_drm.tracing import TracingConfig, configure_tracing
 
 C = TypeVar("C")
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -85,4 +94,55 @@ def run_until_signalled(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(guarded())
 
 
-__all__ = ["EXIT_CONFIG", "EXIT_OK", "run_service", "run_until_signalled"]
+@contextlib.asynccontextmanager
+async def serving_grpc(
+    name: str,
+    transport: str,
+    host: str,
+    port: int,
+    register: Callable[[Any], None],
+    *,
+    max_receive_bytes: int,
+    max_send_bytes: int,
+    grace_s: float = 5.0,
+) -> AsyncIterator[Any]:
+    """A gRPC server on ``transport`` (``lean`` or ``grpcio``) with the servicers ``register``
+    adds and the standard health service, serving until the block exits; then NOT_SERVING,
+    stop accepting, up to ``grace_s`` for calls in flight, close. Yields the server."""
+    server = make_server(
+        transport, max_receive_bytes=max_receive_bytes, max_send_bytes=max_send_bytes
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving gRPC on %s:%d (%s)", name, host, port, transport)
+    try:
+        yield server
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=grace_s)
+
+
+@contextlib.asynccontextmanager
+async def serving_http(app: web.Application, host: str, port: int) -> AsyncIterator[None]:
+    """``app`` listening on ``host:port`` until the block exits."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield
+    finally:
+        await runner.cleanup()
+
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "run_service",
+    "run_until_signalled",
+    "serving_grpc",
+    "serving_http",
+]

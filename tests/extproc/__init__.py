@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from extproc.manifest import UriRef
+from extproc.uri import UriRef
 
 MARK = "pdt=TEST"
 

@@ -7,7 +7,7 @@ import pytest
 
 from extproc.dash import rewrite_dash
 from extproc.errors import ManifestForbiddenXml, ManifestMalformed, MapperContractError
-from extproc.manifest import ManifestLimits, UriKind, UriRef
+from extproc.uri import ManifestLimits, UriKind, UriRef
 from tests.extproc import Recorder
 
 NS = 'xmlns="urn:mpeg:dash:schema:mpd:2011"'

@@ -6,7 +6,8 @@ import pytest
 
 from extproc.errors import ManifestMalformed, ManifestTooLarge, MapperContractError
 from extproc.hls import rewrite_hls
-from extproc.manifest import ManifestKind, ManifestLimits, UriKind, UriRef, rewrite
+from extproc.manifest import ManifestKind, rewrite
+from extproc.uri import ManifestLimits, UriKind, UriRef
 from tests.extproc import Recorder
 
 HEAD = "#EXTM3U\n"

@@ -19,17 +19,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from extproc import manifest
-from extproc.manifest import ManifestKind, UriKind, UriRef
-from extproc.policy import (
-    Binding,
-    ManifestUriMapper,
-    PolicyConfig,
-    SigningPolicy,
-    SigningUnavailable,
-    TokenMode,
-    resolve_reference,
-)
+from extproc.config import Binding, PolicyConfig, TokenMode
+from extproc.manifest import ManifestKind
+from extproc.policy import ManifestUriMapper, SigningPolicy, SigningUnavailable
 from extproc.signers import AkamaiEdgeAuth, CloudFrontSigner, S3Presigner
+from extproc.uri import UriKind, UriRef
+from extproc.urls import resolve_reference
 from playback_drm import urlsign
 from playback_drm.settings import ConfigError
 

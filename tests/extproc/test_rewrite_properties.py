@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from extproc.dash import rewrite_dash
 from extproc.errors import ManifestError, ManifestMalformed, ManifestTooLarge
 from extproc.hls import rewrite_hls
-from extproc.manifest import ManifestKind, ManifestLimits, UriKind, UriRef, decode_body, rewrite
+from extproc.manifest import ManifestKind, decode_body, rewrite
+from extproc.uri import ManifestLimits, UriKind, UriRef
 from tests.extproc import Recorder, strip_marks
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
