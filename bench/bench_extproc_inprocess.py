@@ -19,9 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf.struct_pb2 import Struct
 
 from extproc.config import ExtprocConfig
-from extproc.policy import SigningPolicy
-from extproc.server import ExternalProcessor
-from extproc.signer import ManifestSigner, mapper_factory
+from extproc.server import ExternalProcessor, processor_for
 from playback_drm.events import NullSink
 
 ENV = {"URL_SIGNING_KEYS": "k1:" + "A" * 43, "ORIGIN_URL": "http://origin.test/"}
@@ -61,10 +59,7 @@ async def main() -> None:
     raw = message()
     for label, entries in (("cache warm", "512"), ("cache off", "0")):
         cfg = ExtprocConfig.from_env({**ENV, "MANIFEST_CACHE_ENTRIES": entries})
-        policy = SigningPolicy(cfg.policy)
-        proc = ExternalProcessor(
-            cfg, ManifestSigner(cfg, mapper_factory(cfg, policy)), policy, NullSink()
-        )
+        proc = processor_for(cfg, NullSink())
         assert b"pdt=" in await one(proc, raw)
         n = 2000
         started = time.perf_counter()

@@ -34,9 +34,7 @@ from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 
 from bench.bench_extproc_inprocess import BODY, ENV, message
 from extproc.config import ExtprocConfig
-from extproc.policy import SigningPolicy
-from extproc.server import ExternalProcessor
-from extproc.signer import ManifestSigner, mapper_factory
+from extproc.server import processor_for
 from playback_drm import h2grpc
 from playback_drm.events.jsonlines import JsonLinesSink
 from playback_drm.h2grpc import frames as h2
@@ -189,12 +187,11 @@ async def main(profile: bool) -> None:
     server = h2grpc.LeanGrpcServer(max_message_bytes=16 << 20)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Echo(), server)
     cfg = ExtprocConfig.from_env(ENV)
-    policy = SigningPolicy(cfg.policy)
     tmp = tempfile.TemporaryDirectory()
     # the local stack's event sink: PlaybackStarted encoded and appended by a worker thread
     events = JsonLinesSink(Path(tmp.name) / "events.jsonl")
     await events.start()
-    proc = ExternalProcessor(cfg, ManifestSigner(cfg, mapper_factory(cfg, policy)), policy, events)
+    proc = processor_for(cfg, events)
     ep_grpc.add_ExternalProcessorServicer_to_server(proc, server)
     for kind in ("authz", "extproc", "entry"):
         await drive(server, kind, 500)  # warm up

@@ -18,7 +18,7 @@ from google.protobuf.struct_pb2 import Struct
 from extproc.config import ExtprocConfig
 from extproc.manifest import ManifestKind
 from extproc.policy import SigningPolicy
-from extproc.server import ExternalProcessor
+from extproc.server import ExternalProcessor, processor_for
 from extproc.signer import (
     ManifestSigner,
     context_from_request,
@@ -165,11 +165,8 @@ async def _run(processor: ExternalProcessor, *messages: ep.ProcessingRequest) ->
 
 def processor() -> tuple[ExternalProcessor, MemorySink]:
     cfg = config()
-    policy = SigningPolicy(cfg.policy)
     sink = MemorySink()
-    return ExternalProcessor(
-        cfg, ManifestSigner(cfg, mapper_factory(cfg, policy)), policy, sink
-    ), sink
+    return processor_for(cfg, sink), sink
 
 
 def _body_message(path: str, body: bytes, code: int = 200, **headers: str) -> ep.ProcessingRequest:
@@ -323,8 +320,8 @@ async def test_json_form_is_answered_on_the_stream() -> None:
 
 
 def test_the_rewriters_load_with_the_server_not_on_a_first_manifest() -> None:
-    """extproc.manifest imports the HLS and DASH rewriters lazily; the server loads them at
-    start, so no viewer's first manifest waits for an import."""
+    """The HLS and DASH rewriters are loaded with the server, so no viewer's first manifest
+    waits for an import."""
     probe = (
         "import sys, extproc.server; "
         "print(all(m in sys.modules for m in ('extproc.dash', 'extproc.hls')))"
