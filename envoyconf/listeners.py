@@ -17,6 +17,7 @@ from envoyconf.typeurls import (
     T_STDOUT_LOG,
     T_TLS_DOWN,
 )
+from playback_drm.identity import USER_HEADER, VIDEO_HEADER
 
 
 def _access_log() -> list[dict[str, Any]]:
@@ -40,8 +41,8 @@ def _access_log() -> list[dict[str, Any]]:
                         "flags": "%RESPONSE_FLAGS%",
                         "durationMs": "%DURATION%",
                         "upstreamMs": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-                        "userId": "%REQ(X-PLAYBACK-USER)%",
-                        "videoId": "%REQ(X-PLAYBACK-VIDEO)%",
+                        "userId": f"%REQ({USER_HEADER.upper()})%",
+                        "videoId": f"%REQ({VIDEO_HEADER.upper()})%",
                         "bytesSent": "%BYTES_SENT%",
                     },
                     "formatters": [

@@ -20,7 +20,7 @@ from extproc.config import Binding, ExtprocConfig
 from extproc.manifest import ManifestKind, decode_body, detect, rewrite
 from extproc.policy import SigningPolicy
 from extproc.uri import ManifestLimits, UriMapper
-from playback_drm import urlsign
+from playback_drm import identity, urlsign
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +159,9 @@ def context_from_request(
     return ManifestContext(
         public_path=public_path,
         request_path=path,
-        video=headers.get("x-playback-video") or video,
-        user=headers.get("x-playback-user") or None,
-        session=headers.get("x-playback-session") or None,
+        video=headers.get(identity.VIDEO_HEADER) or video,
+        user=headers.get(identity.USER_HEADER) or None,
+        session=headers.get(identity.SESSION_HEADER) or None,
         client_ip=_client_ip(headers),
         entry=entry,
         format=fmt,

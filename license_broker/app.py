@@ -61,6 +61,7 @@ from license_broker.policy import Identity
 from license_broker.providers import build_providers
 from license_broker.service import IssuedLicense, LicenseService
 from license_broker.streams import MemoryStreamTracker, RedisStreamTracker, StreamTracker
+from playback_drm import identity
 from playback_drm.events import BROKER_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.metrics import metrics_handler
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, Problem
@@ -150,18 +151,18 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 def _record_error(request: web.Request, exc: PlaybackError) -> None:
     if not request.path.startswith("/drm/"):
         return
-    identity = request.headers
-    video = request.get(VIDEO_RKEY) or identity.get("x-playback-video") or ""
+    headers = request.headers
+    video = request.get(VIDEO_RKEY) or headers.get(identity.VIDEO_HEADER) or ""
     request.app[EVENTS_KEY].emit(
         playback_error(
             BROKER_SOURCE,
             code=exc.code,
             status=exc.status,
-            user_id=identity.get("x-playback-user"),
+            user_id=headers.get(identity.USER_HEADER),
             video_id=video or None,
             key_system=request.get(KEY_SYSTEM_RKEY),
-            plan=identity.get("x-playback-plan"),
-            request_id=identity.get("x-request-id"),
+            plan=headers.get(identity.PLAN_HEADER),
+            request_id=headers.get(identity.REQUEST_ID_HEADER),
             path=request.path,
         )
     )
@@ -170,7 +171,7 @@ def _record_error(request: web.Request, exc: PlaybackError) -> None:
         level,
         "request refused: %s",
         exc.code,
-        extra={"userId": identity.get("x-playback-user"), "videoId": video or None},
+        extra={"userId": headers.get(identity.USER_HEADER), "videoId": video or None},
     )
 
 
