@@ -3,7 +3,11 @@ small HTTP app for /health and /metrics.
 
 Manifest routes skip both header phases: Envoy sends one message, the buffered response body,
 with the request's facts attached as CEL attributes (``playback_drm.contract``). One gRPC message
-per manifest instead of three. The response headers have left by then, so nothing here changes
+per manifest instead of three. A proxy that cannot skip the response headers (Envoy Gateway's
+``EnvoyExtensionPolicy``) sends them first, and the facts with them: they are kept for the body
+of the same stream. A body whose facts never came, or do not name a manifest, is refused: the
+filter only runs on manifest routes, so that is a misconfigured proxy, never a reason to let an
+unsigned manifest through. The response headers have left by then, so nothing here changes
 them: the route drops the origin's length and validators and marks the answer ``no-store``, Envoy
 sends the signed body chunked, and a gzip or deflate body is answered in the same encoding.
 
@@ -32,11 +36,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.struct_pb2 import Struct
 from opentelemetry.trace import SpanKind
 
 from extproc.config import ExtprocConfig
 from extproc.policy import SigningPolicy
 from extproc.service import (
+    MISSING_FACTS,
     ManifestService,
     ManifestUrl,
     Passthrough,
@@ -56,6 +62,7 @@ log = logging.getLogger(__name__)
 _CONTINUE_REQUEST_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
 _CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersResponse())
 _UNCHANGED_BODY = ep.ProcessingResponse(response_body=ep.BodyResponse())
+_FACTS: Final = contract.EXTPROC_ATTRIBUTE_NAMESPACE
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 RESPONSE_MEMO: Final = 256
 RESPONSE_MEMO_BYTES: Final = 64 << 20
@@ -146,16 +153,19 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if tracing.tracing_enabled() and context is not None:
             # Envoy's ext_proc client span travels in the gRPC metadata (W3C traceparent).
             trace_parent = dict(context.invocation_metadata() or ())
+        facts: Struct | None = None  # the request's facts, from whichever message carried them
         async for request in request_iterator:
             phase = request.WhichOneof("request")
+            if _FACTS in request.attributes:
+                facts = request.attributes[_FACTS]
             if phase == "response_body":
                 if trace_parent is None:
-                    yield self._response_body(request)
+                    yield self._response_body(request, facts)
                     continue
                 with tracing.span(
                     tracing.EXTPROC_REWRITE_MANIFEST, parent=trace_parent, kind=SpanKind.SERVER
                 ):
-                    reply = self._response_body(request)
+                    reply = self._response_body(request, facts)
                 yield reply
             elif phase == "request_headers":
                 # The JSON form: answered here, after authz admitted the viewer. Only Envoy can
@@ -175,10 +185,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             else:  # phases we never asked for: let them pass
                 yield _generic_continue(phase)
 
-    def _response_body(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
-        struct = request.attributes.get(contract.EXTPROC_ATTRIBUTE_NAMESPACE)
+    def _response_body(
+        self, request: ep.ProcessingRequest, struct: Struct | None
+    ) -> ep.ProcessingResponse:
         if struct is None:
-            return _UNCHANGED_BODY
+            log.error("manifest body without the request's facts: check the ext_proc attributes")
+            return _refused(MISSING_FACTS)
         fields = struct.fields
         code = fields.get(contract.STATUS_ATTRIBUTE)
         if code is None or (code.number_value != 200 and code.string_value != "200"):
