@@ -108,8 +108,9 @@ def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
                 for k, v in decision.headers
             ],
             # Every identity header authz does not write is removed, so a client's copy never
-            # reaches the services, whatever the proxy in front strips (or forgets to).
-            headers_to_remove=[h for h in IDENTITY_HEADERS if h not in written],
+            # reaches the services, whatever the proxy in front strips (or forgets to); and the
+            # viewer's credential stays at the edge, like the `token` query parameter.
+            headers_to_remove=[h for h in IDENTITY_HEADERS if h not in written] + ["authorization"],
             query_parameters_to_remove=decision.remove_query,
         )
         return external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)

@@ -59,13 +59,15 @@ def test_every_identity_header_authz_does_not_write_is_removed() -> None:
         identity.USER_HEADER,
         identity.PLAN_HEADER,
         identity.ENTITLEMENT_HEADER,
+        "authorization",  # the viewer's credential stays at the edge
     }
     assert list(ok.query_parameters_to_remove) == ["pdt"]
 
 
 def test_headers_authz_writes_are_overwritten_not_removed() -> None:
+    """(The viewer's Authorization header is removed in every case: it stays at the edge.)"""
     written = tuple((h, "x") for h in identity.IDENTITY_HEADERS)
     ok = _ok(Allow(written))
-    assert list(ok.headers_to_remove) == []
+    assert list(ok.headers_to_remove) == ["authorization"]
     assert {h.header.key for h in ok.headers} == set(identity.IDENTITY_HEADERS)
     assert all(h.append_action == h.OVERWRITE_IF_EXISTS_OR_ADD for h in ok.headers)
