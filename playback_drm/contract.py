@@ -73,6 +73,28 @@ EXTPROC_ATTRIBUTES: Final = (
     REQUEST_ID_ATTRIBUTE,
     TRACEPARENT_ATTRIBUTE,
 )
+# A proxy that cannot name single headers as attributes (Envoy Gateway admits whole attributes
+# only, and Envoy sends no header map as one) sends the request headers instead: a request-headers
+# phase, which runs before the router rewrites the path, then the response (its headers, which
+# such a proxy cannot skip, and the buffered body). extproc reads the same facts from those
+# headers: the path the viewer asked for is ``:path`` there.
+HEADER_OF_ATTRIBUTE: Final = {
+    ORIGINAL_PATH_ATTRIBUTE: ":path",
+    USER_ATTRIBUTE: USER_HEADER,
+    VIDEO_ATTRIBUTE: VIDEO_HEADER,
+    SESSION_ATTRIBUTE: SESSION_HEADER,
+    REQUEST_ID_ATTRIBUTE: REQUEST_ID_HEADER,
+    TRACEPARENT_ATTRIBUTE: "traceparent",
+}
+EXTPROC_HEADERS_ATTRIBUTES: Final = (STATUS_ATTRIBUTE, SOURCE_ATTRIBUTE)
+EXTPROC_HEADERS_PROCESSING_MODE: Final = {
+    "request_header_mode": "SEND",
+    "response_header_mode": "SEND",
+    "request_body_mode": "NONE",
+    "response_body_mode": "BUFFERED",
+    "request_trailer_mode": "SKIP",
+    "response_trailer_mode": "SKIP",
+}
 # One message per manifest: the buffered body, with the request's facts as attributes.
 EXTPROC_PROCESSING_MODE: Final = {
     "request_header_mode": "SKIP",
@@ -99,8 +121,11 @@ __all__ = [
     "AUTHZ_REQUEST_HEADERS",
     "EXTPROC_ATTRIBUTES",
     "EXTPROC_ATTRIBUTE_NAMESPACE",
+    "EXTPROC_HEADERS_ATTRIBUTES",
+    "EXTPROC_HEADERS_PROCESSING_MODE",
     "EXTPROC_JSON_FORM_PROCESSING_MODE",
     "EXTPROC_PROCESSING_MODE",
+    "HEADER_OF_ATTRIBUTE",
     "MODE_JWT",
     "MODE_JWT_ONLY",
     "MODE_SIGNED_URL",

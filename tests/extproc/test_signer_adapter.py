@@ -365,3 +365,35 @@ async def test_a_manifest_without_facts_is_refused_not_passed_through() -> None:
         assert immediate.status.code == 503
         assert immediate.details == "manifest_context_missing"
         assert MASTER not in immediate.body
+
+
+async def test_facts_read_from_the_request_headers_phase() -> None:
+    """Envoy Gateway names no single header as an attribute: it sends the request headers (before
+    the router rewrote the path), then the response headers and the body. The viewer, video and
+    the path they asked for come from those headers; the status from the attribute."""
+    proc, sink = processor()
+    request_headers = ep.ProcessingRequest(
+        request_headers=_headers(
+            colon_path="/playback/demo/manifest",
+            x_playback_user="alice",
+            x_playback_video="demo",
+            x_request_id="r1",
+        )
+    )
+    facts = Struct()
+    facts.update({"response.code": 200, "source.address": "203.0.113.7:4242"})
+    response_headers = ep.ProcessingRequest(response_headers=_headers(colon_status="200"))
+    response_headers.attributes["envoy.filters.http.ext_proc"].CopyFrom(facts)
+    body = ep.ProcessingRequest(response_body=ep.HttpBody(body=MASTER, end_of_stream=True))
+    replies = await _run(proc, request_headers, response_headers, body)
+    assert [r.WhichOneof("response") for r in replies] == [
+        "request_headers",
+        "response_headers",
+        "response_body",
+    ]
+    assert b"pdt=" in replies[2].response_body.response.body_mutation.body
+    assert [(e.data["userId"], e.data["requestId"]) for e in sink.events] == [("alice", "r1")]
+    # the status of the response headers decides when no attribute names it
+    bare = ep.ProcessingRequest(response_headers=_headers(colon_status="404"))
+    replies = await _run(proc, request_headers, bare, body)
+    assert replies[2] == ep.ProcessingResponse(response_body=ep.BodyResponse())
