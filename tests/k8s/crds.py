@@ -6,9 +6,7 @@ the tests an unknown field is an error, as it is for a Deployment under kubernet
 strict mode: every object schema that lists its ``properties`` (or lists none and preserves
 nothing) gets ``additionalProperties: false``. ``metadata`` gets the ObjectMeta fields the
 manifests may use. ``nullable`` and ``x-kubernetes-int-or-string`` become JSON Schema types.
-``x-kubernetes-validations`` (CEL) rules are not evaluated: no CEL runtime with Kubernetes'
-libraries exists for Python; tests/k8s/test_components.py checks the rules these manifests could
-break by hand.
+``x-kubernetes-validations`` (CEL) rules are evaluated apart, by tests/k8s/crd_rules.py.
 """
 
 from __future__ import annotations
@@ -70,9 +68,8 @@ def _schema_for(crd: dict[str, Any], version: dict[str, Any]) -> Schema:
 
 
 @functools.cache
-def vendored_schemas() -> dict[tuple[str, str], tuple[Schema, str]]:
-    """``(apiVersion, kind)`` -> (strict schema, the CRD file it comes from), for every served
-    version of every vendored CRD."""
+def _raw_schemas() -> dict[tuple[str, str], tuple[Schema, str]]:
+    """``(apiVersion, kind)`` -> (the CRD's own openAPIV3Schema, its file), every served version."""
     schemas: dict[tuple[str, str], tuple[Schema, str]] = {}
     for path in sorted(CRD_DIR.rglob("*.yaml")):
         for crd in yaml.load_all(path.read_text(), Loader=_LOADER):
@@ -82,12 +79,37 @@ def vendored_schemas() -> dict[tuple[str, str], tuple[Schema, str]]:
                 if not version.get("served", True):
                     continue
                 key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
-                schemas[key] = (_schema_for(crd, version), str(path.relative_to(CRD_DIR)))
+                schemas[key] = (
+                    {**version["schema"]["openAPIV3Schema"], "x-crd": crd},
+                    str(path.relative_to(CRD_DIR)),
+                )
     return schemas
+
+
+def raw_schema(api_version: str, kind: str) -> Schema | None:
+    """The CRD's openAPIV3Schema as published (with its defaults and CEL rules), unmodified."""
+    found = _raw_schemas().get((api_version, kind))
+    if found is None:
+        return None
+    return {k: v for k, v in found[0].items() if k != "x-crd"}
+
+
+@functools.cache
+def vendored_schemas() -> dict[tuple[str, str], tuple[Schema, str]]:
+    """``(apiVersion, kind)`` -> (strict schema, the CRD file it comes from), for every served
+    version of every vendored CRD."""
+    out: dict[tuple[str, str], tuple[Schema, str]] = {}
+    for key, (schema, source) in _raw_schemas().items():
+        crd = schema["x-crd"]
+        [version] = [
+            v for v in crd["spec"]["versions"] if f"{crd['spec']['group']}/{v['name']}" == key[0]
+        ]
+        out[key] = (_schema_for(crd, version), source)
+    return out
 
 
 def vendored_schema(api_version: str, kind: str) -> tuple[Schema, str] | None:
     return vendored_schemas().get((api_version, kind))
 
 
-__all__ = ["CRD_DIR", "OBJECT_META", "vendored_schema", "vendored_schemas"]
+__all__ = ["CRD_DIR", "OBJECT_META", "raw_schema", "vendored_schema", "vendored_schemas"]

@@ -21,6 +21,7 @@ from envoyconf.filters import cors_policy, enable_extproc, sidecar_filters
 from envoyconf.routes import sidecar_routes
 from playback_drm import contract, identity
 from tests.k8s.checks import K8S_VERSIONS, Index, reference_errors, schema_errors
+from tests.k8s.crd_rules import rule_errors
 from tests.k8s.crd_schemas import CRD_SCHEMAS
 from tests.k8s.crds import vendored_schema
 from tests.k8s.mesh_checks import envoy_gateway_errors, istio_errors, mesh_config_errors
@@ -67,6 +68,11 @@ def _mode_errors(overlay: str, objs: list[Obj]) -> list[str]:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_object_validates_strictly(overlay: str, version: str) -> None:
     assert schema_errors(render_overlay(overlay), version) == []
+
+
+@pytest.mark.parametrize("overlay", MODE_OVERLAYS)
+def test_every_cel_rule_of_the_crds_holds(overlay: str) -> None:
+    assert rule_errors(render_overlay(overlay)) == []
 
 
 @pytest.mark.parametrize("overlay", MODE_OVERLAYS)
@@ -189,6 +195,17 @@ def _eg_unknown_field(objs: list[Obj]) -> None:
     ]["response"]["bodyMode"] = "Buffered"
 
 
+def _eg_rewrite_needs_a_prefix(objs: list[Obj]) -> None:
+    rule = _get(objs, "HTTPRoute", "playback-media")["spec"]["rules"][0]
+    rule["matches"][0]["path"] = {"type": "RegularExpression", "value": "^/media/.+"}
+
+
+def _istio_two_targets(objs: list[Obj]) -> None:
+    _get(objs, "AuthorizationPolicy", "playback-ext-authz")["spec"]["targetRefs"] = [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "playback"}
+    ]
+
+
 def _eg_filter_ref(objs: list[Obj]) -> None:
     rule = _get(objs, "HTTPRoute", "playback-manifest")["spec"]["rules"][0]
     rule["filters"][0]["extensionRef"]["name"] = "manifest-mpd"
@@ -230,6 +247,16 @@ BROKEN: dict[str, tuple[str, Callable[[list[Obj]], None], tuple[str, ...]]] = {
         _eg_unknown_field,
         ("EnvoyExtensionPolicy/playback-manifests", "'bodyMode' was unexpected"),
     ),
+    "envoy gateway CEL rule": (
+        "envoy-gateway-dev",
+        _eg_rewrite_needs_a_prefix,
+        ("HTTPRoute/playback-media", "PathPrefix", "CEL rule of the CRD"),
+    ),
+    "istio CEL rule": (
+        "istio-dev",
+        _istio_two_targets,
+        ("AuthorizationPolicy/playback-ext-authz", "CEL rule of the CRD"),
+    ),
     "envoy gateway filter reference": (
         "envoy-gateway-dev",
         _eg_filter_ref,
@@ -244,6 +271,7 @@ def test_a_broken_resource_fails_naming_it(case: str) -> None:
     objs = render_overlay(overlay)
     mutate(objs)
     errors = schema_errors(objs, K8S_VERSIONS[-1]) + _mode_errors(overlay, objs)
+    errors += rule_errors(objs)
     assert [e for e in errors if all(part in e for part in expected)], "\n".join(errors)
 
 
