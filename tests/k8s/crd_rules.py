@@ -14,7 +14,8 @@ import copy
 import functools
 from typing import Any
 
-import celpy  # type: ignore[import-untyped]
+import celpy
+from celpy.adapter import json_to_cel
 from celpy import celtypes
 
 from tests.k8s.crds import raw_schema
@@ -51,7 +52,7 @@ def _walk(schema: dict[str, Any], node: Any, path: str, errors: list[str]) -> No
         if "oldSelf" in rule["rule"]:
             continue
         try:
-            result = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(node)})
+            result = _program(rule["rule"]).evaluate({"self": json_to_cel(node)})
         except Exception as exc:  # a rule we cannot evaluate is not a rule that holds
             errors.append(f"{path}: rule {rule['rule']!r} could not be evaluated: {exc}")
             continue

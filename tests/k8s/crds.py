@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,17 @@ def _schema_for(crd: dict[str, Any], version: dict[str, Any]) -> Schema:
     return schema
 
 
+@dataclass(frozen=True)
+class _Served:
+    crd: dict[str, Any]
+    version: dict[str, Any]
+    source: str  # the file under tests/k8s/crds/
+
+
 @functools.cache
-def _raw_schemas() -> dict[tuple[str, str], tuple[Schema, str]]:
-    """``(apiVersion, kind)`` -> (the CRD's own openAPIV3Schema, its file), every served version."""
-    schemas: dict[tuple[str, str], tuple[Schema, str]] = {}
+def _served() -> dict[tuple[str, str], _Served]:
+    """``(apiVersion, kind)`` -> the CRD and version serving it, for every vendored CRD."""
+    found: dict[tuple[str, str], _Served] = {}
     for path in sorted(CRD_DIR.rglob("*.yaml")):
         for crd in yaml.load_all(path.read_text(), Loader=_LOADER):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
@@ -79,33 +87,27 @@ def _raw_schemas() -> dict[tuple[str, str], tuple[Schema, str]]:
                 if not version.get("served", True):
                     continue
                 key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
-                schemas[key] = (
-                    {**version["schema"]["openAPIV3Schema"], "x-crd": crd},
-                    str(path.relative_to(CRD_DIR)),
-                )
-    return schemas
+                found[key] = _Served(crd, version, str(path.relative_to(CRD_DIR)))
+    return found
 
 
 def raw_schema(api_version: str, kind: str) -> Schema | None:
-    """The CRD's openAPIV3Schema as published (with its defaults and CEL rules), unmodified."""
-    found = _raw_schemas().get((api_version, kind))
-    if found is None:
+    """The CRD's openAPIV3Schema as published (with its defaults and CEL rules)."""
+    served = _served().get((api_version, kind))
+    if served is None:
         return None
-    return {k: v for k, v in found[0].items() if k != "x-crd"}
+    schema: Schema = served.version["schema"]["openAPIV3Schema"]
+    return schema
 
 
 @functools.cache
 def vendored_schemas() -> dict[tuple[str, str], tuple[Schema, str]]:
     """``(apiVersion, kind)`` -> (strict schema, the CRD file it comes from), for every served
     version of every vendored CRD."""
-    out: dict[tuple[str, str], tuple[Schema, str]] = {}
-    for key, (schema, source) in _raw_schemas().items():
-        crd = schema["x-crd"]
-        [version] = [
-            v for v in crd["spec"]["versions"] if f"{crd['spec']['group']}/{v['name']}" == key[0]
-        ]
-        out[key] = (_schema_for(crd, version), source)
-    return out
+    return {
+        key: (_schema_for(served.crd, served.version), served.source)
+        for key, served in _served().items()
+    }
 
 
 def vendored_schema(api_version: str, kind: str) -> tuple[Schema, str] | None:
