@@ -15,8 +15,8 @@ import functools
 from typing import Any
 
 import celpy
-from celpy.adapter import json_to_cel
 from celpy import celtypes
+from celpy.adapter import json_to_cel
 
 from tests.k8s.crds import raw_schema
 from tests.k8s.render import Obj, ref
