@@ -2,6 +2,8 @@
 
 * The authz check mode of a route: Envoy passes it as the ext_authz context extension ``mode``
   (per-route ``check_settings``); authz decides by it.
+* The playback session paths (explicit end, heartbeat) and the key systems whose license URLs a
+  session carries.
 * What ext_proc receives for a manifest: one response-body message (both header phases skipped),
   with the request's facts as CEL attributes, so extproc needs no header phase at all.
 
@@ -18,8 +20,38 @@ from playback_drm.identity import REQUEST_ID_HEADER, SESSION_HEADER, USER_HEADER
 AUTHZ_MODE_KEY: Final = "mode"  # the context extension naming the mode
 MODE_JWT: Final = "jwt"  # viewer JWT + entitlement for the video the request names
 MODE_JWT_ONLY: Final = "jwt_only"  # viewer JWT, no particular video (e.g. DRM certificates)
-MODE_SIGNED_URL: Final = "signed_url"  # a signed media/key URL (``pdt``), no JWT
-AUTHZ_MODES: Final = (MODE_JWT, MODE_JWT_ONLY, MODE_SIGNED_URL)
+MODE_SIGNED_URL: Final = "signed_url"  # a signed media URL (``pdt``), no JWT: a sign of life
+# Entry manifests: viewer JWT + entitlement, and a new playback session (docs/ARCHITECTURE.md).
+MODE_SESSION_START: Final = "session_start"
+# A license request: the session's signed license URL, or a viewer JWT; takes a stream slot.
+MODE_LICENSE: Final = "license"
+MODE_KEY: Final = "key"  # a session's signed HLS key URL; takes a stream slot
+MODE_SESSION_END: Final = "session_end"  # the session's signed end URL: frees its slot at once
+MODE_SESSION_HEARTBEAT: Final = "session_heartbeat"  # the session's signed heartbeat URL
+AUTHZ_MODES: Final = (
+    MODE_JWT,
+    MODE_JWT_ONLY,
+    MODE_SIGNED_URL,
+    MODE_SESSION_START,
+    MODE_LICENSE,
+    MODE_KEY,
+    MODE_SESSION_END,
+    MODE_SESSION_HEARTBEAT,
+)
+
+# Playback sessions: ``POST`` with the session's signed URL (what the JSON form of the manifest
+# returns); Envoy answers 204 once authz admitted (and acted on) the request.
+SESSION_END_PATH: Final = "/playback/sessions/end"
+SESSION_HEARTBEAT_PATH: Final = "/playback/sessions/heartbeat"
+LICENSE_PATH: Final = "/drm/license"  # JSON route; the native one is LICENSE_PATH/{keySystem}
+KEY_PATH_PREFIX: Final = "/drm/key/"
+# The EME names the JSON form signs a session-bound license URL for.
+LICENSE_KEY_SYSTEMS: Final = (
+    "org.w3.clearkey",
+    "com.widevine.alpha",
+    "com.microsoft.playready",
+    "com.apple.fps",
+)
 
 # The ext_proc filter's namespace for the attributes it sends.
 EXTPROC_ATTRIBUTE_NAMESPACE: Final = "envoy.filters.http.ext_proc"
@@ -72,13 +104,23 @@ __all__ = [
     "EXTPROC_ATTRIBUTE_NAMESPACE",
     "EXTPROC_JSON_FORM_PROCESSING_MODE",
     "EXTPROC_PROCESSING_MODE",
+    "KEY_PATH_PREFIX",
+    "LICENSE_KEY_SYSTEMS",
+    "LICENSE_PATH",
     "MODE_JWT",
     "MODE_JWT_ONLY",
+    "MODE_KEY",
+    "MODE_LICENSE",
+    "MODE_SESSION_END",
+    "MODE_SESSION_HEARTBEAT",
+    "MODE_SESSION_START",
     "MODE_SIGNED_URL",
     "ORIGINAL_PATH_ATTRIBUTE",
     "PATH_ATTRIBUTE",
     "REQUEST_ID_ATTRIBUTE",
     "SESSION_ATTRIBUTE",
+    "SESSION_END_PATH",
+    "SESSION_HEARTBEAT_PATH",
     "SOURCE_ATTRIBUTE",
     "STATUS_ATTRIBUTE",
     "TRACEPARENT_ATTRIBUTE",
