@@ -4,12 +4,14 @@ URI of a manifest becomes. Pure logic: no gRPC, no I/O.
 Each URI the rewriter offers is resolved against the manifest's origin URL and its DASH
 ``BaseURL`` chain, then:
 
-1. kinds configured as unsigned (``URL_TOKEN_UNSIGNED_KINDS``, default ``license_url``) stay as
-   they are;
+1. kinds configured as unsigned (``URL_TOKEN_UNSIGNED_KINDS``, default none) stay as they are;
 2. our origin (relative URIs, absolute URIs on the ``ORIGIN_URL`` host):
 
-   - paths under an in-place prefix (``/drm/key/``: HLS AES-128 keys served by the license
-     broker) keep their path and get a per-URL ``pdt`` token;
+   - paths under an in-place prefix (``/drm/key/``: HLS AES-128 keys, ``/drm/license/``: license
+     URLs, both served by the license broker) keep their path and get a per-URL ``pdt`` token,
+     bound to the playback session whenever the manifest has one (whatever
+     ``URL_TOKEN_BINDING`` says: they take the session's concurrent-stream slot); license URLs
+     live as long as playlist URLs (renewals);
    - paths under ``ORIGIN_URL`` (``{ORIGIN_URL}{videoId}/{path}``) become the public
      ``/media/{videoId}/{path}`` with a ``pdt`` token. A relative URI stays relative (only the
      token is appended, so :func:`playback_drm.urlsign.strip_token` gives back the original)
@@ -34,7 +36,9 @@ directory). Paths outside the video, in-place paths and paths a prefix token cou
 (playlists, rendition reports, MPD ``Location``/``PatchLocation``, steering) may get a longer
 ``URL_TOKEN_PLAYLIST_TTL`` for live streams: each refresh of a playlist signs its segments anew;
 those URIs then always get per-URL tokens, so a long-lived token never covers segments.
-``URL_TOKEN_BINDING``: ``none``, ``ip`` (client address) or ``session`` (session id).
+``URL_TOKEN_BINDING``: ``none``, ``ip`` (client address) or ``session`` (the playback session
+authz started for the entry manifest; the service's default): with ``session`` every request of a
+playback is a sign of life of its session (docs/ARCHITECTURE.md, "Playback sessions").
 
 Within one manifest the same URI always maps to the same output (memoized per rewrite: a
 BYTERANGE sub-range and an ``EXT-X-MAP`` naming the same file get one URL).
@@ -61,10 +65,17 @@ from extproc.urls import (
     resolve_reference,
 )
 from playback_drm import urlsign
+from playback_drm.contract import (
+    LICENSE_KEY_SYSTEMS,
+    LICENSE_PATH,
+    SESSION_END_PATH,
+    SESSION_HEARTBEAT_PATH,
+)
 
 __all__ = [
     "REFRESH_KINDS",
     "ManifestUriMapper",
+    "SessionUrls",
     "SigningPolicy",
     "SigningUnavailable",
     "valid_video_id",
@@ -103,6 +114,16 @@ def valid_video_id(video_id: str) -> bool:
         and set(video_id) <= _VIDEO_ID_CHARS
         and ".." not in video_id
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUrls:
+    """``POST`` it to end the session at once (``navigator.sendBeacon`` on ``pagehide``)."""
+
+    end: str
+    heartbeat: str  # ``POST`` it while paused to keep the stream slot (a sign of life)
+    licenses: dict[str, str]  # EME key system -> the session's license URL
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +203,7 @@ class SigningPolicy:
                 now=now,
                 client_ip=client_ip if config.binding is Binding.IP else None,
                 session_id=session_id if config.binding is Binding.SESSION else None,
+                key_session_id=session_id,
             )
         except ValueError as exc:  # e.g. a client address that is not an IP address
             raise SigningUnavailable(str(exc)) from None
@@ -208,6 +230,23 @@ class SigningPolicy:
         if url is None:
             raise SigningUnavailable("the manifest path cannot be expressed as a public URL")
         return url, mapper.refresh_expires_at
+
+    def session_urls(self, *, session_id: str, now: float) -> SessionUrls:
+        """The signed URLs of a playback session an app calls itself (the JSON form returns
+        them), bound to the session and living as long as playlist URLs (paths on the player's
+        host)."""
+        expires_at = urlsign.expiry_for(now, self.refresh_ttl, self.config.window)
+        minter = urlsign.minter(self.config.keys, expires_at=expires_at, session_id=session_id)
+
+        def signed(path: str) -> str:
+            return urlsign.append_token(path, minter.token(path))
+
+        return SessionUrls(
+            end=signed(SESSION_END_PATH),
+            heartbeat=signed(SESSION_HEARTBEAT_PATH),
+            licenses={name: signed(f"{LICENSE_PATH}/{name}") for name in LICENSE_KEY_SYSTEMS},
+            expires_at=expires_at,
+        )
 
     # -- classification of absolute URLs ------------------------------------------------------
 
@@ -257,6 +296,10 @@ class ManifestUriMapper:
         "_ctx",
         "_fast_kinds",
         "_fast_signed",
+        "_key_binding",
+        "_key_minter",
+        "_key_refresh_minter",
+        "_key_scope_tokens",
         "_memo",
         "_minter",
         "_policy",
@@ -288,6 +331,7 @@ class ManifestUriMapper:
         now: float,
         client_ip: str | None,
         session_id: str | None,
+        key_session_id: str | None = None,
     ) -> None:
         config = policy.config
         self._policy = policy
@@ -315,6 +359,23 @@ class ManifestUriMapper:
             if self.refresh_expires_at != self.expires_at
             else None
         )
+        # Our in-place routes (HLS keys, license URLs) take the session's stream slot: they are
+        # bound to the playback session whenever there is one, whatever URL_TOKEN_BINDING says.
+        self._key_binding: dict[str, str | None] = (
+            {"client_ip": None, "session_id": key_session_id} if key_session_id else binding
+        )
+        if self._key_binding == binding:
+            self._key_minter, self._key_refresh_minter = self._minter, self._refresh_minter
+        else:
+            self._key_minter = urlsign.minter(
+                config.keys, expires_at=self.expires_at, **self._key_binding
+            )
+            self._key_refresh_minter = (
+                urlsign.minter(config.keys, expires_at=self.refresh_expires_at, **self._key_binding)
+                if self._refresh_minter is not None
+                else None
+            )
+        self._key_scope_tokens: dict[str, str] = {}
         self._video_token = urlsign.minter(
             config.keys, expires_at=self.expires_at, scope=self.video_prefix, **binding
         ).token()
@@ -498,21 +559,23 @@ class ManifestUriMapper:
             return self._video_token
         return self._minter.token(path)
 
-    def _scope_token(self, scope: str) -> str | None:
+    def _scope_token(self, scope: str, *, in_place: bool = False) -> str | None:
         scope = urlsign.canonical_path(scope)
-        token = self._scope_tokens.get(scope)
+        tokens = self._key_scope_tokens if in_place else self._scope_tokens
+        token = tokens.get(scope)
         if token is None:
+            binding: dict[str, str | None] = (
+                self._key_binding
+                if in_place
+                else {"client_ip": self.client_ip, "session_id": self.session_id}
+            )
             try:
                 token = urlsign.minter(
-                    self._policy.config.keys,
-                    expires_at=self.expires_at,
-                    scope=scope,
-                    client_ip=self.client_ip,
-                    session_id=self.session_id,
+                    self._policy.config.keys, expires_at=self.expires_at, scope=scope, **binding
                 ).token()
             except ValueError:
                 return None  # a template directory with dot segments or encoded separators
-            self._scope_tokens[scope] = token
+            tokens[scope] = token
         return token
 
     def _finish(self, out: str, raw: str, is_template: bool, what: str) -> str | None:
@@ -536,11 +599,14 @@ class ManifestUriMapper:
         if path.startswith(self._policy.config.public_prefix):
             token = self._token_for(path, ref.kind, ref.is_template)
         elif ref.is_template:
-            token = self._scope_token(prefix_directory(path))
-        elif ref.kind in REFRESH_KINDS and self._refresh_minter is not None:
-            token = self._refresh_minter.token(path)
+            token = self._scope_token(prefix_directory(path), in_place=True)
+        elif (
+            ref.kind in REFRESH_KINDS or ref.kind is UriKind.LICENSE_URL
+        ) and self._key_refresh_minter is not None:
+            # a license URL is used again for renewals: it lives like a playlist URL
+            token = self._key_refresh_minter.token(path)
         else:
-            token = self._minter.token(path)
+            token = self._key_minter.token(path)
         if token is None:
             self._count("unmappable")
             return None
