@@ -27,7 +27,9 @@ and any skew adds to or takes from the lifetimes.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final, Protocol
 
@@ -286,10 +288,26 @@ def _text(value: Any) -> str:
 
 
 class RedisSessionStore:
-    def __init__(self, client: aioredis.Redis, life: Lifetimes) -> None:
+    """One script call per check; the writes beside it (the facts' lifetime, the per-plan count)
+    are made at most every third of their lifetime per session and process, so a playing
+    session costs one round trip per check."""
+
+    def __init__(
+        self, client: aioredis.Redis, life: Lifetimes, *, memo_entries: int = 100_000
+    ) -> None:
         self._redis = client
         self._life = life
         self._script = client.register_script(_SESSIONS_LUA)
+        self._memo_entries = memo_entries
+        # session id -> when this process last extended its facts / wrote its per-plan entry
+        self._facts_kept: OrderedDict[str, int] = OrderedDict()
+        self._counted: OrderedDict[str, int] = OrderedDict()
+
+    def _remember(self, memo: OrderedDict[str, int], sid: str, now: int) -> None:
+        memo[sid] = now
+        memo.move_to_end(sid)
+        while len(memo) > self._memo_entries:
+            memo.popitem(last=False)
 
     def _args(self, op: str, sid: str, now: int, limit: int = 0) -> list[str | int]:
         life = self._life
@@ -305,14 +323,28 @@ class RedisSessionStore:
     async def _after(self, sid: str, plan: str, result: SlotResult, now: int) -> None:
         """Keep the facts alive with the session, and the per-plan count of slots true."""
         pipe = self._redis.pipeline(transaction=False)
+        life = self._life
         if result.outcome is not Outcome.ENDED:
-            pipe.pexpire(facts_key(sid), self._life.session_idle_ms)
+            kept = self._facts_kept.get(sid)
+            if kept is None or now - kept >= life.session_idle_ms // 3:
+                pipe.pexpire(facts_key(sid), life.session_idle_ms)
+                self._remember(self._facts_kept, sid, now)
         shard = active_key(plan, active_shard(result.sid))
+        counted = self._counted.get(result.sid)
         if result.outcome in (Outcome.HELD, Outcome.TAKEN):
-            pipe.zadd(shard, {result.sid: now + self._life.stream_idle_ms})
-            pipe.pexpire(shard, self._life.key_ttl_ms)
-        else:
+            if (
+                result.outcome is Outcome.TAKEN
+                or counted is None
+                or now - counted >= life.stream_idle_ms // 3
+            ):
+                pipe.zadd(shard, {result.sid: now + life.stream_idle_ms})
+                pipe.pexpire(shard, life.key_ttl_ms)
+                self._remember(self._counted, result.sid, now)
+        elif counted is not None:
             pipe.zrem(shard, result.sid)
+            del self._counted[result.sid]
+        if not len(pipe):
+            return
         try:
             await pipe.execute()
         except Exception as exc:
@@ -324,13 +356,16 @@ class RedisSessionStore:
             user_key(facts.user, "slots"),
             link_key(facts.user, facts.video, facts.label),
         ]
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.set(facts_key(facts.sid), facts.to_json(), px=self._life.session_idle_ms)
-            await self._script(keys=keys, args=self._args("create", facts.sid, now_ms), client=pipe)
-            await pipe.execute()
+        try:  # two slots (the facts go by session id): two commands, one round trip
+            await asyncio.gather(
+                self._redis.set(
+                    facts_key(facts.sid), facts.to_json(), px=self._life.session_idle_ms
+                ),
+                self._script(keys=keys, args=self._args("create", facts.sid, now_ms)),
+            )
         except Exception as exc:
             raise SessionStoreUnavailable(type(exc).__name__) from exc
+        self._remember(self._facts_kept, facts.sid, now_ms)
 
     async def facts(self, sid: str) -> SessionFacts | None:
         try:
@@ -379,6 +414,8 @@ class RedisSessionStore:
         return bool(was)
 
     async def _forget(self, sid: str, plan: str) -> None:
+        self._facts_kept.pop(sid, None)
+        self._counted.pop(sid, None)
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(facts_key(sid))
         pipe.zrem(active_key(plan, active_shard(sid)), sid)

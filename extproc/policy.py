@@ -235,16 +235,22 @@ class SigningPolicy:
         """The signed URLs of a playback session an app calls itself (the JSON form returns
         them), bound to the session and living as long as playlist URLs (paths on the player's
         host)."""
-        expires_at = urlsign.expiry_for(now, self.refresh_ttl, self.config.window)
-        minter = urlsign.minter(self.config.keys, expires_at=expires_at, session_id=session_id)
-
-        def signed(path: str) -> str:
-            return urlsign.append_token(path, minter.token(path))
-
+        keys, expires_at = (
+            self.config.keys,
+            urlsign.expiry_for(now, self.refresh_ttl, self.config.window),
+        )
+        minter = urlsign.minter(keys, expires_at=expires_at, session_id=session_id)
+        # one token for every key system's license route
+        licenses = (
+            "?pdt="
+            + urlsign.minter(
+                keys, expires_at=expires_at, scope=LICENSE_PATH + "/", session_id=session_id
+            ).token()
+        )
         return SessionUrls(
-            end=signed(SESSION_END_PATH),
-            heartbeat=signed(SESSION_HEARTBEAT_PATH),
-            licenses={name: signed(f"{LICENSE_PATH}/{name}") for name in LICENSE_KEY_SYSTEMS},
+            end=f"{SESSION_END_PATH}?pdt={minter.token(SESSION_END_PATH)}",
+            heartbeat=f"{SESSION_HEARTBEAT_PATH}?pdt={minter.token(SESSION_HEARTBEAT_PATH)}",
+            licenses={name: f"{LICENSE_PATH}/{name}{licenses}" for name in LICENSE_KEY_SYSTEMS},
             expires_at=expires_at,
         )
 

@@ -306,10 +306,13 @@ def test_session_urls_are_signed_for_their_session_and_path_only() -> None:
         verified = authz(policy, PUBLIC + url)
         assert (verified.binding, verified.session_id) == ("session", "S" * 22)
     assert urls.end.startswith("/playback/sessions/end?pdt=")
-    # each is good for its own path only: an end URL is no license URL
+    # each is good for its own path only: an end URL is no license URL, a license URL no key
     moved = urls.end.replace("/playback/sessions/end", "/drm/license/org.w3.clearkey")
     with pytest.raises(urlsign.UrlTokenBadSignature):
         authz(policy, PUBLIC + moved)
+    license_url = urls.licenses["org.w3.clearkey"]
+    with pytest.raises(urlsign.UrlTokenOutOfScope):
+        authz(policy, PUBLIC + license_url.replace("/drm/license/org.w3.clearkey", "/drm/key/x/y"))
 
 
 # --- CDN allowlist --------------------------------------------------------------------------------
