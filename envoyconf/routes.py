@@ -197,7 +197,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
             "match": {"prefix": LICENSE_PATH},
             "route": {"cluster": "license_broker", "timeout": "10s"},
             "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_LICENSE, with_body=True),
+                "envoy.filters.http.ext_authz": authz_mode(MODE_LICENSE),
                 "envoy.filters.http.rbac": license_rbac(s),
             },
         },
