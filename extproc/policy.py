@@ -10,8 +10,9 @@ Each URI the rewriter offers is resolved against the manifest's origin URL and i
    - paths under an in-place prefix (``/drm/key/``: HLS AES-128 keys, ``/drm/license/``: license
      URLs, both served by the license broker) keep their path and get a per-URL ``pdt`` token,
      bound to the playback session whenever the manifest has one (whatever
-     ``URL_TOKEN_BINDING`` says: they take the session's concurrent-stream slot); license URLs
-     live as long as playlist URLs (renewals);
+     ``URL_TOKEN_BINDING`` says: they take the session's concurrent-stream slot; playlist URLs
+     are too, since they lead to the next ones); license URLs live as long as playlist URLs
+     (renewals);
    - paths under ``ORIGIN_URL`` (``{ORIGIN_URL}{videoId}/{path}``) become the public
      ``/media/{videoId}/{path}`` with a ``pdt`` token. A relative URI stays relative (only the
      token is appended, so :func:`playback_drm.urlsign.strip_token` gives back the original)
@@ -366,7 +367,8 @@ class ManifestUriMapper:
             else None
         )
         # Our in-place routes (HLS keys, license URLs) take the session's stream slot: they are
-        # bound to the playback session whenever there is one, whatever URL_TOKEN_BINDING says.
+        # bound to the playback session whenever there is one, whatever URL_TOKEN_BINDING says;
+        # so are playlists, which lead to the next key URLs.
         self._key_binding: dict[str, str | None] = (
             {"client_ip": None, "session_id": key_session_id} if key_session_id else binding
         )
@@ -393,7 +395,11 @@ class ManifestUriMapper:
         self._fast_signed = 0
         # Kinds the fast path may sign without looking further (compared by identity: hashing
         # an Enum member runs Python code).
-        self._fast_kinds = policy.fast_kinds[self._refresh_minter is not None]
+        # Playlists carry the session on when their segments do not (URL_TOKEN_BINDING none or
+        # ip): they are signed one by one, never by the fast path.
+        self._fast_kinds = policy.fast_kinds[
+            self._refresh_minter is not None or self._key_minter is not self._minter
+        ]
         # Below a DASH BaseURL a relative URI may stay relative: the BaseURL is rewritten itself.
         self._relative_ok_bases = UriKind.DASH_BASE_URL not in config.unsigned_kinds
         doc_dir = policy.public_dir_of(document_url)
@@ -555,8 +561,13 @@ class ManifestUriMapper:
             if self._prefix_mode and path.startswith(self.video_prefix):
                 return self._video_token
             return self._scope_token(prefix_directory(path))
-        if kind in REFRESH_KINDS and self._refresh_minter is not None:
-            return self._refresh_minter.token(path)
+        if kind in REFRESH_KINDS:
+            # a playlist names the session even when its segments are not bound to it: the key
+            # and license URLs the next playlist lists must be
+            if self._key_refresh_minter is not None:
+                return self._key_refresh_minter.token(path)
+            if self._key_minter is not self._minter:
+                return self._key_minter.token(path)
         if (
             self._prefix_mode
             and path.startswith(self.video_prefix)

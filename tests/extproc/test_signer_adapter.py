@@ -177,13 +177,29 @@ def test_playback_sessions_bind_every_url_by_default_and_key_urls_always() -> No
     assert not signed_b.cached  # one session's manifest is never another's
     with pytest.raises(SigningUnavailable):
         default.sign(bare, None, None, KEYED)  # fails closed: no session to bind
-    # bearer segment URLs: the key URL is still bound to the session (it takes its slot)
-    bearer = signer(clock)
-    for ctx, bound in ((a, bound_a), (b, bound_b)):
-        signed = bearer.sign(ctx, None, None, KEYED)
-        assert signed is not None
-        assert not signed.cached
-        assert _bindings(signed.body) == {"/drm/key/demo/00112233": bound, "seg.ts": ""}
+    # bearer or IP-bound segment URLs: the key URL is still bound to the session (it takes its
+    # slot), and so are playlist URLs (the next playlist's key URLs need the session)
+    for binding, segment in (("none", ""), ("ip", "i:")):
+        other = signer(clock, URL_TOKEN_BINDING=binding)
+        for sid, bound in (("A" * 22, bound_a), ("B" * 22, bound_b)):
+            address = {"x-envoy-external-address": "203.0.113.9"}
+            ctx = context_from_request(config(), path, {SESSION_HEADER: sid, **address})
+            assert ctx is not None
+            signed = other.sign(ctx, None, None, KEYED)
+            assert signed is not None
+            assert not signed.cached
+            found = _bindings(signed.body)
+            assert found["/drm/key/demo/00112233"] == bound
+            assert found["seg.ts"].startswith(segment) if segment else found["seg.ts"] == ""
+        entry_ip = context_from_request(
+            config(),
+            "/playback/demo/manifest",
+            {SESSION_HEADER: "A" * 22, "x-envoy-external-address": "203.0.113.9"},
+        )
+        assert entry_ip is not None
+        master = other.sign(entry_ip, None, None, MASTER)
+        assert master is not None
+        assert set(_bindings(master.body).values()) == {bound_a}
 
 
 def test_cached_manifest_resolves_from_the_path_the_player_asked_for() -> None:
