@@ -100,7 +100,7 @@ def _on(stack: Stack, url: str) -> str:
     return stack.gateway + parts.path + ("?" + parts.query if parts.query else "")
 
 
-def test_sessions_and_slots_are_shared_follow_playback_and_outlive_no_replica(
+def test_sessions_and_slots_are_shared_follow_playback_and_outlive_replicas(
     replicas: tuple[Stack, Stack],
 ) -> None:
     first, second = replicas
@@ -132,3 +132,8 @@ def test_sessions_and_slots_are_shared_follow_playback_and_outlive_no_replica(
     refused(license(c, "org.w3.clearkey", challenge))
     time.sleep(3.5)
     assert license(c, "org.w3.clearkey", challenge).status == 200
+    # the surviving replica restarts: sessions and slots are in Redis, not in the process
+    first.stop_component("authz")
+    first.start_component("authz")
+    assert license(c, "org.w3.clearkey", challenge).status == 200
+    refused(license(start(first, user, "dash"), "org.w3.clearkey", challenge))
