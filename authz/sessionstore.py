@@ -27,13 +27,13 @@ and any skew adds to or takes from the lifetimes.
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from authz.sessions import Lifetimes, Outcome, SessionFacts, SlotResult, UserSessions
 
@@ -356,16 +356,29 @@ class RedisSessionStore:
             user_key(facts.user, "slots"),
             link_key(facts.user, facts.video, facts.label),
         ]
-        try:  # two slots (the facts go by session id): two commands, one round trip
-            await asyncio.gather(
-                self._redis.set(
-                    facts_key(facts.sid), facts.to_json(), px=self._life.session_idle_ms
-                ),
-                self._script(keys=keys, args=self._args("create", facts.sid, now_ms)),
-            )
+        args = self._args("create", facts.sid, now_ms)
+        # Two slots (the facts go by session id): one pipeline, one connection, one round trip.
+        # (A Script in a pipeline would ask SCRIPT EXISTS first: one more round trip each time.)
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(facts_key(facts.sid), facts.to_json(), px=self._life.session_idle_ms)
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            try:
+                await pipe.execute()
+                break
+            except NoScriptError:  # a new or restarted Redis: load the script once, again
+                if attempt == 2:
+                    raise SessionStoreUnavailable("NoScriptError") from None
+                await self._load_script()
+            except Exception as exc:
+                raise SessionStoreUnavailable(type(exc).__name__) from exc
+        self._remember(self._facts_kept, facts.sid, now_ms)
+
+    async def _load_script(self) -> None:
+        try:
+            await self._redis.script_load(_SESSIONS_LUA)
         except Exception as exc:
             raise SessionStoreUnavailable(type(exc).__name__) from exc
-        self._remember(self._facts_kept, facts.sid, now_ms)
 
     async def facts(self, sid: str) -> SessionFacts | None:
         try:

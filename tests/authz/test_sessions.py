@@ -326,6 +326,7 @@ async def test_redis_keys_of_one_viewer_share_a_cluster_slot(redis_url: str) -> 
     client = aioredis.Redis.from_url(redis_url)
     try:
         store = RedisSessionStore(client, LIFE)
+        await client.script_flush()  # a new or restarted Redis: the script is loaded on demand
         await store.create(facts("K" * 22, user="a}b"), T0)
         ttls = [await client.pttl(k) for k in await client.keys("pdrm:*")]
         assert len(ttls) == 3  # live, link, facts (no slot yet)
