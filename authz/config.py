@@ -22,14 +22,19 @@
 | URL_SIGNING_KEYS | (required) | `kid:base64secret,...` keys that verify signed media URLs |
 | RATE_LIMIT_PER_USER | 200 | requests per window per user (rate limit service) |
 | RATE_LIMIT_WINDOW_SECONDS | 1 | sliding window length |
+| STREAM_LIMITS | premium=4,standard=2,basic=2,default=1 | streams per plan (0: no limit) |
+| STREAM_IDLE_SECONDS | 60 | a slot is freed this long after the session's last sign of life |
+| SESSION_IDLE_SECONDS | 1800 | a playback session ends this long after its last sign of life |
+| SESSION_CHECK_SECONDS | 5 | a replica asks the session store about a session at most this often |
 | LOG_LEVEL | INFO | |
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from authz.sessions import StreamLimits
 from playback_drm.h2grpc import check_transport
 from playback_drm.settings import (
     ConfigError,
@@ -41,6 +46,7 @@ from playback_drm.settings import (
     env_str,
 )
 
+DEFAULT_STREAM_LIMITS = "premium=4,standard=2,basic=2,default=1"
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"})
 
 
@@ -69,6 +75,12 @@ class AuthzConfig:
     rate_limit_per_user: int
     rate_limit_window: float
     log_level: str
+    stream_limits: StreamLimits = field(
+        default_factory=lambda: StreamLimits.parse(DEFAULT_STREAM_LIMITS)
+    )
+    stream_idle: int = 60
+    session_idle: int = 1800
+    session_check: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AuthzConfig:
@@ -84,6 +96,17 @@ class AuthzConfig:
                 raise ConfigError(f"JWT_ALGORITHMS: unsupported algorithm {alg!r}")
         if secret is not None and len(secret.encode()) < 32:
             raise ConfigError("JWT_HS256_SECRET must be at least 32 bytes")
+        try:
+            limits = StreamLimits.parse(env_str(env, "STREAM_LIMITS", DEFAULT_STREAM_LIMITS))
+        except ValueError as exc:
+            raise ConfigError(f"STREAM_LIMITS: {exc}") from None
+        stream_idle = env_int(env, "STREAM_IDLE_SECONDS", 60, minimum=1)
+        session_idle = env_int(env, "SESSION_IDLE_SECONDS", 1800, minimum=1)
+        session_check = env_float(env, "SESSION_CHECK_SECONDS", 5.0, minimum=0.0)
+        if session_idle < stream_idle:
+            raise ConfigError("SESSION_IDLE_SECONDS must be at least STREAM_IDLE_SECONDS")
+        if session_check * 2 > stream_idle:
+            raise ConfigError("SESSION_CHECK_SECONDS must be at most half of STREAM_IDLE_SECONDS")
         return cls(
             grpc_host=grpc_host,
             grpc_port=grpc_port,
@@ -108,4 +131,8 @@ class AuthzConfig:
             rate_limit_per_user=env_int(env, "RATE_LIMIT_PER_USER", 200, minimum=1),
             rate_limit_window=env_float(env, "RATE_LIMIT_WINDOW_SECONDS", 1.0, minimum=0.01),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
+            stream_limits=limits,
+            stream_idle=stream_idle,
+            session_idle=session_idle,
+            session_check=session_check,
         )

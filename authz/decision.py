@@ -24,6 +24,7 @@ from playback_drm.identity import (
 from playback_drm.problem import PlaybackError
 
 TOKEN_PARAM = "token"  # noqa: S105 - a parameter name, not a secret
+URL_TOKEN_PARAM = "pdt"  # noqa: S105 - playback_drm.urlsign.TOKEN_PARAM
 MAX_BODY_FOR_VIDEO = 64 * 1024
 
 _VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -57,6 +58,8 @@ class Deny:
     title: str
     detail: str
     www_authenticate: str | None = None
+    user: str | None = None  # who was refused, when authz knew (for the PlaybackError event)
+    video: str | None = None
 
 
 Decision = Allow | Deny
@@ -88,6 +91,13 @@ def extract_token(inp: CheckInput) -> str | None:
 def has_token_param(query: str) -> bool:
     return "token=" in query and any(
         k == TOKEN_PARAM for k, _ in parse_qsl(query, keep_blank_values=True)
+    )
+
+
+def has_url_token(query: str) -> bool:
+    """Whether the request carries a signed-URL token (``pdt``), whatever its value."""
+    return "pdt=" in query and any(
+        k == URL_TOKEN_PARAM for k, _ in parse_qsl(query, keep_blank_values=True)
     )
 
 
@@ -131,34 +141,62 @@ def _video_from_body(body: bytes) -> str | None:
     return None
 
 
-def entitled(ident: Identity, ent: Entitlement, remove_token: bool) -> Decision:
+def require_entitled(ent: Entitlement) -> Entitlement:
+    """``ent`` when it grants the video; raises :class:`NotEntitled` with Billing's reason."""
     if not ent.entitled:
         reason = ent.reason or "no entitlement"
-        return deny(NotEntitled(f"user is not entitled to this video: {reason}", reason=reason))
+        raise NotEntitled(f"user is not entitled to this video: {reason}", reason=reason)
+    return ent
+
+
+def viewer_headers(
+    user: str, plan: str, video: str, entitlement: str, session: str | None
+) -> tuple[tuple[str, str], ...]:
+    """The identity headers of an admitted viewer (``playback_drm.identity``)."""
     headers = [
-        (USER_HEADER, ident.sub),
-        (PLAN_HEADER, ent.plan or ""),
-        (VIDEO_HEADER, ent.video),
-        (ENTITLEMENT_HEADER, ent.facts_header),
+        (USER_HEADER, user),
+        (PLAN_HEADER, plan),
+        (VIDEO_HEADER, video),
+        (ENTITLEMENT_HEADER, entitlement),
     ]
-    if ident.session is not None:
-        headers.append((SESSION_HEADER, ident.session))
-    return Allow(tuple(headers), (TOKEN_PARAM,) if remove_token else ())
+    if session is not None:
+        headers.append((SESSION_HEADER, session))
+    return tuple(headers)
+
+
+def entitled(
+    ident: Identity, ent: Entitlement, remove_token: bool, session: str | None = None
+) -> Decision:
+    """Admit a viewer Billing entitles; ``session`` is the playback session of the request."""
+    if not ent.entitled:
+        reason = ent.reason or "no entitlement"
+        return deny(
+            NotEntitled(f"user is not entitled to this video: {reason}", reason=reason),
+            user=ident.sub,
+            video=ent.video,
+        )
+    headers = viewer_headers(ident.sub, ent.plan or "", ent.video, ent.facts_header, session)
+    return Allow(headers, (TOKEN_PARAM,) if remove_token else ())
 
 
 def identified(ident: Identity, remove_token: bool) -> Decision:
-    headers = [(USER_HEADER, ident.sub)]
-    if ident.session is not None:
-        headers.append((SESSION_HEADER, ident.session))
-    return Allow(tuple(headers), (TOKEN_PARAM,) if remove_token else ())
+    return Allow(((USER_HEADER, ident.sub),), (TOKEN_PARAM,) if remove_token else ())
 
 
-def deny(error: BaseException) -> Deny:
+def deny(error: BaseException, *, user: str | None = None, video: str | None = None) -> Deny:
     """Map an error to a denial; anything unexpected fails closed as a 503 with a stable code."""
     if isinstance(error, PlaybackError):
         www = _www_authenticate(error) if isinstance(error, TokenError) else None
-        return Deny(error.status, error.code, error.title, error.detail, www)
-    return Deny(503, "authz_internal_error", "Authorization failed", "authorization failed")
+        return Deny(error.status, error.code, error.title, error.detail, www, user, video)
+    return Deny(
+        503,
+        "authz_internal_error",
+        "Authorization failed",
+        "authorization failed",
+        None,
+        user,
+        video,
+    )
 
 
 def _www_authenticate(error: TokenError) -> str:

@@ -12,8 +12,12 @@ PlaybackError (playback_drm.problem)
     │   ├── TokenNotYetValid       nbf/iat in the future (beyond leeway)
     │   └── TokenClaimsInvalid     wrong iss/aud, missing sub/exp
     ├── NotEntitled                403, Billing says no (no subscription, plan too low, ...)
+    ├── StreamLimitReached         403, the viewer already holds as many stream slots as allowed
+    ├── SessionEnded               403, the URL's playback session ended or idled out
+    ├── SessionRequired            403, a key, license end or heartbeat URL not bound to a session
     ├── VideoNotSpecified          400, the request names no video to check
     ├── KeySourceUnavailable       503, JWKS cannot be fetched and no cached key fits
+    ├── SessionsUnavailable        503, a key or license URL whose session cannot be looked up
     └── BillingUnavailable         503, Billing unreachable/timed out/invalid answer
 """
 
@@ -80,6 +84,33 @@ class NotEntitled(AuthzError):
     title = "Not entitled"
 
 
+class StreamLimitReached(AuthzError):
+    """A new stream (a playback session's first key or license) while the viewer already holds
+    as many concurrent-stream slots as the entitlement allows. A policy decision the viewer acts on
+    (stop another playback), not a rate limit: 403, not 429."""
+
+    code = "stream_limit_reached"
+    status = 403
+    title = "Concurrent stream limit reached"
+
+
+class SessionEnded(AuthzError):
+    """A session-bound URL whose playback session was ended (explicitly, by a license release or
+    by idleness) or is unknown: playback has to start again from the manifest."""
+
+    code = "playback_session_ended"
+    status = 403
+    title = "Playback session ended"
+
+
+class SessionRequired(AuthzError):
+    """Key delivery and the session routes need a URL signed for a playback session."""
+
+    code = "playback_session_required"
+    status = 403
+    title = "Playback session required"
+
+
 class VideoNotSpecified(AuthzError):
     code = "video_not_specified"
     status = 400
@@ -90,6 +121,15 @@ class KeySourceUnavailable(AuthzError):
     code = "key_source_unavailable"
     status = 503
     title = "Token key source unavailable"
+
+
+class SessionsUnavailable(AuthzError):
+    """The session store cannot be asked and this replica does not know the URL's session: a
+    key or license cannot go to a viewer nobody can name (segments still pass)."""
+
+    code = "session_store_unavailable"
+    status = 503
+    title = "Playback session store unavailable"
 
 
 class BillingUnavailable(AuthzError):

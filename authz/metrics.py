@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from playback_drm.metrics import CACHE_REQUESTS, request_metrics
 
@@ -14,4 +14,27 @@ RATE_LIMIT = Counter(
     "playback_ratelimit_decisions_total",
     "Rate limit service decisions",
     ["outcome"],
+)
+
+# Playback sessions and concurrent-stream slots (authz.registry).
+SESSIONS_STARTED = Counter(
+    "playback_sessions_started_total",
+    "Playback sessions started (entry manifest requests admitted)",
+)
+STREAM_SLOTS = Counter(
+    "playback_stream_slots_total",
+    "Concurrent-stream slot decisions: taken, refused, released (an explicit end or a license "
+    "release), unchecked (the session store could not be asked: allowed)",
+    ["result"],
+)
+SESSION_STORE_ERRORS = Counter(
+    "playback_session_store_errors_total",
+    "Session store calls that failed; the request went on (fail open)",
+    ["op"],
+)
+SESSIONS_ACTIVE = Gauge(
+    "playback_sessions_active",
+    "Playback sessions holding a concurrent-stream slot, per plan. With Redis every replica "
+    "reports the same cluster-wide count: aggregate with max, not sum",
+    ["plan"],
 )

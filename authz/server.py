@@ -41,10 +41,18 @@ from authz.ratelimit import (
     RedisSlidingWindow,
     SlidingWindow,
 )
+from authz.registry import SessionRegistry
 from authz.service import Authorizer, UrlVerifier
+from authz.sessions import Lifetimes
+from authz.sessionstore import MemorySessionStore, RedisSessionStore, SessionStore
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
-from playback_drm.contract import AUTHZ_MODE_KEY, authz_mode_for_path
+from playback_drm.contract import (
+    AUTHZ_MODE_KEY,
+    MODE_SESSION_END,
+    MODE_SESSION_HEARTBEAT,
+    authz_mode_for_path,
+)
 from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.health import OK, Check, Readiness, health_app
 from playback_drm.identity import IDENTITY_HEADERS
@@ -199,7 +207,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 SOURCE,
                 code=decision.code,
                 status=decision.status,
-                video_id=_video_or_none(inp),
+                user_id=decision.user,
+                video_id=decision.video or _video_or_none(inp),
                 trace_id=tracing.current_trace_id(),
                 path=inp.path,
             )
@@ -207,6 +216,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
 
 
 def _video_or_none(inp: CheckInput) -> str | None:
+    if inp.mode in (MODE_SESSION_END, MODE_SESSION_HEARTBEAT):
+        return None  # /playback/sessions/...: no video in the path
     try:
         return video_for(inp)
     except PlaybackError:
@@ -315,10 +326,18 @@ def readiness_of(
 def url_verifier_from(config: AuthzConfig) -> UrlVerifier:
     ring = urlsign.KeyRing.from_spec(config.url_signing_keys)
 
-    def verify(path: str, query: str, client_ip: str | None) -> Any:
-        return urlsign.verify(ring, path, query, now=time.time(), client_ip=client_ip)
+    def verify(path: str, query: str, client_ip: str | None, leeway: int = 0) -> Any:
+        return urlsign.verify(
+            ring, path, query, now=time.time(), client_ip=client_ip, leeway=leeway
+        )
 
     return verify
+
+
+def session_store(config: AuthzConfig, redis: aioredis.Redis | None) -> SessionStore:
+    """The playback-session store: Redis when configured (shared by replicas), else memory."""
+    life = Lifetimes(config.session_idle * 1000, config.stream_idle * 1000)
+    return RedisSessionStore(redis, life) if redis is not None else MemorySessionStore(life)
 
 
 @contextlib.asynccontextmanager
@@ -361,7 +380,10 @@ async def running_authz(
         deny_ttl=config.entitlement_deny_ttl,
         shared=RedisCache(redis) if redis is not None else None,
     )
-    authorizer = Authorizer(verifier, entitlements, url_verifier_from(config))
+    sessions = SessionRegistry(
+        session_store(config, redis), config.stream_limits, check_interval=config.session_check
+    )
+    authorizer = Authorizer(verifier, entitlements, url_verifier_from(config), sessions)
 
     def register(server: Any) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
@@ -381,6 +403,7 @@ async def running_authz(
             await jwks.refresh(force=True)
 
     refresher = asyncio.create_task(periodic_refresh())
+    gauge = asyncio.create_task(sessions.run_gauge())
     readiness = readiness_of(jwks, session, config.billing_url, redis)
     try:
         async with (
@@ -398,6 +421,8 @@ async def running_authz(
             yield server, authorizer
     finally:
         refresher.cancel()
+        gauge.cancel()
+        await sessions.store.close()
         await session.close()
         if redis is not None:
             await redis.aclose()

@@ -5,13 +5,14 @@
 The broker runs in its own process (uvloop when installed, like ``playback-drm serve broker``)
 with the demo keys in memory, on a loopback port; this process is the open-loop load generator
 (``bench/harness.py``). Every request carries the headers authz would set (user, plan, compact
-entitlement facts with ``maxStreams``, so the concurrent-stream check runs too). Scenarios:
+entitlement facts). Concurrent-stream slots are authz's (``bench/bench_sessions.py``), not the
+broker's. Scenarios:
 
-- ``clearkey-memory``: in-memory license cache and stream tracker, a new viewer per request, so
-  every license is built (warm key cache, license cache miss);
-- ``clearkey-redis-miss``: Redis license cache and stream tracker, a new viewer per request
-  (stream Lua script + GET miss + SET NX per license);
-- ``clearkey-redis-hit``: Redis, one viewer repeating one request (stream refresh + GET hit).
+- ``clearkey-memory``: in-memory license cache, a new viewer per request, so every license is
+  built (warm key cache, license cache miss);
+- ``clearkey-redis-miss``: Redis license cache, a new viewer per request (GET miss + SET NX per
+  license);
+- ``clearkey-redis-hit``: Redis, one viewer repeating one request (GET hit).
 
 A real Redis is started for the run unless ``--redis-url`` is given. CPU is the broker process's
 user+system time during the measured window divided by the requests sent. On a shared or
@@ -173,7 +174,6 @@ async def service_only(n: int = 5000) -> float:
     from license_broker.keys import CachedKeyStore, MemoryKeyStore
     from license_broker.policy import Identity
     from license_broker.service import LicenseService
-    from license_broker.streams import MemoryStreamTracker
     from playback_drm.events import NullSink
 
     keys = CachedKeyStore(
@@ -187,7 +187,6 @@ async def service_only(n: int = 5000) -> float:
         BrokerConfig(),
         keys=keys,
         cache=MemoryLicenseCache(100_000),
-        streams=MemoryStreamTracker(),
         providers={},
         events=NullSink(),
     )

@@ -37,6 +37,7 @@ def message() -> bytes:
             "request.path": "/bench/hls/720p/playlist.m3u8",
             "request.headers['x-envoy-original-path']": "/media/bench/hls/720p/playlist.m3u8",
             "request.headers['x-playback-video']": "bench",
+            "request.headers['x-playback-session']": "S" * 22,  # URL_TOKEN_BINDING=session
             "response.code": 200,
         }
     )

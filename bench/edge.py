@@ -2,7 +2,8 @@
 
     python bench/edge.py authz      # issue 2: Envoy alone vs Envoy + ext_authz (200 and 500 req/s)
     python bench/edge.py manifest   # issue 3: Envoy alone vs authz + ext_proc, 150-segment HLS
-                                    #          media playlist and a 2-period DASH MPD (200 req/s)
+                                    #          media playlist and a 2-period DASH MPD (200 req/s),
+                                    #          each request a new playback session (issue 21)
     python bench/edge.py license    # issue 4: license requests through the sidecar (mTLS, authz,
                                     #          broker, Redis, Vault-cached keys) vs Envoy alone
     python bench/edge.py all
@@ -39,7 +40,8 @@ from bench.harness import Request, RunResult, run_open_loop, table
 from devstack import media
 from devstack.stack import Stack, StackPorts, StackSettings
 from devstack.supervise import ManagedProcess, binary, free_port, port_open
-from playback_drm.contract import EXTPROC_ATTRIBUTES, EXTPROC_PROCESSING_MODE
+from envoyconf.filters import authz_mode
+from playback_drm.contract import EXTPROC_ATTRIBUTES, EXTPROC_PROCESSING_MODE, MODE_SESSION_START
 
 T_HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -168,7 +170,17 @@ EXTPROC_FILTER = {
 MANIFEST_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
 
 
-def _manifest_routes(cluster: str) -> list[dict[str, Any]]:
+def _manifest_routes(cluster: str, *, authz: bool = False) -> list[dict[str, Any]]:
+    # as the sidecar: an entry manifest starts a playback session, whose signed manifest is its own
+    per_filter = (
+        {
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": authz_mode(MODE_SESSION_START)
+            }
+        }
+        if authz
+        else {}
+    )
     return [
         {
             "match": {
@@ -182,6 +194,7 @@ def _manifest_routes(cluster: str) -> list[dict[str, Any]]:
                     "substitution": r"/\1/manifest.mpd",
                 },
             },
+            **per_filter,
         },
         {
             "match": {"safe_regex": {"regex": MANIFEST_REGEX}},
@@ -192,6 +205,7 @@ def _manifest_routes(cluster: str) -> list[dict[str, Any]]:
                     "substitution": r"/\1/master.m3u8",
                 },
             },
+            **per_filter,
         },
     ]
 
@@ -224,13 +238,13 @@ def bench_envoy_config(ports: dict[str, int], stack: Stack) -> dict[str, Any]:
                 _listener(
                     "manifest_full",
                     ports["manifest_full"],
-                    _manifest_routes("origin"),
+                    _manifest_routes("origin", authz=True),
                     [AUTHZ_FILTER, EXTPROC_FILTER],
                 ),
                 _listener(
                     "manifest_grpcio",
                     ports["manifest_grpcio"],
-                    _manifest_routes("origin"),
+                    _manifest_routes("origin", authz=True),
                     [_authz_filter("authz_g"), _extproc_filter("extproc_g")],
                 ),
             ],

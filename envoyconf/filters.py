@@ -40,14 +40,8 @@ def disable_authz() -> dict[str, Any]:
     return {"envoy.filters.http.ext_authz": {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True}}
 
 
-def authz_mode(mode: str, *, with_body: bool = False) -> dict[str, Any]:
+def authz_mode(mode: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"context_extensions": {AUTHZ_MODE_KEY: mode}}
-    if with_body:
-        settings["with_request_body"] = {
-            "max_request_bytes": AUTHZ_MAX_BODY_BYTES,
-            "allow_partial_message": True,
-            "pack_as_bytes": True,
-        }
     return {"@type": T_EXT_AUTHZ_ROUTE, "check_settings": settings}
 
 
@@ -218,6 +212,15 @@ def sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
                 "clear_route_cache": False,
                 "include_peer_certificate": False,
                 "allowed_headers": {"patterns": [{"exact": h} for h in AUTHZ_REQUEST_HEADERS]},
+                # License bodies (the JSON route's videoId, Widevine's release and certificate
+                # requests) reach authz as raw bytes. Only POSTs carry a body (licenses, session
+                # ends); it is set here because Envoy ignores a per-route pack_as_bytes
+                # (envoyproxy/envoy#35623) and would hand over a UTF-8-"sanitised" copy.
+                "with_request_body": {
+                    "max_request_bytes": AUTHZ_MAX_BODY_BYTES,
+                    "allow_partial_message": True,
+                    "pack_as_bytes": True,
+                },
                 "stat_prefix": "playback",
             },
         },

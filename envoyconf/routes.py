@@ -8,7 +8,18 @@ from typing import Any
 from envoyconf.filters import authz_mode, disable_authz, enable_extproc, license_rbac
 from envoyconf.replies import problem_body
 from envoyconf.settings import EnvoySettings
-from playback_drm.contract import MODE_JWT, MODE_SIGNED_URL
+from playback_drm.contract import (
+    KEY_PATH_PREFIX,
+    LICENSE_PATH,
+    MODE_KEY,
+    MODE_LICENSE,
+    MODE_SESSION_END,
+    MODE_SESSION_HEARTBEAT,
+    MODE_SESSION_START,
+    MODE_SIGNED_URL,
+    SESSION_END_PATH,
+    SESSION_HEARTBEAT_PATH,
+)
 from playback_drm.problem import PROBLEM_CONTENT_TYPE
 
 MANIFEST_ROUTE_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
@@ -52,8 +63,9 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         ],
         "response_headers_to_remove": ["etag", "last-modified", "content-length"],
     }
+    # An entry manifest starts a playback session (authz), whose id every signed URL carries.
     manifest_filters = {
-        "envoy.filters.http.ext_authz": authz_mode(MODE_JWT),
+        "envoy.filters.http.ext_authz": authz_mode(MODE_SESSION_START),
         "envoy.filters.http.ext_proc": enable_extproc(),
     }
     return [
@@ -72,6 +84,23 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
             ],
             "typed_per_filter_config": disable_authz(),
         },
+        # A playback session's own routes: authz acts on the session its signed URL names
+        # (ends it, or counts a sign of life), then Envoy answers 204 itself.
+        *(
+            {
+                "name": name,
+                "match": {
+                    "path": path,
+                    "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+                },
+                "direct_response": {"status": 204},
+                "typed_per_filter_config": {"envoy.filters.http.ext_authz": authz_mode(mode)},
+            }
+            for name, path, mode in (
+                ("session_end", SESSION_END_PATH, MODE_SESSION_END),
+                ("session_heartbeat", SESSION_HEARTBEAT_PATH, MODE_SESSION_HEARTBEAT),
+            )
+        ),
         {
             "name": "manifest_url_json",
             "request_headers_to_add": manifest_encoding,
@@ -94,7 +123,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
                 },
             },
             "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_JWT),
+                "envoy.filters.http.ext_authz": authz_mode(MODE_SESSION_START),
                 "envoy.filters.http.ext_proc": enable_extproc(request_headers=True),
             },
         },
@@ -153,11 +182,9 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         },
         {
             "name": "hls_key",
-            "match": {"prefix": "/drm/key/"},
+            "match": {"prefix": KEY_PATH_PREFIX},
             "route": {"cluster": "license_broker", "timeout": "5s"},
-            "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_SIGNED_URL)
-            },
+            "typed_per_filter_config": {"envoy.filters.http.ext_authz": authz_mode(MODE_KEY)},
         },
         {
             "name": "drm_certificate",
@@ -167,10 +194,10 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         },
         {
             "name": "license",
-            "match": {"prefix": "/drm/license"},
+            "match": {"prefix": LICENSE_PATH},
             "route": {"cluster": "license_broker", "timeout": "10s"},
             "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_JWT, with_body=True),
+                "envoy.filters.http.ext_authz": authz_mode(MODE_LICENSE),
                 "envoy.filters.http.rbac": license_rbac(s),
             },
         },

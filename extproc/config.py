@@ -21,9 +21,10 @@ The signing policy's settings, read by :meth:`PolicyConfig.from_env` (what they 
     URL_TOKEN_TTL               seconds                                        (300)
     URL_TOKEN_PLAYLIST_TTL      seconds, for re-fetched playlists              (21600)
     URL_TOKEN_WINDOW            seconds; expiries are rounded up to it         (60)
-    URL_TOKEN_BINDING           none | ip | session                            (none)
-    URL_TOKEN_UNSIGNED_KINDS    comma list of UriKind values left unsigned     (license_url)
-    URL_TOKEN_IN_PLACE_PREFIXES comma list of path prefixes signed in place    (/drm/key/)
+    URL_TOKEN_BINDING           none | ip | session                            (session)
+    URL_TOKEN_UNSIGNED_KINDS    comma list of UriKind values left unsigned     (none)
+    URL_TOKEN_IN_PLACE_PREFIXES comma list of path prefixes signed in place    (/drm/key/,
+                                                                            /drm/license/)
     PUBLIC_HOSTS                comma list of our public host[:port] names     (none)
     CDN_SIGNERS                 JSON list of CDN signer specs, see extproc.signers (none)
 """
@@ -41,10 +42,14 @@ from extproc.signers import UrlSigner, signer_from_spec
 from extproc.uri import UriKind
 from extproc.urls import normalize_netloc
 from playback_drm import urlsign
+from playback_drm.contract import KEY_PATH_PREFIX, LICENSE_PATH
 from playback_drm.h2grpc import check_transport
 from playback_drm.settings import ConfigError, env_addr, env_int, env_list, env_opt, env_str
 
 DEFAULT_PLAYLIST_TTL: Final = 6 * 3600
+# Our own routes a manifest may name (HLS keys, license URLs): signed where they are, and always
+# bound to the playback session when there is one (they take its stream slot).
+IN_PLACE_PREFIXES: Final = (KEY_PATH_PREFIX, LICENSE_PATH + "/")
 
 
 class TokenMode(enum.Enum):
@@ -68,10 +73,11 @@ class PolicyConfig:
     ttl: int = 300
     playlist_ttl: int | None = None
     window: int = 60
+    # A bare policy binds nothing; the service's default (URL_TOKEN_BINDING) is ``session``.
     binding: Binding = Binding.NONE
-    unsigned_kinds: frozenset[UriKind] = frozenset({UriKind.LICENSE_URL})
+    unsigned_kinds: frozenset[UriKind] = frozenset()
     public_prefix: str = "/media/"
-    in_place_prefixes: tuple[str, ...] = ("/drm/key/",)
+    in_place_prefixes: tuple[str, ...] = IN_PLACE_PREFIXES
     public_hosts: frozenset[str] = frozenset()
     cdn_signers: Mapping[str, UrlSigner] = field(default_factory=dict)
 
@@ -95,7 +101,7 @@ class PolicyConfig:
     def from_env(cls, env: Mapping[str, str]) -> PolicyConfig:
         keys = urlsign.KeyRing.from_spec(env_str(env, "URL_SIGNING_KEYS"))
         mode_text = env_str(env, "URL_TOKEN_MODE", "prefix").lower()
-        binding_text = env_str(env, "URL_TOKEN_BINDING", "none").lower()
+        binding_text = env_str(env, "URL_TOKEN_BINDING", "session").lower()
         try:
             mode = TokenMode(mode_text)
         except ValueError:
@@ -107,7 +113,7 @@ class PolicyConfig:
                 f"URL_TOKEN_BINDING must be none, ip or session, got {binding_text!r}"
             ) from None
         kinds: set[UriKind] = set()
-        for name in env_list(env, "URL_TOKEN_UNSIGNED_KINDS", ("license_url",)):
+        for name in env_list(env, "URL_TOKEN_UNSIGNED_KINDS"):
             try:
                 kinds.add(UriKind(name.lower()))
             except ValueError:
@@ -140,7 +146,7 @@ class PolicyConfig:
             window=env_int(env, "URL_TOKEN_WINDOW", 60, minimum=0),
             binding=binding,
             unsigned_kinds=frozenset(kinds),
-            in_place_prefixes=env_list(env, "URL_TOKEN_IN_PLACE_PREFIXES", ("/drm/key/",)),
+            in_place_prefixes=env_list(env, "URL_TOKEN_IN_PLACE_PREFIXES", IN_PLACE_PREFIXES),
             public_hosts=frozenset(h.lower() for h in env_list(env, "PUBLIC_HOSTS")),
             cdn_signers=signers,
         )

@@ -4,12 +4,15 @@ URI of a manifest becomes. Pure logic: no gRPC, no I/O.
 Each URI the rewriter offers is resolved against the manifest's origin URL and its DASH
 ``BaseURL`` chain, then:
 
-1. kinds configured as unsigned (``URL_TOKEN_UNSIGNED_KINDS``, default ``license_url``) stay as
-   they are;
+1. kinds configured as unsigned (``URL_TOKEN_UNSIGNED_KINDS``, default none) stay as they are;
 2. our origin (relative URIs, absolute URIs on the ``ORIGIN_URL`` host):
 
-   - paths under an in-place prefix (``/drm/key/``: HLS AES-128 keys served by the license
-     broker) keep their path and get a per-URL ``pdt`` token;
+   - paths under an in-place prefix (``/drm/key/``: HLS AES-128 keys, ``/drm/license/``: license
+     URLs, both served by the license broker) keep their path and get a per-URL ``pdt`` token,
+     bound to the playback session whenever the manifest has one (whatever
+     ``URL_TOKEN_BINDING`` says: they take the session's concurrent-stream slot; playlist URLs
+     are too, since they lead to the next ones); license URLs live as long as playlist URLs
+     (renewals);
    - paths under ``ORIGIN_URL`` (``{ORIGIN_URL}{videoId}/{path}``) become the public
      ``/media/{videoId}/{path}`` with a ``pdt`` token. A relative URI stays relative (only the
      token is appended, so :func:`playback_drm.urlsign.strip_token` gives back the original)
@@ -34,7 +37,9 @@ directory). Paths outside the video, in-place paths and paths a prefix token cou
 (playlists, rendition reports, MPD ``Location``/``PatchLocation``, steering) may get a longer
 ``URL_TOKEN_PLAYLIST_TTL`` for live streams: each refresh of a playlist signs its segments anew;
 those URIs then always get per-URL tokens, so a long-lived token never covers segments.
-``URL_TOKEN_BINDING``: ``none``, ``ip`` (client address) or ``session`` (session id).
+``URL_TOKEN_BINDING``: ``none``, ``ip`` (client address) or ``session`` (the playback session
+authz started for the entry manifest; the service's default): with ``session`` every request of a
+playback is a sign of life of its session (docs/ARCHITECTURE.md, "Playback sessions").
 
 Within one manifest the same URI always maps to the same output (memoized per rewrite: a
 BYTERANGE sub-range and an ``EXT-X-MAP`` naming the same file get one URL).
@@ -61,10 +66,17 @@ from extproc.urls import (
     resolve_reference,
 )
 from playback_drm import urlsign
+from playback_drm.contract import (
+    LICENSE_KEY_SYSTEMS,
+    LICENSE_PATH,
+    SESSION_END_PATH,
+    SESSION_HEARTBEAT_PATH,
+)
 
 __all__ = [
     "REFRESH_KINDS",
     "ManifestUriMapper",
+    "SessionUrls",
     "SigningPolicy",
     "SigningUnavailable",
     "valid_video_id",
@@ -103,6 +115,16 @@ def valid_video_id(video_id: str) -> bool:
         and set(video_id) <= _VIDEO_ID_CHARS
         and ".." not in video_id
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUrls:
+    """``POST`` it to end the session at once (``navigator.sendBeacon`` on ``pagehide``)."""
+
+    end: str
+    heartbeat: str  # ``POST`` it while paused to keep the stream slot (a sign of life)
+    licenses: dict[str, str]  # EME key system -> the session's license URL
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +204,7 @@ class SigningPolicy:
                 now=now,
                 client_ip=client_ip if config.binding is Binding.IP else None,
                 session_id=session_id if config.binding is Binding.SESSION else None,
+                key_session_id=session_id,
             )
         except ValueError as exc:  # e.g. a client address that is not an IP address
             raise SigningUnavailable(str(exc)) from None
@@ -208,6 +231,29 @@ class SigningPolicy:
         if url is None:
             raise SigningUnavailable("the manifest path cannot be expressed as a public URL")
         return url, mapper.refresh_expires_at
+
+    def session_urls(self, *, session_id: str, now: float) -> SessionUrls:
+        """The signed URLs of a playback session an app calls itself (the JSON form returns
+        them), bound to the session and living as long as playlist URLs (paths on the player's
+        host)."""
+        keys, expires_at = (
+            self.config.keys,
+            urlsign.expiry_for(now, self.refresh_ttl, self.config.window),
+        )
+        minter = urlsign.minter(keys, expires_at=expires_at, session_id=session_id)
+        # one token for every key system's license route
+        licenses = (
+            "?pdt="
+            + urlsign.minter(
+                keys, expires_at=expires_at, scope=LICENSE_PATH + "/", session_id=session_id
+            ).token()
+        )
+        return SessionUrls(
+            end=f"{SESSION_END_PATH}?pdt={minter.token(SESSION_END_PATH)}",
+            heartbeat=f"{SESSION_HEARTBEAT_PATH}?pdt={minter.token(SESSION_HEARTBEAT_PATH)}",
+            licenses={name: f"{LICENSE_PATH}/{name}{licenses}" for name in LICENSE_KEY_SYSTEMS},
+            expires_at=expires_at,
+        )
 
     # -- classification of absolute URLs ------------------------------------------------------
 
@@ -257,6 +303,10 @@ class ManifestUriMapper:
         "_ctx",
         "_fast_kinds",
         "_fast_signed",
+        "_key_binding",
+        "_key_minter",
+        "_key_refresh_minter",
+        "_key_scope_tokens",
         "_memo",
         "_minter",
         "_policy",
@@ -288,6 +338,7 @@ class ManifestUriMapper:
         now: float,
         client_ip: str | None,
         session_id: str | None,
+        key_session_id: str | None = None,
     ) -> None:
         config = policy.config
         self._policy = policy
@@ -315,6 +366,24 @@ class ManifestUriMapper:
             if self.refresh_expires_at != self.expires_at
             else None
         )
+        # Our in-place routes (HLS keys, license URLs) take the session's stream slot: they are
+        # bound to the playback session whenever there is one, whatever URL_TOKEN_BINDING says;
+        # so are playlists, which lead to the next key URLs.
+        self._key_binding: dict[str, str | None] = (
+            {"client_ip": None, "session_id": key_session_id} if key_session_id else binding
+        )
+        if self._key_binding == binding:
+            self._key_minter, self._key_refresh_minter = self._minter, self._refresh_minter
+        else:
+            self._key_minter = urlsign.minter(
+                config.keys, expires_at=self.expires_at, **self._key_binding
+            )
+            self._key_refresh_minter = (
+                urlsign.minter(config.keys, expires_at=self.refresh_expires_at, **self._key_binding)
+                if self._refresh_minter is not None
+                else None
+            )
+        self._key_scope_tokens: dict[str, str] = {}
         self._video_token = urlsign.minter(
             config.keys, expires_at=self.expires_at, scope=self.video_prefix, **binding
         ).token()
@@ -326,7 +395,11 @@ class ManifestUriMapper:
         self._fast_signed = 0
         # Kinds the fast path may sign without looking further (compared by identity: hashing
         # an Enum member runs Python code).
-        self._fast_kinds = policy.fast_kinds[self._refresh_minter is not None]
+        # Playlists carry the session on when their segments do not (URL_TOKEN_BINDING none or
+        # ip): they are signed one by one, never by the fast path.
+        self._fast_kinds = policy.fast_kinds[
+            self._refresh_minter is not None or self._key_minter is not self._minter
+        ]
         # Below a DASH BaseURL a relative URI may stay relative: the BaseURL is rewritten itself.
         self._relative_ok_bases = UriKind.DASH_BASE_URL not in config.unsigned_kinds
         doc_dir = policy.public_dir_of(document_url)
@@ -488,8 +561,13 @@ class ManifestUriMapper:
             if self._prefix_mode and path.startswith(self.video_prefix):
                 return self._video_token
             return self._scope_token(prefix_directory(path))
-        if kind in REFRESH_KINDS and self._refresh_minter is not None:
-            return self._refresh_minter.token(path)
+        if kind in REFRESH_KINDS:
+            # a playlist names the session even when its segments are not bound to it: the key
+            # and license URLs the next playlist lists must be
+            if self._key_refresh_minter is not None:
+                return self._key_refresh_minter.token(path)
+            if self._key_minter is not self._minter:
+                return self._key_minter.token(path)
         if (
             self._prefix_mode
             and path.startswith(self.video_prefix)
@@ -498,21 +576,23 @@ class ManifestUriMapper:
             return self._video_token
         return self._minter.token(path)
 
-    def _scope_token(self, scope: str) -> str | None:
+    def _scope_token(self, scope: str, *, in_place: bool = False) -> str | None:
         scope = urlsign.canonical_path(scope)
-        token = self._scope_tokens.get(scope)
+        tokens = self._key_scope_tokens if in_place else self._scope_tokens
+        token = tokens.get(scope)
         if token is None:
+            binding: dict[str, str | None] = (
+                self._key_binding
+                if in_place
+                else {"client_ip": self.client_ip, "session_id": self.session_id}
+            )
             try:
                 token = urlsign.minter(
-                    self._policy.config.keys,
-                    expires_at=self.expires_at,
-                    scope=scope,
-                    client_ip=self.client_ip,
-                    session_id=self.session_id,
+                    self._policy.config.keys, expires_at=self.expires_at, scope=scope, **binding
                 ).token()
             except ValueError:
                 return None  # a template directory with dot segments or encoded separators
-            self._scope_tokens[scope] = token
+            tokens[scope] = token
         return token
 
     def _finish(self, out: str, raw: str, is_template: bool, what: str) -> str | None:
@@ -536,11 +616,14 @@ class ManifestUriMapper:
         if path.startswith(self._policy.config.public_prefix):
             token = self._token_for(path, ref.kind, ref.is_template)
         elif ref.is_template:
-            token = self._scope_token(prefix_directory(path))
-        elif ref.kind in REFRESH_KINDS and self._refresh_minter is not None:
-            token = self._refresh_minter.token(path)
+            token = self._scope_token(prefix_directory(path), in_place=True)
+        elif (
+            ref.kind in REFRESH_KINDS or ref.kind is UriKind.LICENSE_URL
+        ) and self._key_refresh_minter is not None:
+            # a license URL is used again for renewals: it lives like a playlist URL
+            token = self._key_refresh_minter.token(path)
         else:
-            token = self._minter.token(path)
+            token = self._key_minter.token(path)
         if token is None:
             self._count("unmappable")
             return None

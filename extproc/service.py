@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from extproc import metrics
 from extproc.config import ExtprocConfig
@@ -75,7 +75,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class ManifestUrl:
-    document: dict[str, str]
+    document: dict[str, Any]
 
 
 PASSTHROUGH: Final = Passthrough()
@@ -233,9 +233,10 @@ class ManifestService:
 
 def signed_manifest_url(
     config: ExtprocConfig, policy: SigningPolicy, ctx: ManifestContext, base: str, now: float
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """``{"url", "expiresAt", "format"}``: a signed URL of the manifest itself, loadable by any
-    player."""
+    player; with a playback session also its ``sessionEndUrl``, ``heartbeatUrl`` and
+    ``licenseUrls`` (EME key system -> the session's license URL)."""
     video_prefix = f"{config.media_prefix}/{ctx.video}/"
     path = ctx.public_path[len(video_prefix) :]
     url, expires_at = policy.signed_manifest_url(
@@ -247,7 +248,17 @@ def signed_manifest_url(
     )
     if url.startswith("/"):
         url = base + url
-    return {"url": url, "expiresAt": rfc3339_seconds(expires_at), "format": ctx.format}
+    document: dict[str, Any] = {
+        "url": url,
+        "expiresAt": rfc3339_seconds(expires_at),
+        "format": ctx.format,
+    }
+    if ctx.session:
+        session = policy.session_urls(session_id=ctx.session, now=now)
+        document["sessionEndUrl"] = base + session.end
+        document["heartbeatUrl"] = base + session.heartbeat
+        document["licenseUrls"] = {k: base + v for k, v in session.licenses.items()}
+    return document
 
 
 __all__ = [

@@ -207,12 +207,12 @@ class ManifestSigner:
         return urlsign.expiry_for(now, self._config.ttl, self._config.window)
 
     def binding_value(self, ctx: ManifestContext) -> str:
+        """What the signed body depends on besides the document: the configured binding, and
+        the playback session in any case (key and license URLs are always bound to it)."""
         binding = self._config.policy.binding
         if binding is Binding.IP:
-            return ctx.client_ip or ""
-        if binding is Binding.SESSION:
-            return ctx.session or ""
-        return ""
+            return f"{ctx.client_ip or ''}|{ctx.session or ''}"
+        return ctx.session or ""
 
     def sign(
         self,

@@ -1,5 +1,8 @@
 """The license broker: DRM licenses (ClearKey, Widevine, PlayReady, FairPlay) and HLS AES-128 keys.
 
+It trusts the identity headers authz sets (``playback_drm.identity``); authz also enforces the
+concurrent-stream limits (per playback session, on every key path) before a request gets here.
+
 Layout, from the edge inwards::
 
     app.py          aiohttp routes, CORS, problem+json, lifecycle; ``serve(config, events)``
@@ -9,7 +12,6 @@ Layout, from the edge inwards::
     keysystems.py   key system names and inference from a challenge (pure)
     keys.py         content key stores: Vault KV v2, memory, and the bounded cache in front
     cache.py        issued-license cache: Redis or in-memory TTL LRU
-    streams.py      concurrent stream slots per viewer: Redis or memory
     providers/      Widevine proxy, PlayReady SOAP, FairPlay KSM, Axinom adapters
     http.py         pre-warmed aiohttp pools per provider, deadline, retries, circuit breaker
     breaker.py      circuit breaker and backoff (pure)

@@ -60,7 +60,6 @@ from license_broker.keysystems import KeySystem, parse_key_system
 from license_broker.policy import Identity
 from license_broker.providers import build_providers
 from license_broker.service import IssuedLicense, LicenseService
-from license_broker.streams import MemoryStreamTracker, RedisStreamTracker, StreamTracker
 from playback_drm import identity
 from playback_drm.events import BROKER_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.metrics import metrics_handler
@@ -440,7 +439,6 @@ def _resources(
         )
         redis = None
         cache: LicenseCache
-        streams: StreamTracker
         if config.redis_url:
             redis = redis_client(
                 config.redis_url,
@@ -456,11 +454,9 @@ def _resources(
                     shared,
                     config.license_cache_l1_ttl,
                 )
-            streams = RedisStreamTracker(redis, guard)
             app[STATE_KEY]["cache_backend"] = "redis"
         else:
             cache = MemoryLicenseCache(config.license_cache_max_entries)
-            streams = MemoryStreamTracker()
             app[STATE_KEY]["cache_backend"] = "memory"
         providers = build_providers(config)
         try:
@@ -469,10 +465,8 @@ def _resources(
                 config,
                 keys=keys,
                 cache=cache,
-                streams=streams,
                 providers=providers,
                 events=app[EVENTS_KEY],
-                overlap_io=redis is not None,
             )
             log.info(
                 "license broker ready: key store %s, cache %s, providers %s",
@@ -484,7 +478,6 @@ def _resources(
         finally:
             await asyncio.gather(*(p.close() for p in providers.values()), return_exceptions=True)
             await cache.close()
-            await streams.close()
             await keys.close()
             if redis is not None:
                 await redis.aclose()

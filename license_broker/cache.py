@@ -138,11 +138,10 @@ class MemoryLicenseCache:
 
 
 def redis_client(url: str, *, max_connections: int, timeout: float) -> aioredis.Redis:
-    """One pooled client per process, shared by the license cache and the stream tracker.
+    """One pooled client per process (the license cache).
 
     A blocking pool: past ``max_connections`` commands in flight the next one waits (up to the
-    timeout) for a connection, instead of failing with "Too many connections" (a miss, or a
-    stream slot granted without a check).
+    timeout) for a connection, instead of failing with "Too many connections" (a miss).
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -157,8 +156,7 @@ def redis_client(url: str, *, max_connections: int, timeout: float) -> aioredis.
 
 class RedisGuard:
     """Skips Redis for ``cooldown`` seconds after ``threshold`` consecutive failures, so a dead or
-    slow Redis costs one timeout per cool-down instead of one per request. Shared by the license
-    cache and the stream tracker (one Redis)."""
+    slow Redis costs one timeout per cool-down instead of one per request."""
 
     def __init__(
         self, threshold: int = 3, cooldown: float = 2.0, clock: Callable[[], float] = time.monotonic

@@ -27,17 +27,16 @@ Keys (Vault KV v2 when VAULT_ADDR is set, else a JSON key file)
 | KEY_CACHE_NEGATIVE_TTL | 5 | seconds an unknown video is remembered |
 | KEY_CACHE_MAX_VIDEOS | 10000 | videos kept in the key cache |
 
-Licenses, streams, policy
+Licenses and policy
 
 | variable | default | meaning |
 | --- | --- | --- |
-| REDIS_URL | (unset) | license cache + stream tracking; in-memory when unset |
+| REDIS_URL | (unset) | license cache; in-memory when unset |
 | REDIS_MAX_CONNECTIONS | 64 | connection pool size |
 | REDIS_TIMEOUT | 0.25 | seconds per Redis command (a slow Redis is a cache miss) |
 | LICENSE_CACHE_TTL | 300 | seconds an issued license answers identical retries |
 | LICENSE_CACHE_MAX_ENTRIES | 10000 | in-memory cache size |
 | LICENSE_CACHE_L1_TTL | 10 | with Redis: seconds an in-process copy answers first (0: off) |
-| STREAM_SLOT_TTL | 300 | seconds one license keeps a concurrent-stream slot |
 | PLAN_POLICIES | (built-in) | JSON overlay on plan profiles (``policy.parse_plan_profiles``) |
 | HLS_KEY_REQUIRE_USER | false | /drm/key/* also needs x-playback-user (not just authz's mark) |
 | HLS_KEY_ANONYMOUS_MAX_TRACK | HD | highest track a /drm/key/* request without plan facts gets |
@@ -224,7 +223,6 @@ class BrokerConfig:
     license_cache_ttl: int = 300
     license_cache_max_entries: int = 10000
     license_cache_l1_ttl: float = 10.0
-    stream_slot_ttl: int = 300
     plan_profiles: Mapping[str, PlanProfile] = field(
         default_factory=lambda: dict(DEFAULT_PLAN_PROFILES)
     )
@@ -333,7 +331,6 @@ class BrokerConfig:
             license_cache_ttl=env_int(env, "LICENSE_CACHE_TTL", 300, minimum=0),
             license_cache_max_entries=env_int(env, "LICENSE_CACHE_MAX_ENTRIES", 10000, minimum=1),
             license_cache_l1_ttl=env_float(env, "LICENSE_CACHE_L1_TTL", 10.0, minimum=0.0),
-            stream_slot_ttl=env_int(env, "STREAM_SLOT_TTL", 300, minimum=1),
             plan_profiles=profiles,
             hls_key_require_user=env_bool(env, "HLS_KEY_REQUIRE_USER", False),
             hls_key_anonymous_max_track=anon_track,

@@ -6,7 +6,6 @@
         ├── VideoMismatch            403, x-playback-video names another video than the request
         ├── NotEntitledToTrack       403, every requested key is above the viewer's tier (UHD, ...)
         ├── PersistenceNotAllowed    403, a persistent license was asked for on a plan without it
-        ├── StreamLimitReached       403, the viewer already holds maxStreams concurrent streams
         ├── UnknownVideo             404, the key store has no keys for this video
         ├── UnknownKeyId             404, a requested key id is not one of the video's keys
         ├── BadRequest               400, the request envelope is unusable (JSON, base64, fields)
@@ -23,8 +22,7 @@
 ``ProviderBadResponse``, ``ProviderUnavailable`` and ``ProviderTimeout`` count as provider failures
 for the circuit breaker; ``ProviderRejected`` proves the provider is alive.
 
-A stream limit is a policy decision the viewer must act on (stop another stream), not a rate limit
-to retry, so it is a 403 with its own code rather than a 429 that players retry automatically.
+(Concurrent-stream limits are authz's: ``authz.errors.StreamLimitReached``.)
 """
 
 from __future__ import annotations
@@ -60,12 +58,6 @@ class PersistenceNotAllowed(BrokerError):
     code = "persistence_not_allowed"
     status = 403
     title = "Persistent licenses are not allowed for this plan"
-
-
-class StreamLimitReached(BrokerError):
-    code = "stream_limit_reached"
-    status = 403
-    title = "Concurrent stream limit reached"
 
 
 class UnknownVideo(BrokerError):

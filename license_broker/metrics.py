@@ -48,16 +48,10 @@ REDIS_ERRORS: Final = Counter(
     "Redis commands that failed or were skipped while Redis is considered down, by use.",
     ["use"],
 )
-STREAM_CHECKS: Final = Counter(
-    "playback_broker_stream_checks_total",
-    "Concurrent stream checks by result: allowed, refused, error (allowed: fail open).",
-    ["result"],
-)
 
 # Label lookups cost a lock and a dict walk; the hot path uses these memoized children instead.
 KEY_LOOKUP: Final = {r: KEY_LOOKUPS.labels(r) for r in ("hit", "stale", "miss", "unknown", "error")}
-STREAM_RESULT: Final = {r: STREAM_CHECKS.labels(r) for r in ("allowed", "refused", "error")}
-REDIS_ERROR: Final = {u: REDIS_ERRORS.labels(u) for u in ("license_cache", "streams")}
+REDIS_ERROR: Final = {u: REDIS_ERRORS.labels(u) for u in ("license_cache",)}
 
 
 def outcome_of(status: int) -> str:

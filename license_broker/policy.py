@@ -7,7 +7,7 @@ and the subset of keys the viewer may receive.
 
 Rules:
 
-- The entitlement facts (compact JSON: ``plan``, ``tier``, ``maxStreams``, ``rentalWindowSeconds``,
+- The entitlement facts (compact JSON: ``plan``, ``tier``, ``rentalWindowSeconds``,
   ``playbackWindowSeconds``, ``hdcp``, and optionally ``licenseDurationSeconds``, ``persistent``,
   ``securityLevel``) override the plan profile field by field. ``tier`` may name a track type
   (``SD``/``HD``/``UHD``) or a plan whose profile gives the highest track.
@@ -92,21 +92,20 @@ class PlanProfile:
     security_level: int = 1
     can_persist: bool = False
     license_duration_s: int = 6 * 3600
-    max_streams: int | None = None
 
 
 DEFAULT_PLAN_PROFILES: Final[Mapping[str, PlanProfile]] = {
-    "premium": PlanProfile(Track.UHD, "HDCP_V1", 1, True, 6 * 3600, 4),
-    "standard": PlanProfile(Track.HD, "HDCP_V1", 1, False, 6 * 3600, 2),
-    "basic": PlanProfile(Track.HD, "HDCP_NONE", 1, False, 6 * 3600, 2),
-    "default": PlanProfile(Track.SD, "HDCP_NONE", 1, False, 3600, 1),
+    "premium": PlanProfile(Track.UHD, "HDCP_V1", 1, True, 6 * 3600),
+    "standard": PlanProfile(Track.HD, "HDCP_V1", 1, False, 6 * 3600),
+    "basic": PlanProfile(Track.HD, "HDCP_NONE", 1, False, 6 * 3600),
+    "default": PlanProfile(Track.SD, "HDCP_NONE", 1, False, 3600),
 }
 
 
 def parse_plan_profiles(raw: str, base: Mapping[str, PlanProfile]) -> dict[str, PlanProfile]:
     """Overlay ``PLAN_POLICIES`` JSON (``{"plan": {"maxTrack": "HD", "hdcp": "1.4",
-    "securityLevel": 1, "persistent": false, "licenseDurationSeconds": 3600, "maxStreams": 2}}``)
-    on ``base``. Raises ``ValueError``."""
+    "securityLevel": 1, "persistent": false, "licenseDurationSeconds": 3600}}``) on ``base``.
+    Raises ``ValueError``. (Concurrent streams are authz's: ``STREAM_LIMITS``.)"""
     doc = json.loads(raw)
     if not isinstance(doc, dict):
         raise ValueError("PLAN_POLICIES must be a JSON object of plan -> profile")
@@ -126,8 +125,10 @@ def parse_plan_profiles(raw: str, base: Mapping[str, PlanProfile]) -> dict[str, 
         if "licenseDurationSeconds" in spec:
             prof = replace(prof, license_duration_s=int(spec["licenseDurationSeconds"]))
         if "maxStreams" in spec:
-            value = spec["maxStreams"]
-            prof = replace(prof, max_streams=int(value) if value else None)
+            raise ValueError(
+                f"PLAN_POLICIES[{plan!r}].maxStreams: concurrent streams are limited by authz "
+                "now; set STREAM_LIMITS there"
+            )
         out[plan] = prof
     return out
 
@@ -159,16 +160,11 @@ class Identity:
         """Whether authz marked this request at all (any identity header)."""
         return bool(self.user or self.plan or self.video or self.entitlement)
 
-    def stream_id(self, video_id: str) -> str:
-        """What one concurrent stream is: the playback session, else the video."""
-        return f"s:{self.session}" if self.session else f"v:{video_id}"
-
 
 @dataclass(frozen=True, slots=True)
 class Entitlement:
     plan: str | None = None
     tier: str | None = None
-    max_streams: int | None = None
     rental_window_s: int | None = None
     playback_window_s: int | None = None
     license_duration_s: int | None = None
@@ -208,7 +204,6 @@ def parse_entitlement(raw: str | None, plan_header: str | None) -> Entitlement:
         return Entitlement(
             plan=plan_header or (plan if isinstance(plan, str) else None),
             tier=str(tier) if tier is not None else None,
-            max_streams=_opt_int(doc, "maxStreams"),
             rental_window_s=_opt_int(doc, "rentalWindowSeconds"),
             playback_window_s=_opt_int(doc, "playbackWindowSeconds"),
             license_duration_s=_opt_int(doc, "licenseDurationSeconds"),
@@ -230,7 +225,6 @@ class LicensePolicy:
     playback_duration_s: int
     hdcp: str
     security_level: int
-    max_streams: int | None
 
     def allows(self, track: Track) -> bool:
         return track <= self.max_track
@@ -274,7 +268,6 @@ def decide(ent: Entitlement, profiles: Mapping[str, PlanProfile]) -> LicensePoli
     rental = ent.rental_window_s or 0
     if rental:
         duration = min(duration, rental)
-    max_streams = ent.max_streams if ent.max_streams is not None else profile.max_streams
     return LicensePolicy(
         plan=plan,
         max_track=max_track if max_track is not None else profile.max_track,
@@ -284,7 +277,6 @@ def decide(ent: Entitlement, profiles: Mapping[str, PlanProfile]) -> LicensePoli
         playback_duration_s=ent.playback_window_s or 0,
         hdcp=ent.hdcp or profile.hdcp,
         security_level=ent.security_level or profile.security_level,
-        max_streams=max_streams or None,
     )
 
 

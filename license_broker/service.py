@@ -8,13 +8,14 @@ Order of checks for a license, cheapest and most fundamental first, failing clos
 2. the challenge: key system (given or inferred), challenge syntax (``malformed_challenge``);
 3. policy from the entitlement facts, then the video's keys (``unknown_video``, ``unknown_key_id``,
    ``key_store_unavailable``) filtered by the policy (``not_entitled_to_track``);
-4. the concurrent stream slot (``stream_limit_reached``);
-5. the license cache, then ClearKey from the keys or the provider adapter (``provider_*``).
+4. the license cache, then ClearKey from the keys or the provider adapter (``provider_*``).
+
+Concurrent-stream limits are authz's (one rule for every key path, per playback session): a
+request that reaches the broker has its slot already.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -33,7 +34,6 @@ from license_broker.errors import (
     MissingIdentity,
     NotEntitledToTrack,
     PersistenceNotAllowed,
-    StreamLimitReached,
     UnknownKeyId,
     UnsupportedKeySystem,
     VideoMismatch,
@@ -57,7 +57,6 @@ from license_broker.policy import (
 from license_broker.providers.base import LicenseContext, LicenseProvider, ProviderLicense
 from license_broker.providers.fairplay import SpcRequest, encode_ckc, parse_spc
 from license_broker.providers.playready import check_challenge
-from license_broker.streams import StreamTracker
 from playback_drm.events import BROKER_SOURCE, LICENSE_ISSUED, Event, EventSink
 
 log = logging.getLogger(__name__)
@@ -103,20 +102,16 @@ class LicenseService:
         *,
         keys: KeyStore,
         cache: LicenseCache,
-        streams: StreamTracker,
         providers: Mapping[KeySystem, LicenseProvider],
         events: EventSink,
         clock: Callable[[], float] = time.time,
-        overlap_io: bool = False,
     ) -> None:
         self._config = config
         self.keys = keys
         self.cache = cache
-        self.streams = streams
         self.providers = dict(providers)
         self._events = events
         self._clock = clock
-        self._overlap_io = overlap_io
         self._policies: dict[Entitlement, LicensePolicy] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -206,18 +201,7 @@ class LicenseService:
             policy.fingerprint(),
             parsed.canonical + b"\x00" + b"".join(k.kid for k in granted),
         )
-        if policy.max_streams and self._overlap_io:
-            # Two independent network round trips (Redis): overlap them.
-            ok, hit = await asyncio.gather(
-                self._take_stream(identity, user, video_id, policy), self.cache.get(key)
-            )
-        else:
-            ok = await self._take_stream(identity, user, video_id, policy)
-            hit = await self.cache.get(key) if ok else None
-        if not ok:
-            raise StreamLimitReached(
-                f"already {policy.max_streams} concurrent streams", maxStreams=policy.max_streams
-            )
+        hit = await self.cache.get(key)
         result = self._from_cache(hit, ks, parsed, granted) if hit is not None else None
         if result is None:
             result = await self._produce(
@@ -262,15 +246,6 @@ class LicenseService:
                 },
             )
         return result
-
-    async def _take_stream(
-        self, identity: Identity, user: str, video_id: str, policy: LicensePolicy
-    ) -> bool:
-        if not policy.max_streams:
-            return True
-        return await self.streams.acquire(
-            user, identity.stream_id(video_id), policy.max_streams, self._config.stream_slot_ttl
-        )
 
     def _parse(self, ks: KeySystem, challenge: bytes, headers: Mapping[str, str]) -> _Parsed:
         if ks == KeySystem.CLEARKEY:

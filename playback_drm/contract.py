@@ -5,6 +5,8 @@
   extension (Istio's ``CUSTOM`` action) passes none: authz then derives the mode from the public
   path with :func:`authz_mode_for_path`, the one definition every deployment mode shares.
 * The request headers authz reads, and how much of a license request's body it needs.
+* The playback session paths (explicit end, heartbeat) and the key systems whose license URLs a
+  session carries.
 * What ext_proc receives for a manifest: one response-body message (both header phases skipped),
   with the request's facts as CEL attributes, so extproc needs no header phase at all.
 
@@ -14,6 +16,7 @@ imports nothing of either.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from playback_drm.identity import REQUEST_ID_HEADER, SESSION_HEADER, USER_HEADER, VIDEO_HEADER
@@ -21,11 +24,41 @@ from playback_drm.identity import REQUEST_ID_HEADER, SESSION_HEADER, USER_HEADER
 AUTHZ_MODE_KEY: Final = "mode"  # the context extension naming the mode
 MODE_JWT: Final = "jwt"  # viewer JWT + entitlement for the video the request names
 MODE_JWT_ONLY: Final = "jwt_only"  # viewer JWT, no particular video (e.g. DRM certificates)
-MODE_SIGNED_URL: Final = "signed_url"  # a signed media/key URL (``pdt``), no JWT
-AUTHZ_MODES: Final = (MODE_JWT, MODE_JWT_ONLY, MODE_SIGNED_URL)
+MODE_SIGNED_URL: Final = "signed_url"  # a signed media URL (``pdt``), no JWT: a sign of life
+# Entry manifests: viewer JWT + entitlement, and a new playback session (docs/ARCHITECTURE.md).
+MODE_SESSION_START: Final = "session_start"
+# A license request: the session's signed license URL, or a viewer JWT; takes a stream slot.
+MODE_LICENSE: Final = "license"
+MODE_KEY: Final = "key"  # a session's signed HLS key URL; takes a stream slot
+MODE_SESSION_END: Final = "session_end"  # the session's signed end URL: frees its slot at once
+MODE_SESSION_HEARTBEAT: Final = "session_heartbeat"  # the session's signed heartbeat URL
+AUTHZ_MODES: Final = (
+    MODE_JWT,
+    MODE_JWT_ONLY,
+    MODE_SIGNED_URL,
+    MODE_SESSION_START,
+    MODE_LICENSE,
+    MODE_KEY,
+    MODE_SESSION_END,
+    MODE_SESSION_HEARTBEAT,
+)
 
-# Paths whose requests carry a signed URL (``pdt``) instead of a viewer JWT.
-SIGNED_URL_PREFIXES: Final = ("/media/", "/drm/key/")
+# Playback sessions: ``POST`` with the session's signed URL (what the JSON form of the manifest
+# returns); Envoy answers 204 once authz admitted (and acted on) the request.
+SESSION_END_PATH: Final = "/playback/sessions/end"
+SESSION_HEARTBEAT_PATH: Final = "/playback/sessions/heartbeat"
+LICENSE_PATH: Final = "/drm/license"  # JSON route; the native one is LICENSE_PATH/{keySystem}
+KEY_PATH_PREFIX: Final = "/drm/key/"
+# The EME names the JSON form signs a session-bound license URL for.
+LICENSE_KEY_SYSTEMS: Final = (
+    "org.w3.clearkey",
+    "com.widevine.alpha",
+    "com.microsoft.playready",
+    "com.apple.fps",
+)
+
+MEDIA_PATH_PREFIX: Final = "/media/"
+_ENTRY_MANIFEST: Final = re.compile(r"/playback/[^/]+/manifest")
 
 # The request headers authz reads (besides the pseudo-headers): what an ext_authz filter that can
 # restrict them (our sidecar, Envoy Gateway's ``headersToExtAuth``) sends and nothing more.
@@ -35,16 +68,29 @@ AUTHZ_MAX_BODY_BYTES: Final = 65536
 
 
 def authz_mode_for_path(path: str) -> str:
-    """The check a request gets when the proxy names no mode, from its public path.
+    """The check a request gets when the proxy names no mode, from its public path: the same
+    mode our sidecar's routes name (envoyconf/routes.py; tests/mesh checks they agree).
 
-    ``/media/...`` and ``/drm/key/...`` carry a signed URL; every other path the proxies send to
-    authz (``/playback/{videoId}/manifest``, ``/drm/license``...) needs a viewer JWT and an
-    entitlement, the strictest check, so a path nobody mapped fails closed. A route that needs no
-    check at all (``/drm/certificate/``, ``/health``) must not be sent to authz. ``path`` is the
-    path as the viewer sent it (after the proxy's normalisation), with or without the query.
+    Entry manifests start a session; ``/media/...`` carries a signed URL; keys, licenses and the
+    session paths have their own modes. Any other path the proxies send to authz needs a viewer
+    JWT and an entitlement, the strictest check, so a path nobody mapped fails closed. A route
+    that needs no check at all (``/drm/certificate/``, ``/health``) must not be sent to authz.
+    ``path`` is the path as the viewer sent it (after the proxy's normalisation), with or without
+    the query.
     """
-    if path.startswith(SIGNED_URL_PREFIXES):
+    path = path.partition("?")[0]
+    if path.startswith(MEDIA_PATH_PREFIX):
         return MODE_SIGNED_URL
+    if path.startswith(KEY_PATH_PREFIX):
+        return MODE_KEY
+    if path == LICENSE_PATH or path.startswith(LICENSE_PATH + "/"):
+        return MODE_LICENSE
+    if path == SESSION_END_PATH:
+        return MODE_SESSION_END
+    if path == SESSION_HEARTBEAT_PATH:
+        return MODE_SESSION_HEARTBEAT
+    if _ENTRY_MANIFEST.fullmatch(path):
+        return MODE_SESSION_START
     return MODE_JWT
 
 
@@ -126,14 +172,24 @@ __all__ = [
     "EXTPROC_JSON_FORM_PROCESSING_MODE",
     "EXTPROC_PROCESSING_MODE",
     "HEADER_OF_ATTRIBUTE",
+    "KEY_PATH_PREFIX",
+    "LICENSE_KEY_SYSTEMS",
+    "LICENSE_PATH",
+    "MEDIA_PATH_PREFIX",
     "MODE_JWT",
     "MODE_JWT_ONLY",
+    "MODE_KEY",
+    "MODE_LICENSE",
+    "MODE_SESSION_END",
+    "MODE_SESSION_HEARTBEAT",
+    "MODE_SESSION_START",
     "MODE_SIGNED_URL",
     "ORIGINAL_PATH_ATTRIBUTE",
     "PATH_ATTRIBUTE",
     "REQUEST_ID_ATTRIBUTE",
     "SESSION_ATTRIBUTE",
-    "SIGNED_URL_PREFIXES",
+    "SESSION_END_PATH",
+    "SESSION_HEARTBEAT_PATH",
     "SOURCE_ATTRIBUTE",
     "STATUS_ATTRIBUTE",
     "TRACEPARENT_ATTRIBUTE",

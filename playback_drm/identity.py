@@ -11,7 +11,8 @@ configuration strips them. This module is their one definition.
 ``x-playback-plan``        the plan Billing reported (``premium``, ``basic``, ...)
 ``x-playback-video``       the video the decision was made for
 ``x-playback-entitlement`` compact JSON of the entitlement facts (tier, maxStreams, windows, hdcp)
-``x-playback-session``     the playback session (JWT ``sid``, else ``jti``), when there is one
+``x-playback-session``     the playback session (authz starts one per entry manifest; every
+                           signed URL of it names it), when there is one
 =========================  ========================================================================
 """
 

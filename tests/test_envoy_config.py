@@ -111,6 +111,8 @@ ROUTE_SAMPLES = {
     "media": "/media/demo/hls/720p/seg1.ts",
     "hls_key": "/drm/key/demo/0123",
     "license": "/drm/license/widevine",
+    "session_end": "/playback/sessions/end",
+    "session_heartbeat": "/playback/sessions/heartbeat",
 }
 UNCHECKED_ROUTES = {"health", "health_live", "drm_certificate", "not_found"}
 

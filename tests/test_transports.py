@@ -76,6 +76,7 @@ async def test_extproc_signs_on_either_transport(transport: str) -> None:
         {
             "request.path": "/demo/hls/720p/playlist.m3u8",
             "request.headers['x-envoy-original-path']": "/media/demo/hls/720p/playlist.m3u8",
+            "request.headers['x-playback-session']": "S" * 22,  # URL_TOKEN_BINDING=session
             "response.code": 200,
         }
     )

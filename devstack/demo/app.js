@@ -4,9 +4,16 @@
 // players capture them, so every manifest, license and key request shows up in the request log.
 // Everything starts on DOMContentLoaded, once the players' scripts have run.
 //
+// Each player is one playback session: the page asks for the JSON form of the manifest with the JWT
+// (`Accept: application/json`), which answers the signed manifest URL and the session's own signed
+// URLs: its license URLs (so the players need no JWT at all), a heartbeat and an end URL. The page
+// ends its sessions when it goes away (`navigator.sendBeacon` on `pagehide`), so reloading the page
+// at the concurrent-stream limit starts again at once, and sends a heartbeat every 30 s while open.
+//
 // Query parameters: ?user=alice&video=demo&autoplay=1 (autoplay=0 waits for the button).
 //
 // For tests, window.demoState = {run, user, video, token: {status}, manifest: {dash, hls},
+//   sessions: {started, ended},
 //   shaka|dashjs|hlsjs: {state, currentTime, maxTime, error, warnings, license, startedAt}}
 // is kept current; `error` is the first fatal error: {code, message, httpStatus, problem}.
 'use strict';
@@ -15,6 +22,7 @@
   const PLAYERS = ['shaka', 'dashjs', 'hlsjs'];
   const CLEARKEY = 'org.w3.clearkey';
   const EVENTS_POLL_MS = 1000;
+  const HEARTBEAT_MS = 30000;
   const TICK_MS = 200;
   const MAX_LOG_ROWS = 200;
 
@@ -25,6 +33,7 @@
     token: { status: 'idle' },
     manifest: { dash: null, hls: null },
     events: { status: 'idle', count: 0 },
+    sessions: { started: 0, ended: 0 },
     requests: [],
   };
   for (const name of PLAYERS) demoState[name] = freshPlayerState();
@@ -47,12 +56,12 @@
   const api = {
     token: (sub) => `/demo/api/token?sub=${encodeURIComponent(sub)}`,
     events: '/demo/api/events',
-    dash: (video, token) =>
-      `/playback/${encodeURIComponent(video)}/manifest?format=dash&token=${encodeURIComponent(token)}`,
-    hls: (video, token) =>
-      `/playback/${encodeURIComponent(video)}/manifest?token=${encodeURIComponent(token)}`,
-    license: (video) => `/drm/license/${CLEARKEY}?videoId=${encodeURIComponent(video)}`,
+    // the entry manifest; asked for with Accept: application/json it starts a playback session
+    manifest: (video, format) =>
+      `/playback/${encodeURIComponent(video)}/manifest${format === 'dash' ? '?format=dash' : ''}`,
   };
+  // The format each player plays.
+  const FORMAT = { shaka: 'dash', dashjs: 'dash', hlsjs: 'hls' };
 
   /** Tokens and signatures never appear on screen in full. */
   function elide(url) {
@@ -162,6 +171,45 @@
     };
   })();
 
+  // ------------------------------------------------------------------------ playback sessions
+
+  /** name -> the JSON form of its session: {url, sessionEndUrl, heartbeatUrl, licenseUrls}. */
+  const sessions = {};
+
+  /** A new playback session for one player; throws {httpStatus, problem} when refused. */
+  async function startSession(ctx, name) {
+    const response = await fetch(api.manifest(ctx.video, FORMAT[name]), {
+      headers: { Accept: 'application/json', Authorization: `Bearer ${ctx.token}` },
+    });
+    const text = await response.text();
+    if (!response.ok) {
+      const problem = problemOf(text);
+      throw { code: 'session', message: `manifest: HTTP ${response.status}`, httpStatus: response.status, problem };
+    }
+    const doc = JSON.parse(text);
+    sessions[name] = doc;
+    demoState.sessions.started += 1;
+    return doc;
+  }
+
+  /** End every session at once: `beacon` while the page goes away (it outlives the page). */
+  function endSessions(beacon) {
+    for (const name of Object.keys(sessions)) {
+      const url = sessions[name].sessionEndUrl;
+      delete sessions[name];
+      if (!url) continue;
+      demoState.sessions.ended += 1;
+      if (beacon && navigator.sendBeacon) navigator.sendBeacon(url);
+      else fetch(url, { method: 'POST', keepalive: true }).catch(() => {});
+    }
+  }
+
+  function heartbeat() {
+    for (const doc of Object.values(sessions)) {
+      if (doc.heartbeatUrl) fetch(doc.heartbeatUrl, { method: 'POST', keepalive: true }).catch(() => {});
+    }
+  }
+
   // ------------------------------------------------------------------------ player bookkeeping
 
   const active = { shaka: null, dashjs: null, hlsjs: null };
@@ -228,6 +276,7 @@
   }
 
   async function teardown() {
+    endSessions(false);
     const players = { ...active };
     active.shaka = active.dashjs = active.hlsjs = null;
     const jobs = [];
@@ -288,12 +337,11 @@
     s.state = 'loading';
     s.startedAt = Date.now();
     await player.attach(videoOf(name));
-    player.configure({ drm: { servers: { [CLEARKEY]: api.license(ctx.video) } } });
+    const session = ctx.sessions[name];
+    // the session's signed license URL: no JWT in the player
+    player.configure({ drm: { servers: { [CLEARKEY]: session.licenseUrls[CLEARKEY] } } });
     const RequestType = shaka.net.NetworkingEngine.RequestType;
     const net = player.getNetworkingEngine();
-    net.registerRequestFilter((type, request) => {
-      if (type === RequestType.LICENSE) request.headers.Authorization = `Bearer ${ctx.token}`;
-    });
     net.registerResponseFilter((type, response) => {
       if (type === RequestType.LICENSE) setLicense(name, ctx.run, response.status || 200, 'license');
     });
@@ -305,7 +353,7 @@
     };
     player.addEventListener('error', (event) => onError(shakaErrorInfo(event.detail)));
     try {
-      await player.load(api.dash(ctx.video, ctx.token));
+      await player.load(session.url);
     } catch (err) {
       const info = shakaErrorInfo(err);
       if (info.code === 'shaka-7000') return; // LOAD_INTERRUPTED: a newer run replaced this one
@@ -352,13 +400,9 @@
       }
     });
     player.initialize(videoOf(name), null, true);
-    player.setProtectionData({
-      [CLEARKEY]: {
-        serverURL: api.license(ctx.video),
-        httpRequestHeaders: { Authorization: `Bearer ${ctx.token}` },
-      },
-    });
-    player.attachSource(api.dash(ctx.video, ctx.token));
+    const session = ctx.sessions[name];
+    player.setProtectionData({ [CLEARKEY]: { serverURL: session.licenseUrls[CLEARKEY] } });
+    player.attachSource(session.url);
   }
 
   // --------------------------------------------------------------------------------- hls.js
@@ -410,7 +454,7 @@
     hls.on(Hls.Events.KEY_LOADED, () => setLicense(name, ctx.run, 200, 'key'));
     hls.on(Hls.Events.MANIFEST_PARSED, () => playMuted(name, ctx));
     hls.attachMedia(videoOf(name));
-    hls.loadSource(api.hls(ctx.video, ctx.token));
+    hls.loadSource(ctx.sessions[name].url);
   }
 
   async function playMuted(name, ctx) {
@@ -460,9 +504,11 @@
         return `${kind.toUpperCase()} network error`;
       }
     };
+    // the players' own signed manifests (Shaka's DASH session, hls.js's HLS session)
+    const of = (name) => (ctx.sessions[name] ? ctx.sessions[name].url : null);
     const results = await Promise.all([
-      fetchOne('dash', api.dash(ctx.video, ctx.token), 'manifest-dash'),
-      fetchOne('hls', api.hls(ctx.video, ctx.token), 'manifest-hls'),
+      of('shaka') ? fetchOne('dash', of('shaka'), 'manifest-dash') : 'DASH: no session',
+      of('hlsjs') ? fetchOne('hls', of('hlsjs'), 'manifest-hls') : 'HLS: no session',
     ]);
     if (ctx.run !== demoState.run) return;
     const ok = demoState.manifest.dash && demoState.manifest.dash.ok && demoState.manifest.hls && demoState.manifest.hls.ok;
@@ -546,10 +592,19 @@
       return;
     }
     if (run !== demoState.run) return;
-    const ctx = { run, user, video, token };
+    const ctx = { run, user, video, token, sessions: {} };
+    // one playback session per player (the JSON form of the manifest)
+    await Promise.all(PLAYERS.map(async (name) => {
+      try {
+        ctx.sessions[name] = await startSession(ctx, name);
+      } catch (err) {
+        fatal(name, run, err && err.code ? err : { code: 'session', message: String(err) });
+      }
+    }));
+    if (run !== demoState.run) return;
     showManifests(ctx);
     const starters = { shaka: startShaka, dashjs: startDashjs, hlsjs: startHlsjs };
-    await Promise.all(PLAYERS.map(async (name) => {
+    await Promise.all(PLAYERS.filter((name) => ctx.sessions[name]).map(async (name) => {
       try {
         await starters[name](ctx);
       } catch (err) {
@@ -575,7 +630,11 @@
     const params = new URLSearchParams(window.location.search);
     const userSelect = document.getElementById('user');
     const videoSelect = document.getElementById('video');
-    if (params.get('user')) userSelect.value = params.get('user');
+    const wanted = params.get('user');
+    if (wanted && ![...userSelect.options].some((o) => o.value === wanted)) {
+      userSelect.add(new Option(wanted, wanted)); // a viewer the tests made at Billing
+    }
+    if (wanted) userSelect.value = wanted;
     if (params.get('video')) videoSelect.value = params.get('video');
     setupTabs();
     document.getElementById('controls').addEventListener('submit', (event) => {
@@ -584,6 +643,10 @@
     });
     setInterval(tick, TICK_MS);
     setInterval(pollEvents, EVENTS_POLL_MS);
+    setInterval(heartbeat, HEARTBEAT_MS);
+    // leaving (or reloading) the page ends its playback sessions at once: their stream slots
+    // are free for the next page, whatever the limit
+    window.addEventListener('pagehide', () => endSessions(true));
     pollEvents();
     if (params.get('autoplay') !== '0') start(userSelect.value, videoSelect.value);
   });

@@ -2,7 +2,9 @@
 
     GET  /v1/entitlements?userId=U&videoId=V  -> 200 {"userId", "videoId", "entitled", "plan",
          "reason", "tier", "maxStreams", "rentalWindowSeconds", "playbackWindowSeconds", "hdcp"}
-    PUT  /admin/users/{userId}  {"plan": "premium"|"basic"|null}   change a subscription
+    PUT  /admin/users/{userId}  {"plan": "premium"|"basic"|null, "maxStreams"?: n}
+                                                                    change a subscription (and
+                                                                    the viewer's stream limit)
     PUT  /admin/catalog/{videoId}  {"tier": "HD", "plan": "basic"}  add a video
     POST /admin/fail?status=503 | /admin/recover                    simulate an outage
     GET  /health
@@ -47,9 +49,14 @@ def default_catalog() -> dict[str, dict[str, str]]:
 
 
 def decide(
-    users: dict[str, str | None], catalog: dict[str, dict[str, str]], user: str, video: str
+    users: dict[str, str | None],
+    catalog: dict[str, dict[str, str]],
+    user: str,
+    video: str,
+    max_streams: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The Billing decision, as plain data."""
+    """The Billing decision, as plain data (``max_streams``: per-viewer overrides of the plan's
+    concurrent streams)."""
     plan = users.get(user)
     doc: dict[str, Any] = {"userId": user, "videoId": video, "plan": plan}
     item = catalog.get(video)
@@ -65,7 +72,7 @@ def decide(
         "entitled": True,
         "reason": None,
         "tier": item["tier"],
-        "maxStreams": details.max_streams,
+        "maxStreams": (max_streams or {}).get(user, details.max_streams),
         "rentalWindowSeconds": None,
         "playbackWindowSeconds": details.playback_window,
         "hdcp": details.hdcp,
@@ -76,6 +83,7 @@ def decide(
 class BillingEmulator:
     users: dict[str, str | None] = field(default_factory=default_users)
     catalog: dict[str, dict[str, str]] = field(default_factory=default_catalog)
+    max_streams: dict[str, int] = field(default_factory=dict)
     failing_status: int | None = None
     requests: int = 0
 
@@ -88,15 +96,25 @@ class BillingEmulator:
             video = request.query.get("videoId")
             if not user or not video:
                 return web.json_response({"error": "userId and videoId required"}, status=400)
-            return web.json_response(decide(self.users, self.catalog, user, video))
+            return web.json_response(
+                decide(self.users, self.catalog, user, video, self.max_streams)
+            )
 
         async def set_user(request: web.Request) -> web.Response:
             body = await request.json()
             plan = body.get("plan")
             if plan is not None and plan not in PLANS:
                 return web.json_response({"error": "unknown plan"}, status=400)
-            self.users[request.match_info["user"]] = plan
-            return web.json_response({"userId": request.match_info["user"], "plan": plan})
+            streams = body.get("maxStreams")
+            if streams is not None and (not isinstance(streams, int) or streams < 0):
+                return web.json_response({"error": "maxStreams: a count"}, status=400)
+            user = request.match_info["user"]
+            self.users[user] = plan
+            if streams is None:
+                self.max_streams.pop(user, None)
+            else:
+                self.max_streams[user] = streams
+            return web.json_response({"userId": user, "plan": plan, "maxStreams": streams})
 
         async def set_video(request: web.Request) -> web.Response:
             body = await request.json()

@@ -24,11 +24,14 @@ def _check(path: str, mode: str | None = None) -> external_auth_pb2.CheckRequest
 @pytest.mark.parametrize(
     ("path", "mode"),
     [
-        ("/playback/demo/manifest?format=dash", contract.MODE_JWT),
+        ("/playback/demo/manifest?format=dash", contract.MODE_SESSION_START),
         ("/media/demo/hls/720p/seg1.ts?pdt=v1.x", contract.MODE_SIGNED_URL),
-        ("/drm/key/demo/0123?pdt=v1.x", contract.MODE_SIGNED_URL),
-        ("/drm/license", contract.MODE_JWT),
-        ("/drm/license/widevine?videoId=demo", contract.MODE_JWT),
+        ("/drm/key/demo/0123?pdt=v1.x", contract.MODE_KEY),
+        ("/drm/license", contract.MODE_LICENSE),
+        ("/drm/license/widevine?videoId=demo", contract.MODE_LICENSE),
+        ("/playback/sessions/end?pdt=v1.x", contract.MODE_SESSION_END),
+        ("/playback/sessions/heartbeat?pdt=v1.x", contract.MODE_SESSION_HEARTBEAT),
+        ("/playback/demo/manifest/extra", contract.MODE_JWT),
         # nobody mapped it: the strictest check, never an open door
         ("/drm/unknown", contract.MODE_JWT),
         ("/mediafoo/demo/x.ts", contract.MODE_JWT),

@@ -97,13 +97,17 @@ def test_video_missing_or_invalid(path: str, query: str, body: bytes) -> None:
 def test_entitled_allow_carries_identity_headers_and_removes_token() -> None:
     ident = Identity("alice", 2_000_000_000, "sess1")
     ent = Entitlement("alice", "demo", True, "premium", None, {"tier": "HD", "maxStreams": 4})
-    result = decision.entitled(ident, ent, remove_token=True)
+    result = decision.entitled(ident, ent, remove_token=True, session="playback-1")
     assert isinstance(result, Allow)
     headers = dict(result.headers)
     assert headers["x-playback-user"] == "alice"
     assert headers["x-playback-plan"] == "premium"
     assert headers["x-playback-video"] == "demo"
-    assert headers["x-playback-session"] == "sess1"
+    # the playback session, never the JWT's own sid (a JWT cannot name a playback session)
+    assert headers["x-playback-session"] == "playback-1"
+    without = decision.entitled(ident, ent, remove_token=True)
+    assert isinstance(without, Allow)
+    assert "x-playback-session" not in dict(without.headers)
     assert json.loads(headers["x-playback-entitlement"]) == {
         "plan": "premium",
         "tier": "HD",
@@ -120,6 +124,7 @@ def test_not_entitled_is_403_with_reason() -> None:
     assert (result.status, result.code) == (403, "not_entitled")
     assert "plan_too_low" in result.detail
     assert result.www_authenticate is None
+    assert (result.user, result.video) == ("bob", "demo-uhd")  # named in the PlaybackError
 
 
 @pytest.mark.parametrize(

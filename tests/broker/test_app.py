@@ -342,7 +342,7 @@ async def test_key_store_outage_is_a_503(make_broker: BrokerFactory) -> None:
     assert health["keyStore"]["reachable"] is False
 
 
-# ---------------------------------------------------------------------------------- cache, streams
+# ---------------------------------------------------------------------------------- cache
 
 
 async def test_retried_identical_request_gets_the_same_license(
@@ -361,22 +361,17 @@ async def test_retried_identical_request_gets_the_same_license(
     assert cached == [False, True, False]
 
 
-async def test_concurrent_stream_limit(broker: Client) -> None:
+async def test_the_broker_keeps_no_second_stream_count(broker: Client) -> None:
+    """Concurrent streams are authz's (per playback session, on every key path): whatever
+    maxStreams the facts carry, the broker licenses every session authz admitted."""
     facts = json.dumps({"plan": "basic", "maxStreams": 1})
-
-    async def start(session: str) -> int:
+    for session in ("tv", "phone", "tablet"):
         resp = await broker.post(
             "/drm/license/org.w3.clearkey?videoId=movie",
             data=ck_request(KID_HD),
             headers=viewer("dave", "basic", session=session, entitlement=facts),
         )
-        if resp.status != 200:
-            assert (await problem(resp))["code"] == "stream_limit_reached"
-        return resp.status
-
-    assert await start("tv") == 200
-    assert await start("phone") == 403
-    assert await start("tv") == 200  # re-licensing the same stream is never refused
+        assert resp.status == 200
 
 
 # ---------------------------------------------------------------------------------- HLS AES-128

@@ -19,7 +19,6 @@ from tests.broker.conftest import (
     KEYS_DOC,
     KID_HD,
     BrokerFactory,
-    Client,
     problem,
     viewer,
 )
@@ -174,26 +173,6 @@ async def test_redis_cache_never_stores_clearkey_key_material(
     assert isinstance(stored, bytes)
     assert KEYS_DOC["videos"]["movie"]["keys"][1]["key"] not in stored.decode()
     assert json.loads(stored)["kids"] == [KID_HD]
-
-
-async def test_redis_stream_limit_is_shared_by_replicas(
-    redis_url: str, make_broker: BrokerFactory
-) -> None:
-    one = await make_broker({"REDIS_URL": redis_url})
-    two = await make_broker({"REDIS_URL": redis_url})
-    facts = json.dumps({"plan": "basic", "maxStreams": 1})
-
-    async def start(client: Client, session: str) -> int:
-        resp = await client.post(
-            "/drm/license/org.w3.clearkey?videoId=movie",
-            data=ck_request(KID_HD),
-            headers=viewer("gina", "basic", session=session, entitlement=facts),
-        )
-        return resp.status
-
-    assert await start(one, "tv") == 200
-    assert await start(two, "phone") == 403
-    assert await start(two, "tv") == 200
 
 
 async def test_unreachable_redis_does_not_stop_licensing(make_broker: BrokerFactory) -> None:

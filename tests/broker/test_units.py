@@ -48,7 +48,6 @@ from license_broker.policy import (
 from license_broker.providers.axinom import entitlement_message, sign_message
 from license_broker.providers.base import LicenseContext
 from license_broker.providers.fairplay import SpcEncoding, encode_ckc, parse_ckc, parse_spc
-from license_broker.streams import MemoryStreamTracker, RedisStreamTracker
 from playback_drm.settings import ConfigError
 from tests.broker.conftest import KEYS_DOC
 
@@ -211,27 +210,19 @@ def test_unknown_key_system() -> None:
 
 
 @pytest.mark.parametrize(
-    ("facts", "plan", "max_track", "persist", "duration", "streams", "hdcp"),
+    ("facts", "plan", "max_track", "persist", "duration", "hdcp"),
     [
-        (None, "premium", Track.UHD, True, 6 * 3600, 4, "HDCP_V1"),
-        (None, "basic", Track.HD, False, 6 * 3600, 2, "HDCP_NONE"),
-        (None, "mystery", Track.SD, False, 3600, 1, "HDCP_NONE"),
-        (None, None, Track.SD, False, 3600, 1, "HDCP_NONE"),
-        ('{"tier":"UHD"}', "basic", Track.UHD, False, 6 * 3600, 2, "HDCP_NONE"),
-        ('{"tier":"premium"}', "basic", Track.UHD, False, 6 * 3600, 2, "HDCP_NONE"),
-        ('{"tier":"SD","maxStreams":1}', "premium", Track.SD, True, 6 * 3600, 1, "HDCP_V1"),
-        ('{"rentalWindowSeconds":600}', "premium", Track.UHD, True, 600, 4, "HDCP_V1"),
-        (
-            '{"hdcp":"2.2","persistent":false}',
-            "premium",
-            Track.UHD,
-            False,
-            6 * 3600,
-            4,
-            "HDCP_V2_2",
-        ),
-        ('{"plan":"premium","maxStreams":0}', None, Track.UHD, True, 6 * 3600, None, "HDCP_V1"),
-        ('{"plan":"premium"}', "basic", Track.HD, False, 6 * 3600, 2, "HDCP_NONE"),
+        (None, "premium", Track.UHD, True, 6 * 3600, "HDCP_V1"),
+        (None, "basic", Track.HD, False, 6 * 3600, "HDCP_NONE"),
+        (None, "mystery", Track.SD, False, 3600, "HDCP_NONE"),
+        (None, None, Track.SD, False, 3600, "HDCP_NONE"),
+        ('{"tier":"UHD"}', "basic", Track.UHD, False, 6 * 3600, "HDCP_NONE"),
+        ('{"tier":"premium"}', "basic", Track.UHD, False, 6 * 3600, "HDCP_NONE"),
+        ('{"tier":"SD","maxStreams":1}', "premium", Track.SD, True, 6 * 3600, "HDCP_V1"),
+        ('{"rentalWindowSeconds":600}', "premium", Track.UHD, True, 600, "HDCP_V1"),
+        ('{"hdcp":"2.2","persistent":false}', "premium", Track.UHD, False, 6 * 3600, "HDCP_V2_2"),
+        ('{"plan":"premium","maxStreams":0}', None, Track.UHD, True, 6 * 3600, "HDCP_V1"),
+        ('{"plan":"premium"}', "basic", Track.HD, False, 6 * 3600, "HDCP_NONE"),
     ],
 )
 def test_policy_decisions(
@@ -240,19 +231,17 @@ def test_policy_decisions(
     max_track: Track,
     persist: bool,
     duration: int,
-    streams: int | None,
     hdcp: str,
 ) -> None:
     policy = decide(parse_entitlement(facts, plan), DEFAULT_PLAN_PROFILES)
     assert policy.max_track == max_track
     assert policy.can_persist is persist
     assert policy.license_duration_s == duration
-    assert policy.max_streams == streams
     assert policy.hdcp == hdcp
 
 
 @pytest.mark.parametrize(
-    "facts", ["[]", "{", '{"maxStreams":"two"}', '{"maxStreams":-1}', '{"hdcp":"9.9"}']
+    "facts", ["[]", "{", '{"rentalWindowSeconds":"two"}', '{"securityLevel":-1}', '{"hdcp":"9.9"}']
 )
 def test_malformed_entitlement_fails_closed(facts: str) -> None:
     with pytest.raises(MissingIdentity):
@@ -323,13 +312,15 @@ def test_key_selection_refusals(plan: str, requested: list[bytes], error: type[E
 
 def test_plan_profiles_overlay() -> None:
     profiles = parse_plan_profiles(
-        '{"basic": {"maxTrack": "SD", "maxStreams": 0}, "family": {"maxTrack": "UHD"}}',
+        '{"basic": {"maxTrack": "SD"}, "family": {"maxTrack": "UHD"}}',
         DEFAULT_PLAN_PROFILES,
     )
     assert profiles["basic"].max_track == Track.SD
-    assert profiles["basic"].max_streams is None
     assert profiles["family"].max_track == Track.UHD
     assert profiles["premium"] == DEFAULT_PLAN_PROFILES["premium"]
+    # concurrent streams moved to authz: an old setting says where, instead of doing nothing
+    with pytest.raises(ValueError, match="STREAM_LIMITS"):
+        parse_plan_profiles('{"basic": {"maxStreams": 2}}', DEFAULT_PLAN_PROFILES)
 
 
 # ---------------------------------------------------------------------------------- key model
@@ -439,7 +430,7 @@ async def test_key_cache_negative_entries_and_single_flight() -> None:
     assert all(r is results[0] for r in results)
 
 
-# ---------------------------------------------------------------------------------- caches, streams
+# ---------------------------------------------------------------------------------- caches
 
 
 async def test_memory_license_cache_ttl_and_first_writer_wins() -> None:
@@ -461,17 +452,6 @@ def test_cached_license_round_trip_and_cache_keys() -> None:
     assert base != cache_key("ks", "v", "bob", "p", b"req")
     assert base != cache_key("ks", "v", "alice", "p2", b"req")
     assert base != cache_key("ks", "v", "alice", "p", b"req2")
-
-
-async def test_memory_stream_tracker() -> None:
-    clock = FakeClock()
-    tracker = MemoryStreamTracker(clock=clock)
-    assert await tracker.acquire("u", "a", 2, 60)
-    assert await tracker.acquire("u", "b", 2, 60)
-    assert not await tracker.acquire("u", "c", 2, 60)
-    assert await tracker.acquire("u", "a", 2, 60)
-    clock.now += 61
-    assert await tracker.acquire("u", "c", 2, 60)
 
 
 # ---------------------------------------------------------------------------------- breaker
@@ -652,10 +632,8 @@ async def test_redis_guard_spares_a_dead_redis() -> None:
     dead = DeadRedis()
     guard = RedisGuard(threshold=3, cooldown=2.0, clock=clock)
     cache = RedisLicenseCache(dead, guard)  # type: ignore[arg-type]
-    streams = RedisStreamTracker(dead, guard)  # type: ignore[arg-type]
     for _ in range(5):
         assert await cache.get("k") is None
-        assert await streams.acquire("u", "s", 1, 60)  # fail open
     assert dead.calls == 3
     assert guard.open
     clock.now += 2

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # playwright is imported by the browser fixture (skip or fail
     from playwright.sync_api import FloatRect
 
 from tests.e2e.browser import PLAYERS, DemoPage, DemoPages, artifact
+from tests.support.stack import set_viewer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -226,3 +228,51 @@ def test_signed_url_with_an_edited_expiry_is_refused(stack: Any) -> None:
     assert status == 403, body[:300]
     assert ctype.startswith("application/problem+json")
     assert json.loads(body)["code"] == "url_token_bad_signature"
+
+
+# ------------------------------------------------------------------ concurrent-stream limits
+
+
+def _viewer(stack: Any, max_streams: int) -> str:
+    user = f"viewer-{uuid.uuid4().hex[:8]}"
+    set_viewer(stack, user, "basic", max_streams)
+    return user
+
+
+def _wait_all(demo: DemoPage) -> dict[str, dict[str, Any]]:
+    for player in PLAYERS:
+        demo.wait(PLAYED_OR_FAILED, player)
+    return {name: demo.player(name) for name in PLAYERS}
+
+
+def test_three_players_on_a_two_stream_plan_one_is_refused(
+    demo_pages: DemoPages, stack: Any
+) -> None:
+    """Each player is a playback session: the third one's license or key is refused, and the
+    player shows the problem's code."""
+    demo = demo_pages.open(_viewer(stack, max_streams=2), "demo")
+    states = _wait_all(demo)
+    failed = {name: s for name, s in states.items() if s["error"]}
+    assert len(failed) == 1, {name: _describe(s) for name, s in states.items()}
+    [(name, state)] = failed.items()
+    assert state["error"]["httpStatus"] == 403, _describe(state)
+    assert (state["error"]["problem"] or {}).get("code") == "stream_limit_reached", _describe(state)
+    assert all(s["maxTime"] > PLAYED_S for n, s in states.items() if n != name)
+    demo_pages.close(demo)
+
+
+def test_reloading_the_page_at_the_limit_plays_again_at_once(
+    demo_pages: DemoPages, stack: Any
+) -> None:
+    """A viewer whose three players use their three streams reloads the page: the page ends its
+    sessions on pagehide (sendBeacon), so the reloaded page's three players play at once, not a
+    minute later when idle slots would free."""
+    demo = demo_pages.open(_viewer(stack, max_streams=3), "demo")
+    before = _wait_all(demo)
+    assert all(s["error"] is None for s in before.values()), before
+    demo.page.reload(wait_until="load")
+    after = _wait_all(demo)
+    for name, state in after.items():
+        assert state["error"] is None, f"{name} after the reload: {_describe(state)}"
+        assert state["maxTime"] > PLAYED_S, _describe(state)
+    demo_pages.close(demo)

@@ -38,7 +38,8 @@ CF_HOST = "d111111abcdef8.cloudfront.net"
 
 
 def make_policy(**overrides: object) -> SigningPolicy:
-    env = {"ORIGIN_URL": ORIGIN, "URL_SIGNING_KEYS": KEYS}
+    # bearer tokens unless a test binds them (the service's default binds to the session)
+    env = {"ORIGIN_URL": ORIGIN, "URL_SIGNING_KEYS": KEYS, "URL_TOKEN_BINDING": "none"}
     config = PolicyConfig.from_env(env)
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__}
     fields.update(overrides)
@@ -289,6 +290,29 @@ def test_signed_manifest_url_for_the_json_form() -> None:
     assert expires_at == 1_700_000_640
     verified = authz(policy, PUBLIC + url)
     assert verified.expires_at == expires_at
+
+
+def test_session_urls_are_signed_for_their_session_and_path_only() -> None:
+    policy = make_policy(playlist_ttl=600)
+    urls = policy.session_urls(session_id="S" * 22, now=NOW)
+    assert urls.expires_at == 1_700_000_640  # as long as playlist URLs
+    assert set(urls.licenses) == {
+        "org.w3.clearkey",
+        "com.widevine.alpha",
+        "com.microsoft.playready",
+        "com.apple.fps",
+    }
+    for url in (urls.end, urls.heartbeat, *urls.licenses.values()):
+        verified = authz(policy, PUBLIC + url)
+        assert (verified.binding, verified.session_id) == ("session", "S" * 22)
+    assert urls.end.startswith("/playback/sessions/end?pdt=")
+    # each is good for its own path only: an end URL is no license URL, a license URL no key
+    moved = urls.end.replace("/playback/sessions/end", "/drm/license/org.w3.clearkey")
+    with pytest.raises(urlsign.UrlTokenBadSignature):
+        authz(policy, PUBLIC + moved)
+    license_url = urls.licenses["org.w3.clearkey"]
+    with pytest.raises(urlsign.UrlTokenOutOfScope):
+        authz(policy, PUBLIC + license_url.replace("/drm/license/org.w3.clearkey", "/drm/key/x/y"))
 
 
 # --- CDN allowlist --------------------------------------------------------------------------------
@@ -663,7 +687,13 @@ def test_from_env_defaults_and_cdn_signers() -> None:
     assert config.public_hosts == frozenset({"play.example.com"})
     assert isinstance(config.cdn_signers["media.example.net"], AkamaiEdgeAuth)
     defaults = PolicyConfig.from_env({"ORIGIN_URL": ORIGIN, "URL_SIGNING_KEYS": KEYS})
-    assert (defaults.mode, defaults.ttl, defaults.binding) == (TokenMode.PREFIX, 300, Binding.NONE)
+    assert (defaults.mode, defaults.ttl, defaults.binding) == (
+        TokenMode.PREFIX,
+        300,
+        Binding.SESSION,
+    )
+    assert defaults.unsigned_kinds == frozenset()
+    assert defaults.in_place_prefixes == ("/drm/key/", "/drm/license/")
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
 import subprocess
 import sys
 import zlib
@@ -17,7 +19,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from extproc.config import ExtprocConfig
 from extproc.manifest import ManifestKind
-from extproc.policy import SigningPolicy
+from extproc.policy import SigningPolicy, SigningUnavailable
 from extproc.server import ExternalProcessor, processor_for
 from extproc.signer import (
     ManifestSigner,
@@ -26,9 +28,21 @@ from extproc.signer import (
     presentation_seconds,
 )
 from playback_drm.events import MemorySink
+from playback_drm.identity import SESSION_HEADER
+
+
+def urlsafe_b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
 
 KEYS = "k1:" + "A" * 43
-ENV = {"URL_SIGNING_KEYS": KEYS, "ORIGIN_URL": "http://origin.test/", "URL_TOKEN_WINDOW": "60"}
+# bearer tokens unless a test binds them (the service default binds to the playback session)
+ENV = {
+    "URL_SIGNING_KEYS": KEYS,
+    "ORIGIN_URL": "http://origin.test/",
+    "URL_TOKEN_WINDOW": "60",
+    "URL_TOKEN_BINDING": "none",
+}
 VOD = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n" + b"#EXTINF:4.0,\nseg.ts\n" * 150 + b"#EXT-X-ENDLIST\n"
 LIVE = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg1.ts\n#EXTINF:4.0,\nseg2.ts\n"
 MASTER = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhls/720p/playlist.m3u8\n"
@@ -123,6 +137,69 @@ def test_cache_per_window_and_gzip_and_passthrough() -> None:
     assert later is not None
     assert not later.cached
     assert sign.sign(ctx, "text/plain", None, b"not a manifest") is None
+
+
+KEYED = (
+    b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n"
+    b'#EXT-X-KEY:METHOD=AES-128,URI="/drm/key/demo/00112233"\n'
+    b"#EXTINF:4.0,\nseg.ts\n#EXT-X-ENDLIST\n"
+)
+
+
+def _bindings(body: bytes) -> dict[str, str]:
+    """Each URI's path -> the binding field of its pdt token."""
+    found = {}
+    for line in body.decode().replace('"', "\n").splitlines():
+        if "pdt=" in line:
+            path, _, token = line.partition("?pdt=")
+            found[path.rsplit("URI=", 1)[-1]] = token.split(".")[4]
+    return found
+
+
+def test_playback_sessions_bind_every_url_by_default_and_key_urls_always() -> None:
+    clock = [1_000_000.0]
+    path = "/media/demo/hls/720p/playlist.m3u8"
+    a = context_from_request(config(), path, {SESSION_HEADER: "A" * 22})
+    b = context_from_request(config(), path, {SESSION_HEADER: "B" * 22})
+    bare = context_from_request(config(), path, {})
+    assert a is not None
+    assert b is not None
+    assert bare is not None
+    bound_a, bound_b = "s:" + urlsafe_b64(b"A" * 22), "s:" + urlsafe_b64(b"B" * 22)
+    # URL_TOKEN_BINDING=session (the service default): every URL names the session
+    default = signer(clock, URL_TOKEN_BINDING="session")
+    signed_a = default.sign(a, None, None, KEYED)
+    signed_b = default.sign(b, None, None, KEYED)
+    assert signed_a is not None
+    assert signed_b is not None
+    assert set(_bindings(signed_a.body).values()) == {bound_a}
+    assert set(_bindings(signed_b.body).values()) == {bound_b}
+    assert not signed_b.cached  # one session's manifest is never another's
+    with pytest.raises(SigningUnavailable):
+        default.sign(bare, None, None, KEYED)  # fails closed: no session to bind
+    # bearer or IP-bound segment URLs: the key URL is still bound to the session (it takes its
+    # slot), and so are playlist URLs (the next playlist's key URLs need the session)
+    for binding, segment in (("none", ""), ("ip", "i:")):
+        other = signer(clock, URL_TOKEN_BINDING=binding)
+        for sid, bound in (("A" * 22, bound_a), ("B" * 22, bound_b)):
+            address = {"x-envoy-external-address": "203.0.113.9"}
+            ctx = context_from_request(config(), path, {SESSION_HEADER: sid, **address})
+            assert ctx is not None
+            signed = other.sign(ctx, None, None, KEYED)
+            assert signed is not None
+            assert not signed.cached
+            found = _bindings(signed.body)
+            assert found["/drm/key/demo/00112233"] == bound
+            assert found["seg.ts"].startswith(segment) if segment else found["seg.ts"] == ""
+        entry_ip = context_from_request(
+            config(),
+            "/playback/demo/manifest",
+            {SESSION_HEADER: "A" * 22, "x-envoy-external-address": "203.0.113.9"},
+        )
+        assert entry_ip is not None
+        master = other.sign(entry_ip, None, None, MASTER)
+        assert master is not None
+        assert set(_bindings(master.body).values()) == {bound_a}
 
 
 def test_cached_manifest_resolves_from_the_path_the_player_asked_for() -> None:
@@ -308,6 +385,25 @@ async def test_json_form_is_answered_on_the_stream() -> None:
     immediate = replies[0].immediate_response
     assert immediate.status.code == 200
     assert b'"url":"http://edge.test/media/demo/master.m3u8?pdt=' in immediate.body
+    assert b"sessionEndUrl" not in immediate.body  # no playback session: nothing to end
+    with_session = await _run(
+        proc,
+        ep.ProcessingRequest(
+            request_headers=_headers(
+                colon_path="/playback/demo/manifest",
+                colon_authority="edge.test",
+                accept="application/json",
+                x_playback_user="alice",
+                x_playback_session="S" * 22,
+            )
+        ),
+    )
+    doc = json.loads(with_session[0].immediate_response.body)
+    assert doc["sessionEndUrl"].startswith("http://edge.test/playback/sessions/end?pdt=v1.")
+    assert doc["heartbeatUrl"].startswith("http://edge.test/playback/sessions/heartbeat?pdt=")
+    assert doc["licenseUrls"]["org.w3.clearkey"].startswith(
+        "http://edge.test/drm/license/org.w3.clearkey?pdt="
+    )
     anonymous = await _run(
         proc,
         ep.ProcessingRequest(

@@ -48,8 +48,12 @@ def test_metrics_move_as_requests_pass(stack: Stack) -> None:
 
     token = stack.token("alice")
     auth = {"Authorization": f"Bearer {token}"}
-    for _ in range(3):
-        assert http(f"{stack.gateway}/playback/demo/manifest", headers=auth).status == 200
+    master = http(f"{stack.gateway}/playback/demo/manifest", headers=auth)
+    assert master.status == 200
+    variant = next(line for line in master.body.decode().splitlines() if "pdt=" in line)
+    variant = variant.split('URI="')[-1].rstrip('"')
+    for _ in range(2):  # one playback session's playlist again: the signed manifest is cached
+        assert http(f"{stack.gateway}{variant}").status == 200
     assert http(f"{stack.gateway}/playback/demo/manifest").status == 401
     keys = json.loads((stack.media_dir / "keys.json").read_text())["videos"]["demo"]["keys"]
     kid = base64.urlsafe_b64encode(bytes.fromhex(keys[0]["kid"])).rstrip(b"=").decode()
@@ -77,6 +81,8 @@ def test_metrics_move_as_requests_pass(stack: Stack) -> None:
     assert grew("extproc", "playback_extproc_request_duration_seconds_count")
     assert grew("extproc", "playback_cache_requests_total", cache="manifests", result="hit")
     assert grew("broker", "playback_broker_licenses_total", key_system="org.w3.clearkey")
+    assert grew("authz", "playback_sessions_started_total")
+    assert grew("authz", "playback_stream_slots_total", result="taken")
     assert grew("broker", "playback_broker_requests_total")
     assert grew("broker", "playback_broker_request_duration_seconds_count")
     assert grew("envoy", "envoy_http_downstream_rq_total")

@@ -1,10 +1,13 @@
-"""Two sidecar replicas (Envoy + authz each) sharing Redis: the per-user limit is global."""
+"""Two sidecar replicas (Envoy + authz each) sharing Redis: the per-user rate limit is global,
+and so are the playback sessions and their concurrent-stream slots (with short lifetimes here:
+a slot idles out 3 s after its session's last sign of life)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,15 +16,26 @@ import pytest
 
 from devstack.stack import Stack, StackSettings
 from devstack.supervise import free_port
+from tests.integration.test_stream_limits import (
+    clearkey_challenge,
+    hls_urls,
+    license,
+    new_viewer,
+    refused,
+    start,
+)
 from tests.support.servers import RedisServer
 from tests.support.stack import http, start_stack, stop_and_audit
 
 pytestmark = pytest.mark.integration
 
 
+LIFETIMES = {"STREAM_IDLE_SECONDS": "3", "SESSION_CHECK_SECONDS": "1"}
+
+
 @pytest.fixture
 def replicas(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Stack, Stack]]:
-    first = start_stack(tmp_path, redis_url=redis_server.url)
+    first = start_stack(tmp_path, redis_url=redis_server.url, extra_env=LIFETIMES)
     ports = dataclasses.replace(
         first.ports,
         gateway=free_port(),
@@ -37,6 +51,7 @@ def replicas(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Stack,
             redis_url=redis_server.url,
             media_dir=first.media_dir,
             instance="replica2",
+            extra_env=LIFETIMES,
         )
     )
     try:
@@ -77,3 +92,48 @@ async def test_limit_holds_across_two_replicas(replicas: tuple[Stack, Stack]) ->
         assert int(over.headers["retry-after"]) >= 1
         assert "x-ratelimit-limit" in over.headers
         assert over.json()["code"] == "rate_limited"
+
+
+def _on(stack: Stack, url: str) -> str:
+    """``url`` (on any replica's gateway) through ``stack``'s gateway instead."""
+    parts = urllib.parse.urlsplit(url)
+    return stack.gateway + parts.path + ("?" + parts.query if parts.query else "")
+
+
+def test_sessions_and_slots_are_shared_follow_playback_and_outlive_replicas(
+    replicas: tuple[Stack, Stack],
+) -> None:
+    first, second = replicas
+    user = new_viewer(first, max_streams=1)
+    a = start(first, user, "hls")
+    key_a, segment_a = hls_urls(a)
+    # a session started on one replica is known to the other: its key takes the one slot there
+    assert http(_on(second, key_a)).status == 200
+    b = start(second, user, "hls")
+    key_b, _ = hls_urls(b)
+    refused(http(_on(first, key_b)))
+    # a plays on, its segments landing on both replicas: a sign of life every second holds the
+    # slot well past its 3 s idle time
+    for i in range(5):
+        assert http(_on((first, second)[i % 2], segment_a)).status == 200
+        time.sleep(1)
+    refused(http(_on(first, key_b)))
+    # a stops (no request at all): its slot is free 3 s later, on every replica
+    time.sleep(3.5)
+    assert http(_on(first, key_b)).status == 200
+    # a resumes: the only slot is b's now
+    time.sleep(1.1)
+    refused(http(_on(second, segment_a)))
+    # b's replica dies while b holds the slot: nothing leaks beyond the idle time
+    second.stop_component("envoy")
+    second.stop_component("authz")
+    c = start(first, user, "dash")
+    challenge = clearkey_challenge(first)
+    refused(license(c, "org.w3.clearkey", challenge))
+    time.sleep(3.5)
+    assert license(c, "org.w3.clearkey", challenge).status == 200
+    # the surviving replica restarts: sessions and slots are in Redis, not in the process
+    first.stop_component("authz")
+    first.start_component("authz")
+    assert license(c, "org.w3.clearkey", challenge).status == 200
+    refused(license(start(first, user, "dash"), "org.w3.clearkey", challenge))

@@ -8,6 +8,7 @@ content stamp matches).
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.error
 import urllib.request
@@ -32,8 +33,6 @@ class Reply:
     headers: Mapping[str, str]
 
     def json(self) -> Any:
-        import json
-
         return json.loads(self.body)
 
 
@@ -74,8 +73,26 @@ def stop_and_audit(stack: Stack) -> None:
     assert not problems, "secrets in logs:\n" + "\n".join(problems)
 
 
+def set_viewer(stack: Stack, user: str, plan: str | None, max_streams: int | None = None) -> None:
+    """Give ``user`` a subscription (and a concurrent-stream limit of their own) at Billing."""
+    doc: dict[str, Any] = {"plan": plan}
+    if max_streams is not None:
+        doc["maxStreams"] = max_streams
+    reply = http(
+        f"http://127.0.0.1:{stack.ports.billing}/admin/users/{user}",
+        method="PUT",
+        body=json.dumps(doc).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status == 200, reply.body
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     started = start_stack(tmp_path_factory.mktemp("stack"))
+    # Many tests start a playback as alice, each a session with a stream slot for a minute: on
+    # the shared stack she has no limit, so they cannot refuse each other. The limits are
+    # tested with viewers of their own (tests/integration/test_stream_limits.py).
+    set_viewer(started, "alice", "premium", max_streams=0)
     yield started
     stop_and_audit(started)
