@@ -38,6 +38,7 @@ from license_broker.providers.base import (
     require_body,
 )
 from license_broker.providers.playready import POLICY_HEADER, license_policy
+from playback_drm.untrusted import json_loads
 
 _SPC_VERSIONS: Final = (b"\x00\x00\x00\x01", b"\x00\x00\x00\x02")
 _CKC_TAG: Final = re.compile(rb"<ckc>\s*([A-Za-z0-9+/=_\-\s]+?)\s*</ckc>", re.IGNORECASE)
@@ -78,8 +79,8 @@ def parse_spc(body: bytes, content_type: str = "") -> SpcRequest:
         return SpcRequest(body, None, SpcEncoding.RAW)
     if stripped[:1] == b"{":
         try:
-            doc = json.loads(stripped)
-        except (ValueError, UnicodeDecodeError):
+            doc = json_loads(stripped)
+        except ValueError:
             raise MalformedChallenge("FairPlay JSON request is not valid JSON") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("spc"), str):
             raise MalformedChallenge("FairPlay JSON request needs a string 'spc'")
@@ -124,7 +125,7 @@ def parse_ckc(body: bytes) -> bytes:
         if match:
             return b64decode_lenient(match.group(1))
         if stripped[:1] == b"{":
-            doc = json.loads(stripped)
+            doc = json_loads(stripped)
             value = doc.get("ckc", doc.get("CkcMessage")) if isinstance(doc, dict) else None
             if not isinstance(value, str):
                 raise ProviderBadResponse("KSM JSON answer lacks 'ckc'")

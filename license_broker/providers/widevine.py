@@ -39,6 +39,7 @@ from license_broker.providers.base import (
     ProviderLicense,
     check_status,
 )
+from playback_drm.untrusted import json_loads
 
 ALLOWED_TRACK_TYPES: Final[dict[Track, str]] = {
     Track.AUDIO: "SD_ONLY",
@@ -113,8 +114,8 @@ def envelope(message: bytes, settings: WidevineSettings) -> bytes:
 def parse_answer(reply: Reply) -> bytes:
     check_status(reply, "widevine")
     try:
-        doc = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json_loads(reply.body)
+    except ValueError:
         raise ProviderBadResponse("widevine answered non-JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
         raise ProviderBadResponse("widevine answer lacks 'status'")

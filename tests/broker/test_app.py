@@ -258,6 +258,24 @@ async def test_native_route_takes_the_video_from_authz(broker: Client) -> None:
             "malformed_challenge",
         ),
         (json.dumps(json_api("movie", b"\x99binary?")).encode(), "malformed_challenge"),
+        # nested deeper than json follows: a RecursionError was a 500 internal_error
+        (b"[" * 5_000 + b"]" * 5_000, "bad_request"),
+        (
+            json.dumps(
+                json_api("movie", b'{"kids": ' + b"[" * 5_000 + b"]" * 5_000 + b"}")
+            ).encode(),
+            "malformed_challenge",
+        ),
+        (
+            json.dumps(
+                json_api(
+                    "movie",
+                    b'{"kids": [], "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+                    "org.w3.clearkey",
+                )
+            ).encode(),
+            "malformed_challenge",
+        ),
     ],
     ids=[
         "empty",
@@ -272,6 +290,9 @@ async def test_native_route_takes_the_video_from_authz(broker: Client) -> None:
         "bad-kid",
         "no-kids",
         "unknown-binary",
+        "deep-json",
+        "deep-challenge-inferred",
+        "deep-clearkey-challenge",
     ],
 )
 async def test_malformed_input_is_a_400_problem(broker: Client, body: bytes, code: str) -> None:
