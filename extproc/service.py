@@ -206,7 +206,9 @@ class ManifestService:
             return None
         if not ctx.user:
             return Refused(401, "token_missing", "Token missing", "request did not pass authz")
-        base = f"{headers.get('x-forwarded-proto', 'http')}://{headers.get(':authority', '')}"
+        # The absolute base comes from configuration (PUBLIC_BASE_URLS), never from the Host or
+        # X-Forwarded-* headers a client sent: a shared cache must not learn a URL on evil.example.
+        base = self._policy.public_base(headers.get(":authority", ""))
         try:
             document = signed_manifest_url(self._config, self._policy, ctx, base, time.time())
         except PlaybackError as exc:
@@ -220,7 +222,7 @@ def signed_manifest_url(
     config: ExtprocConfig, policy: SigningPolicy, ctx: ManifestContext, base: str, now: float
 ) -> dict[str, str]:
     """``{"url", "expiresAt", "format"}``: a signed URL of the manifest itself, loadable by any
-    player."""
+    player. ``base`` is a configured public base URL, or ``""`` for a path."""
     video_prefix = f"{config.media_prefix}/{ctx.video}/"
     path = ctx.public_path[len(video_prefix) :]
     url, expires_at = policy.signed_manifest_url(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 import zlib
@@ -163,8 +164,8 @@ async def _run(processor: ExternalProcessor, *messages: ep.ProcessingRequest) ->
     return [r async for r in processor.Process(_stream(*messages), None)]
 
 
-def processor() -> tuple[ExternalProcessor, MemorySink]:
-    cfg = config()
+def processor(**extra: str) -> tuple[ExternalProcessor, MemorySink]:
+    cfg = config(**extra)
     sink = MemorySink()
     return processor_for(cfg, sink), sink
 
@@ -293,7 +294,7 @@ async def test_adapter_refuses_a_broken_manifest_with_a_problem() -> None:
 
 
 async def test_json_form_is_answered_on_the_stream() -> None:
-    proc, _ = processor()
+    proc, _ = processor(PUBLIC_BASE_URLS="https://edge.test")
     replies = await _run(
         proc,
         ep.ProcessingRequest(
@@ -307,7 +308,7 @@ async def test_json_form_is_answered_on_the_stream() -> None:
     )
     immediate = replies[0].immediate_response
     assert immediate.status.code == 200
-    assert b'"url":"http://edge.test/media/demo/master.m3u8?pdt=' in immediate.body
+    assert b'"url":"https://edge.test/media/demo/master.m3u8?pdt=' in immediate.body
     anonymous = await _run(
         proc,
         ep.ProcessingRequest(
@@ -317,6 +318,49 @@ async def test_json_form_is_answered_on_the_stream() -> None:
         ),
     )
     assert anonymous[0].immediate_response.status.code == 401
+
+
+async def _json_form_url(proc: ExternalProcessor, **headers: str) -> str:
+    replies = await _run(
+        proc,
+        ep.ProcessingRequest(
+            request_headers=_headers(
+                colon_path="/playback/demo/manifest",
+                accept="application/json",
+                x_playback_user="alice",
+                **headers,
+            )
+        ),
+    )
+    assert replies[0].immediate_response.status.code == 200
+    url: str = json.loads(replies[0].immediate_response.body)["url"]
+    return url
+
+
+HOSTILE_HOSTS = {
+    "colon_authority": "evil.example",
+    "x_forwarded_host": "evil.example",
+    "x_forwarded_proto": "javascript",
+    "forwarded": "for=203.0.113.9;host=evil.example;proto=https",
+}
+
+
+async def test_json_form_url_never_takes_its_host_from_the_request() -> None:
+    """Issue 18: ``Host: evil.example`` answered ``{"url": "http://evil.example/media/..."}``,
+    a cache-poisoning and phishing primitive. The base is configuration: a request for another
+    host gets the configured one, whatever Host or X-Forwarded-* say."""
+    proc, _ = processor(PUBLIC_BASE_URLS="https://play.example.com,http://alt.example:8080")
+    url = await _json_form_url(proc, **HOSTILE_HOSTS)
+    assert url.startswith("https://play.example.com/media/demo/master.m3u8?pdt=")
+    # another of our own public hosts keeps its own base (a multi-domain deployment)
+    alt = await _json_form_url(proc, colon_authority="alt.example:8080")
+    assert alt.startswith("http://alt.example:8080/media/demo/master.m3u8?pdt=")
+
+
+async def test_json_form_without_public_base_urls_answers_a_path() -> None:
+    proc, _ = processor()
+    url = await _json_form_url(proc, **HOSTILE_HOSTS)
+    assert url.startswith("/media/demo/master.m3u8?pdt=")
 
 
 def test_the_rewriters_load_with_the_server_not_on_a_first_manifest() -> None:
