@@ -60,14 +60,22 @@ class SpcRequest:
     encoding: SpcEncoding
 
 
+def _check_spc(spc: bytes) -> bytes:
+    """An SPC starts with its version (1 or 2, big-endian): anything else would be a KSM's
+    refusal (a 502 for us), so it is the client's 400 here."""
+    if len(spc) < MIN_SPC_BYTES:
+        raise MalformedChallenge("FairPlay SPC is too short")
+    if spc[:4] not in _SPC_VERSIONS:
+        raise MalformedChallenge("FairPlay SPC has no version 1 or 2 header")
+    return spc
+
+
 def _decode_spc(value: str) -> bytes:
     try:
         spc = b64decode_lenient(value.replace(" ", "+"))
     except ValueError:
         raise MalformedChallenge("FairPlay SPC is not valid base64") from None
-    if len(spc) < MIN_SPC_BYTES:
-        raise MalformedChallenge("FairPlay SPC is too short")
-    return spc
+    return _check_spc(spc)
 
 
 def parse_spc(body: bytes, content_type: str = "") -> SpcRequest:
@@ -75,7 +83,7 @@ def parse_spc(body: bytes, content_type: str = "") -> SpcRequest:
     stripped = body.strip()
     if not stripped:
         raise MalformedChallenge("empty FairPlay SPC")
-    if stripped[:4] in _SPC_VERSIONS and len(body) >= MIN_SPC_BYTES:
+    if body[:4] in _SPC_VERSIONS and len(body) >= MIN_SPC_BYTES:
         return SpcRequest(body, None, SpcEncoding.RAW)
     if stripped[:1] == b"{":
         try:
@@ -99,9 +107,7 @@ def parse_spc(body: bytes, content_type: str = "") -> SpcRequest:
         return SpcRequest(_decode_spc(stripped.decode("ascii")), None, SpcEncoding.BASE64)
     except (MalformedChallenge, UnicodeDecodeError):
         pass
-    if len(body) < MIN_SPC_BYTES:
-        raise MalformedChallenge("FairPlay SPC is too short")
-    return SpcRequest(body, None, SpcEncoding.RAW)
+    return SpcRequest(_check_spc(body), None, SpcEncoding.RAW)
 
 
 def encode_ckc(ckc: bytes, encoding: SpcEncoding) -> ProviderLicense:
