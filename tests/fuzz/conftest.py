@@ -13,7 +13,7 @@ from tests.broker.conftest import (  # noqa: F401 - fixtures, for tests/fuzz/tes
 )
 
 DEV_EXAMPLES = 100
-DEV_TIMEOUT_S = 120
+DEV_TIMEOUT_S = 300
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -186,6 +186,19 @@ LICENSE_FUZZ = settings(
 @LICENSE_FUZZ
 @given(case=any_challenge, soap_action=st.sampled_from([SOAP_ACTION, None, '"urn:other"', ""]))
 @example(case=("org.w3.clearkey", b"[" * 5000 + b"]" * 5000), soap_action=None)
+# found by this property before the challenges were checked: forwarded, the provider's SOAP fault
+# came back as a 500 (and a Widevine or FairPlay refusal as a 502)
+@example(
+    case=(
+        "com.microsoft.playready",
+        b'<!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
+        b"<AcquireLicense>&b;</AcquireLicense>",
+    ),
+    soap_action=SOAP_ACTION,
+)
+@example(case=("com.microsoft.playready", SOAP.format("AAAA").encode()), soap_action='"urn:other"')
+@example(case=("com.widevine.alpha", b"\x08\x01wv"), soap_action=None)
+@example(case=("com.apple.fps", b64(b"x" * 40).encode()), soap_action=None)
 async def test_native_challenges_are_issued_or_refused_with_a_4xx(
     make_broker: Any, case: tuple[str, bytes], soap_action: str | None
 ) -> None:

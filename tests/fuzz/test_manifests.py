@@ -313,7 +313,7 @@ def test_any_playlist_from_the_origin_is_signed_or_a_502(facts: ResponseFacts, b
     sign(facts, body)
 
 
-@fuzz_settings(0.6)
+@fuzz_settings(0.4)
 @given(facts=st.sampled_from(ROUTES), body=damaged(mpds()))
 @example(facts=ROUTES[2], body=b"<MPD>" + b"<Period>" * 5000 + b"</Period>" * 5000 + b"</MPD>")
 @example(
