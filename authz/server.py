@@ -44,7 +44,7 @@ from authz.ratelimit import (
 from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
-from playback_drm.contract import AUTHZ_MODE_KEY, MODE_JWT
+from playback_drm.contract import AUTHZ_MODE_KEY, EXTERNAL_ADDRESS_HEADER, MODE_JWT
 from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.health import OK, Check, Readiness, health_app
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
@@ -81,7 +81,11 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     headers = http.headers
     mode = attrs.context_extensions.get(AUTHZ_MODE_KEY, MODE_JWT)
     body = http.raw_body or (http.body.encode() if http.body else b"")
-    client_ip = attrs.source.address.socket_address.address or None
+    # the viewer's address as Envoy derived it past the trusted gateway hop; the connection's
+    # peer is the gateway itself
+    client_ip = (
+        headers.get(EXTERNAL_ADDRESS_HEADER) or attrs.source.address.socket_address.address or None
+    )
     return CheckInput(
         method=http.method,
         path=path,

@@ -27,6 +27,7 @@ from envoyconf.typeurls import (
 )
 from playback_drm.contract import (
     AUTHZ_MODE_KEY,
+    EXTERNAL_ADDRESS_HEADER,
     EXTPROC_ATTRIBUTES,
     EXTPROC_JSON_FORM_PROCESSING_MODE,
     EXTPROC_PROCESSING_MODE,
@@ -221,6 +222,7 @@ def sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
                         {"exact": "content-type"},
                         {"exact": "traceparent"},
                         {"exact": "x-request-id"},
+                        {"exact": EXTERNAL_ADDRESS_HEADER},
                     ]
                 },
                 "stat_prefix": "playback",

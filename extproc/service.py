@@ -31,6 +31,7 @@ from extproc.manifest import ManifestKind
 from extproc.policy import SigningPolicy
 from extproc.signer import ManifestContext, ManifestSigner, context_from_request
 from playback_drm import tracing
+from playback_drm.contract import EXTERNAL_ADDRESS_HEADER
 from playback_drm.events import EXTPROC_SOURCE, EventSink, playback_started
 from playback_drm.identity import SESSION_HEADER, USER_HEADER, VIDEO_HEADER
 from playback_drm.problem import PlaybackError
@@ -172,7 +173,7 @@ class ManifestService:
         if facts.session:
             headers[SESSION_HEADER] = facts.session
         if facts.address:
-            headers["x-envoy-external-address"] = host_of(facts.address)
+            headers[EXTERNAL_ADDRESS_HEADER] = host_of(facts.address)
         ctx = context_from_request(self._config, facts.original_path or facts.path, headers)
         if len(self._contexts) >= CONTEXT_MEMO:
             self._contexts.clear()

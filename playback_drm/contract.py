@@ -15,6 +15,11 @@ from typing import Final
 
 from playback_drm.identity import REQUEST_ID_HEADER, SESSION_HEADER, USER_HEADER, VIDEO_HEADER
 
+# The viewer's address as Envoy derived it (the connection's peer, or the entry the trusted hops
+# in front of it appended to X-Forwarded-For; use_remote_address + xff_num_trusted_hops). Envoy sets
+# it and removes a client's copy: what authz verifies IP-bound URLs against and what extproc binds
+# them to. Never X-Forwarded-For itself, whose first entries a client writes.
+EXTERNAL_ADDRESS_HEADER: Final = "x-envoy-external-address"
 AUTHZ_MODE_KEY: Final = "mode"  # the context extension naming the mode
 MODE_JWT: Final = "jwt"  # viewer JWT + entitlement for the video the request names
 MODE_JWT_ONLY: Final = "jwt_only"  # viewer JWT, no particular video (e.g. DRM certificates)
@@ -68,6 +73,7 @@ EXTPROC_JSON_FORM_PROCESSING_MODE: Final = {
 __all__ = [
     "AUTHZ_MODES",
     "AUTHZ_MODE_KEY",
+    "EXTERNAL_ADDRESS_HEADER",
     "EXTPROC_ATTRIBUTES",
     "EXTPROC_ATTRIBUTE_NAMESPACE",
     "EXTPROC_JSON_FORM_PROCESSING_MODE",

@@ -71,6 +71,23 @@ def test_context_from_request(path: str, expected: tuple[str, bool, str] | None)
         assert ctx.user == "alice"
 
 
+def test_the_client_address_is_envoys_never_x_forwarded_for() -> None:
+    """What an IP-bound URL is bound to: x-envoy-external-address (Envoy sets it past the
+    trusted hops and strips a client's copy), never the first X-Forwarded-For entry, which the
+    client writes."""
+    path = "/playback/demo/manifest"
+    forged = context_from_request(config(), path, {"x-forwarded-for": "198.51.100.1, 10.0.0.7"})
+    assert forged is not None
+    assert forged.client_ip is None
+    derived = context_from_request(
+        config(),
+        path,
+        {"x-forwarded-for": "198.51.100.1", "x-envoy-external-address": " 203.0.113.9 "},
+    )
+    assert derived is not None
+    assert derived.client_ip == "203.0.113.9"
+
+
 def test_presentation_seconds() -> None:
     assert presentation_seconds(ManifestKind.HLS, VOD) == 600.0
     assert presentation_seconds(ManifestKind.HLS, LIVE) == 0.0

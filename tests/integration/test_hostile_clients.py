@@ -6,6 +6,9 @@ byte to the gateway listener and, with the gateway's client certificate, straigh
 (a platform's gateway may pass on more than ours does). No answer may be a 5xx, and neither the
 services' ``playback_*_requests_total{outcome="error"}`` nor Envoy's 5xx counters (what the
 error-rate alerts watch) may move: an outsider cannot page the on-call.
+
+The stack here binds signed URLs to the viewer's address (``URL_TOKEN_BINDING=ip``), so forged
+forwarding headers meet the one decision that depends on them.
 """
 
 from __future__ import annotations
@@ -24,9 +27,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import Stack
 from playback_drm import urlsign
-from tests.support.stack import http
+from tests.support.stack import http, start_stack, stop_and_audit
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The local stack with IP-bound URL tokens (this module's own: its counters are its own)."""
+    started = start_stack(tmp_path_factory.mktemp("hostile"), extra_env={"URL_TOKEN_BINDING": "ip"})
+    yield started
+    stop_and_audit(started)
+
 
 KID = "00112233445566778899aabbccddeeff"
 
@@ -634,3 +646,35 @@ def test_signed_manifest_url_ignores_the_host_a_client_sent(stack: Stack) -> Non
         url = json.loads(answer.body)["url"]
         assert url.startswith(f"{stack.gateway}/media/demo/master.m3u8?pdt="), (name, url)
         assert http(url).status == 200  # and it works
+
+
+def test_forwarding_headers_cannot_choose_the_address_a_url_is_bound_to(stack: Stack) -> None:
+    """IP-bound URLs: extproc binds them to, and authz verifies them against, the address Envoy
+    derived past the trusted gateway hop (x-envoy-external-address), never what a client wrote
+    into X-Forwarded-For. authz used the connection's peer (the gateway) before, so every
+    IP-bound URL behind a gateway answered 403, and the JSON form took X-Forwarded-For's first
+    entry when Envoy's header was missing."""
+    alice = stack.token("alice")
+    ring = urlsign.KeyRing.from_spec(stack.url_signing_keys())
+    forged = {"X-Forwarded-For": "198.51.100.9", "X-Envoy-External-Address": "198.51.100.9"}
+    reply = http(
+        f"{stack.gateway}/playback/demo/manifest",
+        headers={"Authorization": f"Bearer {alice}", "Accept": "application/json", **forged},
+    )
+    assert reply.status == 200
+    url = reply.json()["url"]
+    path, _, query = url.removeprefix(stack.gateway).partition("?")
+    assert ".i:" in query  # bound to an address
+    with pytest.raises(urlsign.UrlTokenBindingMismatch):
+        urlsign.verify(ring, path, query, now=0, client_ip="198.51.100.9")
+    # the viewer who asked can use it, forged headers or not
+    assert http(url).status == 200
+    assert http(url, headers=forged).status == 200
+    # and so can the playlists inside the manifest
+    manifest = http(f"{stack.gateway}/playback/demo/manifest", headers=bearer(alice))
+    first = next(line for line in manifest.body.decode().splitlines() if line.startswith("/media/"))
+    assert http(stack.gateway + first, headers=forged).status == 200
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
