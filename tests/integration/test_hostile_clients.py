@@ -678,3 +678,31 @@ def test_forwarding_headers_cannot_choose_the_address_a_url_is_bound_to(stack: S
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_clients_cannot_set_envoys_timeouts_or_retries(stack: Stack) -> None:
+    """x-envoy-upstream-rq-timeout-ms from a client would turn any slow answer into our 504
+    (upstream_timeout). Envoy sanitises x-envoy-* from external requests: nothing the gateway or
+    the sidecar sees is internal here, and this keeps it so."""
+    drm = f"http://127.0.0.1:{stack.ports.drm}"
+    http(
+        f"{drm}/control/widevine",
+        method="POST",
+        body=b'{"delay": 0.3}',
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        reply = http(
+            f"{stack.gateway}/drm/license/com.widevine.alpha?videoId=demo",
+            method="POST",
+            body=b"\x08\x01\x12\x06wv-rq1",  # a challenge no other test sent: not cached
+            headers={
+                **bearer(stack.token("alice")),
+                "X-Envoy-Upstream-Rq-Timeout-Ms": "50",
+                "X-Envoy-Upstream-Rq-Per-Try-Timeout-Ms": "50",
+                "X-Envoy-Internal": "true",
+            },
+        )
+    finally:
+        http(f"{drm}/control", method="DELETE")
+    assert reply.status == 200, reply.body[:200]
