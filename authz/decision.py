@@ -6,7 +6,6 @@ decision back into a CheckResponse; ``authz.service`` runs the I/O (JWKS, Billin
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
@@ -22,6 +21,7 @@ from playback_drm.identity import (
     VIDEO_HEADER,
 )
 from playback_drm.problem import PlaybackError
+from playback_drm.untrusted import json_loads
 
 TOKEN_PARAM = "token"  # noqa: S105 - a parameter name, not a secret
 URL_TOKEN_PARAM = "pdt"  # noqa: S105 - playback_drm.urlsign.TOKEN_PARAM
@@ -131,8 +131,8 @@ def _video_from_body(body: bytes) -> str | None:
     if len(body) > MAX_BODY_FOR_VIDEO:
         return None
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json_loads(body)
+    except ValueError:
         return None
     if isinstance(doc, dict):
         value = doc.get("videoId")

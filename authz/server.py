@@ -49,6 +49,7 @@ from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
 from playback_drm.contract import (
     AUTHZ_MODE_KEY,
+    EXTERNAL_ADDRESS_HEADER,
     MODE_SESSION_END,
     MODE_SESSION_HEARTBEAT,
     authz_mode_for_path,
@@ -92,7 +93,11 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     # path decides (one definition: playback_drm.contract).
     mode = attrs.context_extensions.get(AUTHZ_MODE_KEY) or authz_mode_for_path(path)
     body = http.raw_body or (http.body.encode() if http.body else b"")
-    client_ip = attrs.source.address.socket_address.address or None
+    # the viewer's address as Envoy derived it past the trusted gateway hop; the connection's
+    # peer is the gateway itself
+    client_ip = (
+        headers.get(EXTERNAL_ADDRESS_HEADER) or attrs.source.address.socket_address.address or None
+    )
     return CheckInput(
         method=http.method,
         path=path,

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
@@ -32,6 +32,7 @@ from authz.errors import (
     TokenNotYetValid,
     TokenUnknownKey,
 )
+from authz.jose import JoseHeader, parse_header
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,13 @@ _EC_ALGS_BY_CURVE = {"P-256": frozenset({"ES256"}), "P-384": frozenset({"ES384"}
 _OKP_ALGS = frozenset({"EdDSA"})
 _HS_KID = "\x00hs256"  # internal kid of the configured shared secret, never a JWKS kid
 
+MAX_CLAIM_CHARS = 256
+
 JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+def _header_safe(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_CLAIM_CHARS and value.isprintable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,34 +213,26 @@ class TokenVerifier:
         self.cache_misses += 1
         header = self._header(token)
         key = await self._key_for(header)
-        ident = self._decode(token, key, header["alg"])
+        ident = self._decode(token, key, header.alg)
         self._remember(token, ident)
         return ident
 
-    def _header(self, token: str) -> dict[str, Any]:
+    def _header(self, token: str) -> JoseHeader:
+        """The JOSE header, validated before anything looks at it (``authz.jose``)."""
         if len(token) > self._max:
             raise TokenMalformed(f"token longer than {self._max} bytes")
-        if token.count(".") != 2 or not token.isascii():
-            raise TokenMalformed("not a compact JWS")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise TokenMalformed("undecodable token header") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._allowed:
-            raise TokenAlgorithmRejected(f"algorithm {alg!r} is not allowed")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise TokenMalformed("kid must be a string")
+        header = parse_header(token)
+        if header.alg not in self._allowed:
+            raise TokenAlgorithmRejected(f"algorithm {header.alg[:20]!r} is not allowed")
         return header
 
-    async def _key_for(self, header: Mapping[str, Any]) -> VerifyKey:
-        alg: str = header["alg"]
+    async def _key_for(self, header: JoseHeader) -> VerifyKey:
+        alg = header.alg
         if alg == "HS256":
             if self._hs_key is None:
                 raise TokenAlgorithmRejected("HS256 is not enabled")
             return self._hs_key
-        kid = header.get("kid")
+        kid = header.kid
         key = self._lookup(kid, alg)
         if key is None:
             usable = await self._jwks.refresh()
@@ -282,12 +281,18 @@ class TokenVerifier:
             raise TokenMalformed(type(exc).__name__) from None
         sub = claims.get("sub")
         exp = claims.get("exp")
-        if not isinstance(sub, str) or not sub or len(sub) > 256:
-            raise TokenClaimsInvalid("sub must be a non-empty string")
+        # sub and the session travel on as header values (x-playback-user, -session) and into
+        # signed URLs: printable text of bounded length, whoever signed the token.
+        if not _header_safe(sub):
+            raise TokenClaimsInvalid(f"sub must be 1 to {MAX_CLAIM_CHARS} printable characters")
         if not isinstance(exp, int):
             raise TokenClaimsInvalid("exp must be an integer")
         session = claims.get("sid") or claims.get("jti")
-        return Identity(sub=sub, exp=exp, session=session if isinstance(session, str) else None)
+        if session is not None and not isinstance(session, str):
+            session = None
+        if session is not None and not _header_safe(session):
+            raise TokenClaimsInvalid(f"sid/jti must be 1 to {MAX_CLAIM_CHARS} printable characters")
+        return Identity(sub=sub, exp=exp, session=session)
 
     def _remember(self, token: str, ident: Identity) -> None:
         cache = self._cache

@@ -231,6 +231,9 @@ class Stack:
             "AUTHZ_HTTP_ADDR": f"127.0.0.1:{p.authz_http}",
             "EXTPROC_GRPC_ADDR": f"127.0.0.1:{p.extproc_grpc}",
             "EXTPROC_HTTP_ADDR": f"127.0.0.1:{p.extproc_http}",
+            # where the JSON form's signed manifest URLs point: the gateway (first: the default),
+            # the same under its other name, and the sidecar; never the Host a client sent
+            "PUBLIC_BASE_URLS": f"{self.gateway},http://localhost:{p.gateway},{self.sidecar}",
             "BROKER_HOST": "127.0.0.1",
             "BROKER_PORT": str(p.broker),
             "AUTH_EMULATOR_ADDR": f"127.0.0.1:{p.auth}",

@@ -25,7 +25,8 @@ The signing policy's settings, read by :meth:`PolicyConfig.from_env` (what they 
     URL_TOKEN_UNSIGNED_KINDS    comma list of UriKind values left unsigned     (none)
     URL_TOKEN_IN_PLACE_PREFIXES comma list of path prefixes signed in place    (/drm/key/,
                                                                             /drm/license/)
-    PUBLIC_HOSTS                comma list of our public host[:port] names     (none)
+    PUBLIC_BASE_URLS            comma list of our public base URLs, https://host[:port]; the
+                                first is the JSON form's default (none: it answers a path)
     CDN_SIGNERS                 JSON list of CDN signer specs, see extproc.signers (none)
 """
 
@@ -63,6 +64,29 @@ class Binding(enum.Enum):
     SESSION = "session"
 
 
+def public_base_url(url: str) -> str:
+    """``scheme://host[:port]`` of a public base URL, normalized (lower case, no default port, no
+    trailing slash). Raises ``ValueError`` for anything else: a path, a query, user info."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"{url!r} is not a URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} must be an absolute http(s) URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"{url!r} must be scheme://host[:port], nothing more")
+    return f"{scheme}://{normalize_netloc(scheme, parts.netloc)}"
+
+
+def _public_base_url_setting(url: str) -> str:
+    try:
+        return public_base_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"PUBLIC_BASE_URLS: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """How manifests are signed. Build with :meth:`from_env` (see the module docstring)."""
@@ -78,7 +102,7 @@ class PolicyConfig:
     unsigned_kinds: frozenset[UriKind] = frozenset()
     public_prefix: str = "/media/"
     in_place_prefixes: tuple[str, ...] = IN_PLACE_PREFIXES
-    public_hosts: frozenset[str] = frozenset()
+    public_base_urls: tuple[str, ...] = ()
     cdn_signers: Mapping[str, UrlSigner] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +120,14 @@ class PolicyConfig:
         for prefix in self.in_place_prefixes:
             if not prefix.startswith("/"):
                 raise ConfigError(f"URL_TOKEN_IN_PLACE_PREFIXES: {prefix!r} must start with '/'")
+        for url in self.public_base_urls:
+            if public_base_url(url) != url:
+                raise ConfigError(f"PUBLIC_BASE_URLS: {url!r} is not in normalized form")
+
+    @property
+    def public_hosts(self) -> frozenset[str]:
+        """The ``host[:port]`` of every public base URL (what absolute URLs are compared with)."""
+        return frozenset(url.partition("://")[2] for url in self.public_base_urls)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PolicyConfig:
@@ -119,6 +151,14 @@ class PolicyConfig:
             except ValueError:
                 raise ConfigError(f"URL_TOKEN_UNSIGNED_KINDS: unknown kind {name!r}") from None
         ttl = env_int(env, "URL_TOKEN_TTL", 300, minimum=1)
+        if env.get("PUBLIC_HOSTS"):
+            raise ConfigError(
+                "PUBLIC_HOSTS was replaced by PUBLIC_BASE_URLS: list our public base URLs "
+                "(https://host[:port], comma separated), the first being the default"
+            )
+        public_base_urls = tuple(
+            _public_base_url_setting(url) for url in env_list(env, "PUBLIC_BASE_URLS")
+        )
         signers: dict[str, UrlSigner] = {}
         raw_signers = env_opt(env, "CDN_SIGNERS")
         if raw_signers:
@@ -147,7 +187,7 @@ class PolicyConfig:
             binding=binding,
             unsigned_kinds=frozenset(kinds),
             in_place_prefixes=env_list(env, "URL_TOKEN_IN_PLACE_PREFIXES", IN_PLACE_PREFIXES),
-            public_hosts=frozenset(h.lower() for h in env_list(env, "PUBLIC_HOSTS")),
+            public_base_urls=tuple(dict.fromkeys(public_base_urls)),
             cdn_signers=signers,
         )
 

@@ -22,7 +22,8 @@ Each URI the rewriter offers is resolved against the manifest's origin URL and i
      origin URLs) it becomes an absolute path ``/media/{videoId}/...``;
    - anything else on the origin (no ``{videoId}/`` segment) cannot be expressed publicly and is
      left alone (counted as ``unmappable``);
-3. absolute URIs on ``PUBLIC_HOSTS`` under ``/media/`` or an in-place prefix: signed in place;
+3. absolute URIs on the hosts of ``PUBLIC_BASE_URLS`` under ``/media/`` or an in-place prefix:
+   signed in place;
 4. absolute URIs on a host of the CDN allowlist (``CDN_SIGNERS``): that host's signer
    (CloudFront, Akamai, S3, or our own token), see :mod:`extproc.signers`;
 5. anything else (third-party hosts, other schemes) is left alone: tokens never leak.
@@ -146,6 +147,7 @@ class SigningPolicy:
         "fast_kinds",
         "origin_netloc",
         "origin_scheme",
+        "public_hosts",
         "refresh_ttl",
     )
 
@@ -158,12 +160,28 @@ class SigningPolicy:
         self.origin_netloc = normalize_netloc(self.origin_scheme, parts.netloc)
         self._origin_path = parts.path
         self.refresh_ttl = config.playlist_ttl or config.ttl
+        self.public_hosts = config.public_hosts
         signed = [kind for kind in UriKind if kind not in config.unsigned_kinds]
         # [without, with] a separate playlist TTL: the kinds a mapper's fast path may sign.
         self.fast_kinds = (
             tuple(signed),
             tuple(kind for kind in signed if kind not in REFRESH_KINDS),
         )
+
+    def public_base(self, authority: str) -> str:
+        """The absolute base (``scheme://host[:port]``) of a public URL handed to a client that
+        asked for ``authority`` (its Host): that base when it is one of ``PUBLIC_BASE_URLS``, else
+        the first of them; ``""`` when none is configured (the URL stays a path, resolved by the
+        client against the URL it asked). Never built from what the client sent: the answer is
+        always a configured string."""
+        bases = self.config.public_base_urls
+        if not bases:
+            return ""
+        for base in bases:
+            scheme, _, netloc = base.partition("://")
+            if normalize_netloc(scheme, authority.strip()) == netloc:
+                return base
+        return bases[0]
 
     def origin_url_for(self, video_id: str, path: str) -> str:
         """The origin URL of ``/media/{video_id}/{path}`` (``path`` relative to the video)."""
@@ -520,7 +538,7 @@ class ManifestUriMapper:
         netloc = normalize_netloc(scheme, parts.netloc)
         path = parts.path or "/"
         ours = netloc == policy.origin_netloc and scheme == policy.origin_scheme
-        public_host = netloc in config.public_hosts
+        public_host = netloc in policy.public_hosts
         if ours or public_host:
             for prefix in config.in_place_prefixes:
                 if path.startswith(prefix):

@@ -31,6 +31,7 @@ from extproc.manifest import ManifestKind
 from extproc.policy import SigningPolicy
 from extproc.signer import ManifestContext, ManifestSigner, context_from_request
 from playback_drm import tracing
+from playback_drm.contract import EXTERNAL_ADDRESS_HEADER
 from playback_drm.events import EXTPROC_SOURCE, EventSink, playback_started
 from playback_drm.identity import SESSION_HEADER, USER_HEADER, VIDEO_HEADER
 from playback_drm.problem import PlaybackError
@@ -187,7 +188,7 @@ class ManifestService:
         if facts.session:
             headers[SESSION_HEADER] = facts.session
         if facts.address:
-            headers["x-envoy-external-address"] = host_of(facts.address)
+            headers[EXTERNAL_ADDRESS_HEADER] = host_of(facts.address)
         ctx = context_from_request(self._config, facts.original_path or facts.path, headers)
         if len(self._contexts) >= CONTEXT_MEMO:
             self._contexts.clear()
@@ -221,7 +222,9 @@ class ManifestService:
             return None
         if not ctx.user:
             return Refused(401, "token_missing", "Token missing", "request did not pass authz")
-        base = f"{headers.get('x-forwarded-proto', 'http')}://{headers.get(':authority', '')}"
+        # The absolute base comes from configuration (PUBLIC_BASE_URLS), never from the Host or
+        # X-Forwarded-* headers a client sent: a shared cache must not learn a URL on evil.example.
+        base = self._policy.public_base(headers.get(":authority", ""))
         try:
             document = signed_manifest_url(self._config, self._policy, ctx, base, time.time())
         except PlaybackError as exc:
@@ -236,7 +239,8 @@ def signed_manifest_url(
 ) -> dict[str, Any]:
     """``{"url", "expiresAt", "format"}``: a signed URL of the manifest itself, loadable by any
     player; with a playback session also its ``sessionEndUrl``, ``heartbeatUrl`` and
-    ``licenseUrls`` (EME key system -> the session's license URL)."""
+    ``licenseUrls`` (EME key system -> the session's license URL). ``base`` is a configured
+    public base URL, or ``""`` for a path."""
     video_prefix = f"{config.media_prefix}/{ctx.video}/"
     path = ctx.public_path[len(video_prefix) :]
     url, expires_at = policy.signed_manifest_url(

@@ -20,7 +20,7 @@ from extproc.config import Binding, ExtprocConfig
 from extproc.manifest import ManifestKind, decode_body, detect, rewrite
 from extproc.policy import SigningPolicy
 from extproc.uri import ManifestLimits, UriMapper
-from playback_drm import identity, urlsign
+from playback_drm import contract, identity, urlsign
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +169,9 @@ def context_from_request(
 
 
 def _client_ip(headers: Mapping[str, str]) -> str | None:
-    external = headers.get("x-envoy-external-address")
-    if external:
-        return external.strip()
-    xff = headers.get("x-forwarded-for")
-    if xff:
-        return xff.split(",")[0].strip() or None
-    return None
+    """The viewer's address as Envoy derived it; never X-Forwarded-For, which a client writes."""
+    external = headers.get(contract.EXTERNAL_ADDRESS_HEADER, "").strip()
+    return external or None
 
 
 class ManifestSigner:

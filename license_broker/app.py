@@ -65,6 +65,7 @@ from playback_drm.events import BROKER_SOURCE, EventSink, NullSink, playback_err
 from playback_drm.metrics import metrics_handler
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, Problem
 from playback_drm.timefmt import rfc3339_seconds
+from playback_drm.untrusted import json_loads
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +253,8 @@ def _forwarded(request: web.Request) -> dict[str, str]:
 async def license_json(request: web.Request) -> web.Response:
     body = await _read_body(request)
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json_loads(body)
+    except ValueError:
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")

@@ -21,6 +21,7 @@ from typing import Final
 
 from license_broker.encoding import b64url, parse_key_id
 from license_broker.errors import MalformedChallenge
+from playback_drm.untrusted import json_loads
 
 TEMPORARY: Final = "temporary"
 PERSISTENT_LICENSE: Final = "persistent-license"
@@ -45,8 +46,8 @@ class ClearKeyRequest:
 def parse_request(body: bytes, *, max_kids: int = MAX_KIDS) -> ClearKeyRequest:
     """Parse a ClearKey license request. Duplicate key ids are dropped, order kept."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json_loads(body)
+    except ValueError:
         raise MalformedChallenge("ClearKey request is not valid JSON") from None
     if not isinstance(doc, dict):
         raise MalformedChallenge("ClearKey request must be a JSON object")

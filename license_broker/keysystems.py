@@ -13,11 +13,11 @@ order, and refuses to guess otherwise:
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from typing import Final
 
 from license_broker.errors import MalformedChallenge, UnsupportedKeySystem
+from playback_drm.untrusted import json_loads
 
 
 class KeySystem(StrEnum):
@@ -78,8 +78,8 @@ def infer_key_system(challenge: bytes) -> KeySystem:
     first = challenge.lstrip(b" \t\r\n")[:1]
     if first == b"{":
         try:
-            doc = json.loads(challenge)
-        except (ValueError, UnicodeDecodeError):
+            doc = json_loads(challenge)
+        except ValueError:
             raise MalformedChallenge("license challenge is not valid JSON") from None
         if isinstance(doc, dict):
             if "kids" in doc:

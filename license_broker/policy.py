@@ -31,6 +31,7 @@ from typing import Any, Final
 from license_broker.errors import MissingIdentity, NotEntitledToTrack, UnknownKeyId
 from license_broker.model import ContentKey, Track, VideoKeys, parse_track
 from playback_drm import identity
+from playback_drm.untrusted import json_loads
 
 HDCP_LEVELS: Final = (
     "HDCP_NONE",
@@ -194,7 +195,7 @@ def parse_entitlement(raw: str | None, plan_header: str | None) -> Entitlement:
     if len(raw) > MAX_FACTS_BYTES:
         raise MissingIdentity("x-playback-entitlement is too large")
     try:
-        doc = json.loads(raw)
+        doc = json_loads(raw)
         if not isinstance(doc, dict):
             raise ValueError("not an object")
         plan = doc.get("plan")

@@ -54,9 +54,9 @@ from license_broker.policy import (
     parse_entitlement,
     select_keys,
 )
+from license_broker.providers import playready, widevine
 from license_broker.providers.base import LicenseContext, LicenseProvider, ProviderLicense
 from license_broker.providers.fairplay import SpcRequest, encode_ckc, parse_spc
-from license_broker.providers.playready import check_challenge
 from playback_drm.events import BROKER_SOURCE, LICENSE_ISSUED, Event, EventSink
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,9 @@ class LicenseService:
             canonical = spc.spc + b"\x00" + (spc.asset_id or "").encode() + spc.encoding.encode()
             return _Parsed(canonical, None, spc=spc)
         if ks == KeySystem.PLAYREADY:
-            check_challenge(challenge)
+            playready.check_challenge(challenge, headers.get("SOAPAction"))
+        elif ks == KeySystem.WIDEVINE:
+            widevine.check_challenge(challenge)
         return _Parsed(challenge, None)
 
     def _native(self, ks: KeySystem, parsed: _Parsed, body: bytes, ctype: str) -> tuple[bytes, str]:

@@ -21,6 +21,11 @@ from typing import Final
 
 from playback_drm.identity import REQUEST_ID_HEADER, SESSION_HEADER, USER_HEADER, VIDEO_HEADER
 
+# The viewer's address as Envoy derived it (the connection's peer, or the entry the trusted hops
+# in front of it appended to X-Forwarded-For; use_remote_address + xff_num_trusted_hops). Envoy sets
+# it and removes a client's copy: what authz verifies IP-bound URLs against and what extproc binds
+# them to. Never X-Forwarded-For itself, whose first entries a client writes.
+EXTERNAL_ADDRESS_HEADER: Final = "x-envoy-external-address"
 AUTHZ_MODE_KEY: Final = "mode"  # the context extension naming the mode
 MODE_JWT: Final = "jwt"  # viewer JWT + entitlement for the video the request names
 MODE_JWT_ONLY: Final = "jwt_only"  # viewer JWT, no particular video (e.g. DRM certificates)
@@ -62,7 +67,13 @@ _ENTRY_MANIFEST: Final = re.compile(r"/playback/[^/]+/manifest")
 
 # The request headers authz reads (besides the pseudo-headers): what an ext_authz filter that can
 # restrict them (our sidecar, Envoy Gateway's ``headersToExtAuth``) sends and nothing more.
-AUTHZ_REQUEST_HEADERS: Final = ("authorization", "content-type", "traceparent", "x-request-id")
+AUTHZ_REQUEST_HEADERS: Final = (
+    "authorization",
+    "content-type",
+    "traceparent",
+    "x-request-id",
+    EXTERNAL_ADDRESS_HEADER,  # the viewer's address as Envoy derived it (IP-bound URLs)
+)
 # A license request names its video in its JSON body: authz sees up to this much of it.
 AUTHZ_MAX_BODY_BYTES: Final = 65536
 
@@ -165,6 +176,7 @@ __all__ = [
     "AUTHZ_MODES",
     "AUTHZ_MODE_KEY",
     "AUTHZ_REQUEST_HEADERS",
+    "EXTERNAL_ADDRESS_HEADER",
     "EXTPROC_ATTRIBUTES",
     "EXTPROC_ATTRIBUTE_NAMESPACE",
     "EXTPROC_HEADERS_ATTRIBUTES",

@@ -16,7 +16,8 @@
 
 Control API (tests, demos) per system ``widevine|playready|fairplay|axinom``:
 
-    POST   /control/{system}            {"delay": seconds, "failStatus": 500|null, "garbage": bool}
+    POST   /control/{system}            {"delay": seconds, "failStatus": 500|null, "garbage": bool,
+                                         "refusal": "INVALID_LICENSE_CHALLENGE"|null (widevine)}
                                         (answers the settings and the warm-up HEADs counted)
     GET    /control/{system}/received   what arrived, byte for byte: [{"method", "path", "query",
                                         "headers", "body" (base64)}]
@@ -131,11 +132,12 @@ class SystemState:
     delay: float = 0.0
     fail_status: int | None = None
     garbage: bool = False
+    refusal: str | None = None  # Widevine: answer {"status": refusal} to license requests
     warmups: int = 0
     received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_RECEIVED))
 
     def reset(self) -> None:
-        self.delay, self.fail_status, self.garbage = 0.0, None, False
+        self.delay, self.fail_status, self.garbage, self.refusal = 0.0, None, False, None
         self.warmups = 0
         self.received.clear()
 
@@ -214,6 +216,9 @@ async def widevine(request: web.Request) -> web.Response:
         )
     if not payload:
         return _wv_status("INVALID_LICENSE_CHALLENGE")
+    refusal = request.app[STATE_KEY]["widevine"].refusal
+    if refusal is not None:
+        return _wv_status(refusal)
     license_bytes = b"WVLIC" + hashlib.sha256(message).digest()
     return web.json_response(
         {
@@ -380,6 +385,8 @@ async def control_set(request: web.Request) -> web.Response:
         state.fail_status = int(doc["failStatus"]) if doc["failStatus"] else None
     if "garbage" in doc:
         state.garbage = bool(doc["garbage"])
+    if "refusal" in doc:
+        state.refusal = str(doc["refusal"]) if doc["refusal"] else None
     return web.json_response(
         {
             "delay": state.delay,

@@ -38,6 +38,7 @@ from license_broker.providers.base import (
     require_body,
 )
 from license_broker.providers.playready import POLICY_HEADER, license_policy
+from playback_drm.untrusted import json_loads
 
 _SPC_VERSIONS: Final = (b"\x00\x00\x00\x01", b"\x00\x00\x00\x02")
 _CKC_TAG: Final = re.compile(rb"<ckc>\s*([A-Za-z0-9+/=_\-\s]+?)\s*</ckc>", re.IGNORECASE)
@@ -59,14 +60,22 @@ class SpcRequest:
     encoding: SpcEncoding
 
 
+def _check_spc(spc: bytes) -> bytes:
+    """An SPC starts with its version (1 or 2, big-endian): anything else would be a KSM's
+    refusal (a 502 for us), so it is the client's 400 here."""
+    if len(spc) < MIN_SPC_BYTES:
+        raise MalformedChallenge("FairPlay SPC is too short")
+    if spc[:4] not in _SPC_VERSIONS:
+        raise MalformedChallenge("FairPlay SPC has no version 1 or 2 header")
+    return spc
+
+
 def _decode_spc(value: str) -> bytes:
     try:
         spc = b64decode_lenient(value.replace(" ", "+"))
     except ValueError:
         raise MalformedChallenge("FairPlay SPC is not valid base64") from None
-    if len(spc) < MIN_SPC_BYTES:
-        raise MalformedChallenge("FairPlay SPC is too short")
-    return spc
+    return _check_spc(spc)
 
 
 def parse_spc(body: bytes, content_type: str = "") -> SpcRequest:
@@ -74,12 +83,12 @@ def parse_spc(body: bytes, content_type: str = "") -> SpcRequest:
     stripped = body.strip()
     if not stripped:
         raise MalformedChallenge("empty FairPlay SPC")
-    if stripped[:4] in _SPC_VERSIONS and len(body) >= MIN_SPC_BYTES:
+    if body[:4] in _SPC_VERSIONS and len(body) >= MIN_SPC_BYTES:
         return SpcRequest(body, None, SpcEncoding.RAW)
     if stripped[:1] == b"{":
         try:
-            doc = json.loads(stripped)
-        except (ValueError, UnicodeDecodeError):
+            doc = json_loads(stripped)
+        except ValueError:
             raise MalformedChallenge("FairPlay JSON request is not valid JSON") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("spc"), str):
             raise MalformedChallenge("FairPlay JSON request needs a string 'spc'")
@@ -98,9 +107,7 @@ def parse_spc(body: bytes, content_type: str = "") -> SpcRequest:
         return SpcRequest(_decode_spc(stripped.decode("ascii")), None, SpcEncoding.BASE64)
     except (MalformedChallenge, UnicodeDecodeError):
         pass
-    if len(body) < MIN_SPC_BYTES:
-        raise MalformedChallenge("FairPlay SPC is too short")
-    return SpcRequest(body, None, SpcEncoding.RAW)
+    return SpcRequest(_check_spc(body), None, SpcEncoding.RAW)
 
 
 def encode_ckc(ckc: bytes, encoding: SpcEncoding) -> ProviderLicense:
@@ -124,7 +131,7 @@ def parse_ckc(body: bytes) -> bytes:
         if match:
             return b64decode_lenient(match.group(1))
         if stripped[:1] == b"{":
-            doc = json.loads(stripped)
+            doc = json_loads(stripped)
             value = doc.get("ckc", doc.get("CkcMessage")) if isinstance(doc, dict) else None
             if not isinstance(value, str):
                 raise ProviderBadResponse("KSM JSON answer lacks 'ckc'")

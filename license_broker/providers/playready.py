@@ -1,6 +1,7 @@
 """PlayReady: the SOAP ``AcquireLicense`` challenge forwarded byte for byte.
 
-The body is never parsed or re-encoded (PlayReady challenges are signed by the client). We add:
+The body is never re-encoded (PlayReady challenges are signed by the client); it is parsed once to
+refuse what is not an AcquireLicense SOAP request (:func:`check_challenge`). We add:
 
 - our authorization: ``Authorization: Bearer <token>`` (header mode, the header name is
   configurable) or a ``CustomData`` query parameter (customdata mode);
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Final
+from xml.parsers import expat
 
 from license_broker.config import PLAYREADY_SOAP_ACTION, PlayReadySettings
 from license_broker.encoding import uuid_str
@@ -38,7 +40,7 @@ from license_broker.providers.base import (
 
 POLICY_HEADER: Final = "X-Playback-License-Policy"
 DEFAULT_CONTENT_TYPE: Final = "text/xml; charset=utf-8"
-_UTF16_ACQUIRE: Final = "Acquire".encode("utf-16-le")
+_ACQUIRE_ACTION: Final = PLAYREADY_SOAP_ACTION.strip('"')
 _FAULT: Final = re.compile(rb"<(?:[A-Za-z0-9_]+:)?Fault[\s>]")
 _FAULTSTRING: Final = re.compile(rb"<faultstring[^>]*>([^<]{0,200})</faultstring>")
 _SECURITY_LEVEL: Final[dict[Track, int]] = {
@@ -49,13 +51,36 @@ _SECURITY_LEVEL: Final[dict[Track, int]] = {
 }
 
 
-def check_challenge(challenge: bytes) -> None:
-    """Cheap sanity check before forwarding (the provider does the real parsing)."""
-    head = challenge[:512]
-    if b"AcquireLicense" in challenge or _UTF16_ACQUIRE in head:
-        return
-    if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
-        raise MalformedChallenge("PlayReady challenge is not SOAP XML")
+def _forbid_doctype(*_: object) -> None:
+    raise MalformedChallenge("PlayReady challenge declares a DOCTYPE")
+
+
+def check_challenge(challenge: bytes, soap_action: str | None = None) -> None:
+    """Refuse what no PlayReady server would accept before it reaches one: its answer to garbage
+    is a SOAP fault (HTTP 500), relayed to the player and counted against our error rate.
+
+    The challenge must be well-formed XML (UTF-8 or UTF-16, no DOCTYPE: nothing is expanded or
+    fetched) with an ``AcquireLicense`` element, and the player's ``SOAPAction``, when it sent
+    one, must be AcquireLicense: the only operation this broker serves. The challenge is still
+    forwarded byte for byte; the provider checks what is inside (the client's signature)."""
+    if soap_action is not None and soap_action.strip().strip('"') != _ACQUIRE_ACTION:
+        raise MalformedChallenge("SOAPAction must be AcquireLicense, the operation served here")
+    found = False
+
+    def start(name: str, _attributes: object) -> None:
+        nonlocal found
+        found = found or name.rpartition(":")[2] == "AcquireLicense"
+
+    parser = expat.ParserCreate()
+    parser.StartElementHandler = start
+    parser.StartDoctypeDeclHandler = _forbid_doctype
+    parser.EntityDeclHandler = _forbid_doctype
+    try:
+        parser.Parse(challenge, True)
+    except expat.ExpatError:
+        raise MalformedChallenge("PlayReady challenge is not well-formed XML") from None
+    if not found:
+        raise MalformedChallenge("PlayReady challenge has no AcquireLicense element")
 
 
 def license_policy(ctx: LicenseContext) -> str:
@@ -100,7 +125,7 @@ class PlayReadySoap(PooledProvider):
         self._http = http
 
     async def acquire(self, challenge: bytes, ctx: LicenseContext) -> ProviderLicense:
-        check_challenge(challenge)
+        check_challenge(challenge, ctx.request_headers.get("SOAPAction"))
         content_type = ctx.request_headers.get("Content-Type", "")
         headers = {
             "Content-Type": content_type if "xml" in content_type else DEFAULT_CONTENT_TYPE,

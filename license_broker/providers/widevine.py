@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from license_broker.config import WidevineSettings
 from license_broker.encoding import b64, b64decode_lenient
-from license_broker.errors import ProviderBadResponse, ProviderRejected
+from license_broker.errors import MalformedChallenge, ProviderBadResponse, ProviderRejected
 from license_broker.http import ProviderHTTP, Reply
 from license_broker.keysystems import WIDEVINE_CERTIFICATE_REQUEST, KeySystem
 from license_broker.model import Track
@@ -39,6 +39,7 @@ from license_broker.providers.base import (
     ProviderLicense,
     check_status,
 )
+from playback_drm.untrusted import json_loads
 
 ALLOWED_TRACK_TYPES: Final[dict[Track, str]] = {
     Track.AUDIO: "SD_ONLY",
@@ -52,6 +53,64 @@ _TRACK_TYPE_NAMES: Final[dict[Track, str]] = {
     Track.HD: "HD",
     Track.UHD: "UHD1",
 }
+
+
+# SignedMessage.MessageType values a client sends (Widevine's license_protocol.proto):
+# LICENSE_REQUEST, SERVICE_CERTIFICATE_REQUEST, CAS_LICENSE_REQUEST, EXTERNAL_LICENSE_REQUEST.
+LICENSE_REQUEST: Final = 1
+INVALID_CHALLENGE: Final = "INVALID_LICENSE_CHALLENGE"  # the service's status for unreadable ones
+CLIENT_MESSAGE_TYPES: Final = frozenset({LICENSE_REQUEST, 4, 7, 9})
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+_FIXED_SIZE: Final = {_FIXED64: 8, _FIXED32: 4}
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+    raise MalformedChallenge("Widevine challenge is not a protobuf message")
+
+
+def check_challenge(challenge: bytes) -> None:
+    """A Widevine challenge is a protobuf ``SignedMessage``: its top-level fields must parse, its
+    ``type`` (field 1) must be one a client sends and a license request must carry its ``msg``
+    (field 2). Garbage never reaches the provider: its refusal would be a 502 counted against our
+    error rate, while this is the client's 400. What is inside ``msg`` is the provider's to check.
+    """
+    fields: dict[int, int | bytes] = {}
+    at = 0
+    while at < len(challenge):
+        key, at = _varint(challenge, at)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise MalformedChallenge("Widevine challenge is not a protobuf message")
+        value: int | bytes
+        if wire == _VARINT:
+            value, at = _varint(challenge, at)
+        elif wire == _LENGTH:
+            length, at = _varint(challenge, at)
+            if length > len(challenge) - at:
+                raise MalformedChallenge("Widevine challenge is truncated")
+            value, at = challenge[at : at + length], at + length
+        elif wire in _FIXED_SIZE:
+            at += _FIXED_SIZE[wire]
+            if at > len(challenge):
+                raise MalformedChallenge("Widevine challenge is truncated")
+            continue
+        else:  # groups (3, 4) and the undefined wire types: not in a SignedMessage
+            raise MalformedChallenge("Widevine challenge is not a protobuf message")
+        fields.setdefault(number, value)
+    kind = fields.get(1)
+    if not isinstance(kind, int) or kind not in CLIENT_MESSAGE_TYPES:
+        raise MalformedChallenge("Widevine challenge is not a client request (SignedMessage.type)")
+    message = fields.get(2)
+    if kind == LICENSE_REQUEST and (not isinstance(message, bytes) or not message):
+        raise MalformedChallenge("Widevine license request without its message")
 
 
 def sign(message: bytes, key: bytes, iv: bytes) -> bytes:
@@ -113,8 +172,8 @@ def envelope(message: bytes, settings: WidevineSettings) -> bytes:
 def parse_answer(reply: Reply) -> bytes:
     check_status(reply, "widevine")
     try:
-        doc = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json_loads(reply.body)
+    except ValueError:
         raise ProviderBadResponse("widevine answered non-JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
         raise ProviderBadResponse("widevine answer lacks 'status'")
@@ -148,13 +207,21 @@ class WidevineProxy(PooledProvider):
         message = build_message(
             challenge, ctx, self._settings.signer, send_keys=self._settings.send_keys
         )
-        body = await self._http.call(
-            "POST",
-            self._url,
-            data=envelope(message, self._settings),
-            headers={"Content-Type": "application/json"},
-            parse=parse_answer,
-        )
+        try:
+            body = await self._http.call(
+                "POST",
+                self._url,
+                data=envelope(message, self._settings),
+                headers={"Content-Type": "application/json"},
+                parse=parse_answer,
+            )
+        except ProviderRejected as exc:
+            if exc.extensions.get("providerStatus") == INVALID_CHALLENGE:
+                # the service could not read what the player sent: the client's fault, not ours
+                raise MalformedChallenge(
+                    "the Widevine service could not read the license challenge"
+                ) from None
+            raise
         return ProviderLicense(body)
 
     async def certificate(self) -> bytes:

@@ -87,6 +87,9 @@ def test_video_for(path: str, query: str, body: bytes, video: str) -> None:
         ("/playback/..%2Fetc/manifest", "", b""),
         ("/playback/%00/manifest", "", b""),
         ("/drm/license", "videoId=" + "x" * 200, b""),
+        # nested deeper than json follows: RecursionError was an authz_internal_error (503)
+        ("/drm/license", "", b"[" * 5_000 + b"]" * 5_000),
+        ("/drm/license", "", b'{"videoId": NaN}'),
     ],
 )
 def test_video_missing_or_invalid(path: str, query: str, body: bytes) -> None:

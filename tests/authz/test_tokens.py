@@ -12,6 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from authz.decision import CheckInput, Deny
+from authz.entitlement import Entitlement, EntitlementCache
 from authz.errors import (
     KeySourceUnavailable,
     TokenAlgorithmRejected,
@@ -22,8 +24,10 @@ from authz.errors import (
     TokenNotYetValid,
     TokenUnknownKey,
 )
+from authz.service import Authorizer
 from authz.tokens import JwksCache, TokenVerifier
 from devstack.emulators.auth import AuthEmulator, kid_for, sign_token
+from playback_drm.contract import MODE_JWT
 
 ISS = "https://auth.test"
 AUD = "playback"
@@ -278,3 +282,114 @@ async def test_without_any_key_refresh_retries_soon(auth: AuthEmulator) -> None:
     clock[0] = 1.5
     assert await jwks.refresh()  # retried well before min_refresh (60 s)
     assert fetch.fetches == 2
+
+
+# --- the JOSE header's shape (issue 18): any header an outsider writes is a 401, never a 503 ----
+
+HEADER_DEFECTS = {
+    "kid_number": {"alg": "RS256", "kid": 123},
+    "kid_object": {"alg": "RS256", "kid": {"a": 1}},
+    "kid_empty": {"alg": "RS256", "kid": ""},
+    "alg_list": {"alg": ["RS256"]},
+    "alg_number": {"alg": 256},
+    "alg_missing": {"typ": "JWT"},
+    "typ_number": {"alg": "RS256", "typ": 1},
+    "cty_object": {"alg": "RS256", "cty": {}},
+    "crit_unknown_extension": {"alg": "RS256", "crit": ["exp"], "exp": 1},
+    "crit_registered_name": {"alg": "RS256", "crit": ["kid"], "kid": "k"},
+    "crit_names_absent_parameter": {"alg": "RS256", "crit": ["x-ext"]},
+    "crit_not_a_list": {"alg": "RS256", "crit": "x"},
+    "crit_empty": {"alg": "RS256", "crit": []},
+    "crit_number_entry": {"alg": "RS256", "crit": [1]},
+    "crit_duplicates": {"alg": "RS256", "crit": ["e", "e"], "e": 1},
+    "b64_unencoded_payload": {"alg": "RS256", "crit": ["b64"], "b64": False},
+    "b64_without_crit": {"alg": "RS256", "b64": False},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_DEFECTS))
+async def test_jose_header_shape_is_checked_first(auth: AuthEmulator, name: str) -> None:
+    """A header pyjwt would trip over (kid 123, an unknown crit) is our 401 token_malformed,
+    before any key is looked up or any signature checked."""
+    fetch = FakeJwks(auth)
+    verifier = make_verifier(fetch)
+    _, payload, sig = auth.token("alice").split(".")
+    header = b64(json.dumps(HEADER_DEFECTS[name]).encode())
+    with pytest.raises(TokenMalformed):
+        await verifier.verify(f"{header}.{payload}.{sig}")
+    assert fetch.fetches == 0  # refused before the JWKS was consulted
+
+
+@pytest.mark.parametrize(
+    "raw_header",
+    [
+        b'{"alg":"RS256","alg":"none"}',  # duplicate member: two readers, two headers
+        b'{"alg":"RS256","exp":NaN}',  # not JSON
+        b'["RS256"]',  # not an object
+        b'"RS256"',
+        b"null",
+        b"\xff\xfe{}",  # not UTF-8
+        b"[" * 3000 + b"]" * 3000,  # deeper than the JSON parser follows
+    ],
+)
+async def test_jose_header_json_is_strict(auth: AuthEmulator, raw_header: bytes) -> None:
+    verifier = make_verifier(FakeJwks(auth))
+    _, payload, sig = auth.token("alice").split(".")
+    with pytest.raises(TokenMalformed):
+        await verifier.verify(f"{b64(raw_header)}.{payload}.{sig}")
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda h, p, s: f"{h}=.{p}.{s}",  # padding
+        lambda h, p, s: f"{h.replace('-', '+').replace('_', '/')}+/.{p}.{s}",  # standard alphabet
+        lambda h, p, s: f"{h}.{p}A.{s}",  # a length base64 cannot have (4n + 1)
+        lambda h, p, s: f".{p}.{s}",  # empty header
+        lambda h, p, s: f"{h}.{p}.{s}.{s}",  # four segments
+        lambda h, p, s: f"{h} .{p}.{s}",
+    ],
+)
+async def test_segments_are_unpadded_base64url(auth: AuthEmulator, mangle: Any) -> None:
+    verifier = make_verifier(FakeJwks(auth))
+    header, payload, sig = auth.token("alice").split(".")
+    with pytest.raises(TokenMalformed):
+        await verifier.verify(mangle(header, payload, sig))
+
+
+async def test_a_signed_token_with_unprintable_identity_is_refused() -> None:
+    """sub and sid become header values: even a validly signed token cannot smuggle a line
+    break into x-playback-user."""
+    secret = b"s" * 32
+    verifier = make_verifier(FakeJwks(AuthEmulator(issuer=ISS)), hs=secret, algorithms=("HS256",))
+    now = int(time.time())
+    claims = {"iss": ISS, "aud": AUD, "exp": now + 60}
+    for bad in ({"sub": "alice\r\nx-playback-plan: premium"}, {"sub": "a", "sid": "s\x00"}):
+        with pytest.raises(TokenClaimsInvalid):
+            await verifier.verify(jwt.encode({**claims, **bad}, secret, algorithm="HS256"))
+    ok = await verifier.verify(jwt.encode({**claims, "sub": "ålice", "sid": "s1"}, secret))
+    assert (ok.sub, ok.session) == ("ålice", "s1")
+
+
+async def test_authorizer_answers_a_hostile_header_with_401_not_503(auth: AuthEmulator) -> None:
+    """The defect of issue 18: ``"kid": 123`` made authz answer 503 authz_internal_error."""
+    verifier = make_verifier(FakeJwks(auth))
+    authorizer = Authorizer(verifier, EntitlementCache(Granting(), ttl=60, deny_ttl=10), _no_url)
+    _, payload, sig = auth.token("alice").split(".")
+    for header in ({"alg": "RS256", "kid": 123}, {"alg": "RS256", "crit": ["x"], "x": 1}):
+        token = f"{b64(json.dumps(header).encode())}.{payload}.{sig}"
+        decision = await authorizer.check(
+            CheckInput("GET", "/playback/demo/manifest", "", f"Bearer {token}", None, MODE_JWT)
+        )
+        assert isinstance(decision, Deny)
+        assert (decision.status, decision.code) == (401, "token_malformed")
+        assert decision.www_authenticate is not None
+
+
+class Granting:
+    async def fetch(self, user: str, video: str) -> Entitlement:
+        return Entitlement(user, video, True, "premium", None)
+
+
+def _no_url(path: str, query: str, client_ip: str | None) -> Any:
+    raise AssertionError("no signed URL in these tests")

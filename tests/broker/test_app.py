@@ -258,6 +258,24 @@ async def test_native_route_takes_the_video_from_authz(broker: Client) -> None:
             "malformed_challenge",
         ),
         (json.dumps(json_api("movie", b"\x99binary?")).encode(), "malformed_challenge"),
+        # nested deeper than json follows: a RecursionError was a 500 internal_error
+        (b"[" * 5_000 + b"]" * 5_000, "bad_request"),
+        (
+            json.dumps(
+                json_api("movie", b'{"kids": ' + b"[" * 5_000 + b"]" * 5_000 + b"}")
+            ).encode(),
+            "malformed_challenge",
+        ),
+        (
+            json.dumps(
+                json_api(
+                    "movie",
+                    b'{"kids": [], "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+                    "org.w3.clearkey",
+                )
+            ).encode(),
+            "malformed_challenge",
+        ),
     ],
     ids=[
         "empty",
@@ -272,6 +290,9 @@ async def test_native_route_takes_the_video_from_authz(broker: Client) -> None:
         "bad-kid",
         "no-kids",
         "unknown-binary",
+        "deep-json",
+        "deep-challenge-inferred",
+        "deep-clearkey-challenge",
     ],
 )
 async def test_malformed_input_is_a_400_problem(broker: Client, body: bytes, code: str) -> None:
@@ -466,7 +487,9 @@ async def test_slow_provider_times_out_while_clearkey_keeps_answering(
     started = loop.time()
     widevine = asyncio.ensure_future(
         broker.post(
-            "/drm/license/com.widevine.alpha?videoId=movie", data=b"\x08\x01wv", headers=viewer()
+            "/drm/license/com.widevine.alpha?videoId=movie",
+            data=b"\x08\x01\x12\x02wv",
+            headers=viewer(),
         )
     )
     await asyncio.sleep(0.05)
@@ -493,7 +516,9 @@ async def test_breaker_opens_after_repeated_failures_and_recovers(
 
     async def ask() -> dict[str, Any]:
         resp = await broker.post(
-            "/drm/license/com.widevine.alpha?videoId=movie", data=b"\x08\x01wv", headers=viewer()
+            "/drm/license/com.widevine.alpha?videoId=movie",
+            data=b"\x08\x01\x12\x02wv",
+            headers=viewer(),
         )
         assert resp.status == 503
         return await problem(resp)
@@ -510,7 +535,9 @@ async def test_breaker_opens_after_repeated_failures_and_recovers(
     await drm_emulator.post("/control/widevine", json={"failStatus": None})
     await asyncio.sleep(0.35)
     resp = await broker.post(
-        "/drm/license/com.widevine.alpha?videoId=movie", data=b"\x08\x01wv", headers=viewer()
+        "/drm/license/com.widevine.alpha?videoId=movie",
+        data=b"\x08\x01\x12\x02wv",
+        headers=viewer(),
     )
     assert resp.status == 200  # the half-open trial went through and closed the circuit
     health = await (await broker.get("/health")).json()
@@ -523,7 +550,9 @@ async def test_retry_after_a_503_is_bounded(
     broker = await make_broker({"PROVIDER_RETRIES": "2"})
     await drm_emulator.post("/control/widevine", json={"failStatus": 503})
     resp = await broker.post(
-        "/drm/license/com.widevine.alpha?videoId=movie", data=b"\x08\x01wv", headers=viewer()
+        "/drm/license/com.widevine.alpha?videoId=movie",
+        data=b"\x08\x01\x12\x02wv",
+        headers=viewer(),
     )
     assert resp.status == 503
     received = await (await drm_emulator.get("/control/widevine/received")).json()
@@ -536,7 +565,7 @@ async def test_garbage_from_the_provider_is_a_502(
     broker = await make_broker()
     await drm_emulator.post("/control/widevine", json={"garbage": True})
     resp = await broker.post(
-        "/drm/license", json=json_api("movie", b"\x08\x01wv", "widevine"), headers=viewer()
+        "/drm/license", json=json_api("movie", b"\x08\x01\x12\x02wv", "widevine"), headers=viewer()
     )
     assert resp.status == 502
     assert (await problem(resp))["code"] == "provider_bad_response"
@@ -545,7 +574,9 @@ async def test_garbage_from_the_provider_is_a_502(
 async def test_unconfigured_key_system_is_a_400(make_broker: BrokerFactory) -> None:
     broker = await make_broker({"WIDEVINE_PROVIDER": "none"})
     resp = await broker.post(
-        "/drm/license/com.widevine.alpha?videoId=movie", data=b"\x08\x01wv", headers=viewer()
+        "/drm/license/com.widevine.alpha?videoId=movie",
+        data=b"\x08\x01\x12\x02wv",
+        headers=viewer(),
     )
     assert resp.status == 400
     assert (await problem(resp))["code"] == "unsupported_key_system"

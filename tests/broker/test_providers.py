@@ -38,7 +38,7 @@ from tests.broker.conftest import (
     viewer,
 )
 
-WV_CHALLENGE = b"\x08\x01\x12\x10" + bytes(range(16)) + b"\x1a\x05opaque"
+WV_CHALLENGE = b"\x08\x01\x12\x10" + bytes(range(16)) + b"\x1a\x06opaque"
 SOAP_CHALLENGE = (
     b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>\r\n'
     b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'

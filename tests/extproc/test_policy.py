@@ -675,7 +675,7 @@ def test_from_env_defaults_and_cdn_signers() -> None:
         "URL_TOKEN_TTL": "120",
         "URL_TOKEN_BINDING": "session",
         "URL_TOKEN_UNSIGNED_KINDS": "key,license_url",
-        "PUBLIC_HOSTS": "Play.Example.com",
+        "PUBLIC_BASE_URLS": "https://Play.Example.com:443/, http://alt.example:8080",
         "CDN_SIGNERS": '[{"host": "MEDIA.example.net:443", "type": "akamai", "key_env": "AK"}]',
         "AK": "52a152a152a152a152a152a152a1",
     }
@@ -684,7 +684,8 @@ def test_from_env_defaults_and_cdn_signers() -> None:
     assert (config.ttl, config.playlist_ttl, config.window) == (120, 6 * 3600, 60)
     assert config.binding is Binding.SESSION
     assert config.unsigned_kinds == frozenset({UriKind.KEY, UriKind.LICENSE_URL})
-    assert config.public_hosts == frozenset({"play.example.com"})
+    assert config.public_base_urls == ("https://play.example.com", "http://alt.example:8080")
+    assert config.public_hosts == frozenset({"play.example.com", "alt.example:8080"})
     assert isinstance(config.cdn_signers["media.example.net"], AkamaiEdgeAuth)
     defaults = PolicyConfig.from_env({"ORIGIN_URL": ORIGIN, "URL_SIGNING_KEYS": KEYS})
     assert (defaults.mode, defaults.ttl, defaults.binding) == (
@@ -708,9 +709,64 @@ def test_from_env_defaults_and_cdn_signers() -> None:
         ({"URL_TOKEN_UNSIGNED_KINDS": "keys"}, "unknown kind"),
         ({"CDN_SIGNERS": "{"}, "CDN_SIGNERS"),
         ({"CDN_SIGNERS": '[{"type": "s3"}]'}, "host"),
+        ({"PUBLIC_BASE_URLS": "play.example.com"}, "PUBLIC_BASE_URLS"),
+        ({"PUBLIC_BASE_URLS": "ftp://play.example.com"}, "PUBLIC_BASE_URLS"),
+        ({"PUBLIC_BASE_URLS": "https://play.example.com/video"}, "PUBLIC_BASE_URLS"),
+        ({"PUBLIC_BASE_URLS": "https://user@play.example.com"}, "PUBLIC_BASE_URLS"),
+        ({"PUBLIC_BASE_URLS": "https://play.example.com:x"}, "PUBLIC_BASE_URLS"),
+        ({"PUBLIC_BASE_URLS": "https://play.example.com?a=b"}, "PUBLIC_BASE_URLS"),
+        # the setting it replaced: refused, naming the replacement, rather than ignored
+        ({"PUBLIC_HOSTS": "play.example.com"}, "PUBLIC_BASE_URLS"),
     ],
 )
 def test_from_env_errors_name_the_variable(extra: dict[str, str], message: str) -> None:
     env = {"ORIGIN_URL": ORIGIN, "URL_SIGNING_KEYS": KEYS, **extra}
     with pytest.raises(ConfigError, match=message):
         PolicyConfig.from_env(env)
+
+
+# --- public base URLs (issue 18): absolute URLs come from configuration, never from the client ---
+
+
+@pytest.mark.parametrize(
+    ("bases", "authority", "expected"),
+    [
+        (("https://play.example.com",), "evil.example", "https://play.example.com"),
+        (("https://play.example.com",), "", "https://play.example.com"),
+        (("https://play.example.com",), "play.example.com:443", "https://play.example.com"),
+        (
+            ("https://play.example.com", "http://alt.example:8080"),
+            "ALT.example:8080",
+            "http://alt.example:8080",
+        ),
+        (
+            ("https://play.example.com", "http://alt.example:8080"),
+            "alt.example",
+            "https://play.example.com",
+        ),
+        (
+            ("https://play.example.com",),
+            "evil.example/@play.example.com",
+            "https://play.example.com",
+        ),
+        ((), "evil.example", ""),
+    ],
+)
+def test_public_base_is_always_a_configured_one(
+    bases: tuple[str, ...], authority: str, expected: str
+) -> None:
+    assert make_policy(public_base_urls=bases).public_base(authority) == expected
+
+
+def test_absolute_urls_on_a_public_host_are_signed_in_place() -> None:
+    policy = make_policy(public_base_urls=("https://play.example.com",))
+    mapper = master_mapper(policy)
+    out = mapper(UriRef("https://play.example.com/media/demo/hls/720p/seg.ts", UriKind.SEGMENT))
+    assert out is not None
+    assert out.startswith("https://play.example.com/media/demo/hls/720p/seg.ts?pdt=")
+    assert authz(policy, out).scope in (None, "/media/demo/")
+    # the same URL on a host that is not ours: a third party, left alone
+    assert (
+        master_mapper(policy)(UriRef("https://cdn.other/media/demo/seg.ts", UriKind.SEGMENT))
+        is None
+    )

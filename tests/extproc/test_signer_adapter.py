@@ -84,6 +84,23 @@ def test_context_from_request(path: str, expected: tuple[str, bool, str] | None)
         assert ctx.user == "alice"
 
 
+def test_the_client_address_is_envoys_never_x_forwarded_for() -> None:
+    """What an IP-bound URL is bound to: x-envoy-external-address (Envoy sets it past the
+    trusted hops and strips a client's copy), never the first X-Forwarded-For entry, which the
+    client writes."""
+    path = "/playback/demo/manifest"
+    forged = context_from_request(config(), path, {"x-forwarded-for": "198.51.100.1, 10.0.0.7"})
+    assert forged is not None
+    assert forged.client_ip is None
+    derived = context_from_request(
+        config(),
+        path,
+        {"x-forwarded-for": "198.51.100.1", "x-envoy-external-address": " 203.0.113.9 "},
+    )
+    assert derived is not None
+    assert derived.client_ip == "203.0.113.9"
+
+
 def test_presentation_seconds() -> None:
     assert presentation_seconds(ManifestKind.HLS, VOD) == 600.0
     assert presentation_seconds(ManifestKind.HLS, LIVE) == 0.0
@@ -240,8 +257,8 @@ async def _run(processor: ExternalProcessor, *messages: ep.ProcessingRequest) ->
     return [r async for r in processor.Process(_stream(*messages), None)]
 
 
-def processor() -> tuple[ExternalProcessor, MemorySink]:
-    cfg = config()
+def processor(**extra: str) -> tuple[ExternalProcessor, MemorySink]:
+    cfg = config(**extra)
     sink = MemorySink()
     return processor_for(cfg, sink), sink
 
@@ -370,7 +387,7 @@ async def test_adapter_refuses_a_broken_manifest_with_a_problem() -> None:
 
 
 async def test_json_form_is_answered_on_the_stream() -> None:
-    proc, _ = processor()
+    proc, _ = processor(PUBLIC_BASE_URLS="https://edge.test")
     replies = await _run(
         proc,
         ep.ProcessingRequest(
@@ -384,7 +401,7 @@ async def test_json_form_is_answered_on_the_stream() -> None:
     )
     immediate = replies[0].immediate_response
     assert immediate.status.code == 200
-    assert b'"url":"http://edge.test/media/demo/master.m3u8?pdt=' in immediate.body
+    assert b'"url":"https://edge.test/media/demo/master.m3u8?pdt=' in immediate.body
     assert b"sessionEndUrl" not in immediate.body  # no playback session: nothing to end
     with_session = await _run(
         proc,
@@ -399,10 +416,10 @@ async def test_json_form_is_answered_on_the_stream() -> None:
         ),
     )
     doc = json.loads(with_session[0].immediate_response.body)
-    assert doc["sessionEndUrl"].startswith("http://edge.test/playback/sessions/end?pdt=v1.")
-    assert doc["heartbeatUrl"].startswith("http://edge.test/playback/sessions/heartbeat?pdt=")
+    assert doc["sessionEndUrl"].startswith("https://edge.test/playback/sessions/end?pdt=v1.")
+    assert doc["heartbeatUrl"].startswith("https://edge.test/playback/sessions/heartbeat?pdt=")
     assert doc["licenseUrls"]["org.w3.clearkey"].startswith(
-        "http://edge.test/drm/license/org.w3.clearkey?pdt="
+        "https://edge.test/drm/license/org.w3.clearkey?pdt="
     )
     anonymous = await _run(
         proc,
@@ -413,6 +430,49 @@ async def test_json_form_is_answered_on_the_stream() -> None:
         ),
     )
     assert anonymous[0].immediate_response.status.code == 401
+
+
+async def _json_form_url(proc: ExternalProcessor, **headers: str) -> str:
+    replies = await _run(
+        proc,
+        ep.ProcessingRequest(
+            request_headers=_headers(
+                colon_path="/playback/demo/manifest",
+                accept="application/json",
+                x_playback_user="alice",
+                **headers,
+            )
+        ),
+    )
+    assert replies[0].immediate_response.status.code == 200
+    url: str = json.loads(replies[0].immediate_response.body)["url"]
+    return url
+
+
+HOSTILE_HOSTS = {
+    "colon_authority": "evil.example",
+    "x_forwarded_host": "evil.example",
+    "x_forwarded_proto": "javascript",
+    "forwarded": "for=203.0.113.9;host=evil.example;proto=https",
+}
+
+
+async def test_json_form_url_never_takes_its_host_from_the_request() -> None:
+    """Issue 18: ``Host: evil.example`` answered ``{"url": "http://evil.example/media/..."}``,
+    a cache-poisoning and phishing primitive. The base is configuration: a request for another
+    host gets the configured one, whatever Host or X-Forwarded-* say."""
+    proc, _ = processor(PUBLIC_BASE_URLS="https://play.example.com,http://alt.example:8080")
+    url = await _json_form_url(proc, **HOSTILE_HOSTS)
+    assert url.startswith("https://play.example.com/media/demo/master.m3u8?pdt=")
+    # another of our own public hosts keeps its own base (a multi-domain deployment)
+    alt = await _json_form_url(proc, colon_authority="alt.example:8080")
+    assert alt.startswith("http://alt.example:8080/media/demo/master.m3u8?pdt=")
+
+
+async def test_json_form_without_public_base_urls_answers_a_path() -> None:
+    proc, _ = processor()
+    url = await _json_form_url(proc, **HOSTILE_HOSTS)
+    assert url.startswith("/media/demo/master.m3u8?pdt=")
 
 
 def test_the_rewriters_load_with_the_server_not_on_a_first_manifest() -> None:
