@@ -28,6 +28,7 @@ from authz.service import Authorizer
 from authz.tokens import JwksCache, TokenVerifier
 from devstack.emulators.auth import AuthEmulator, kid_for, sign_token
 from playback_drm.contract import MODE_JWT
+from tests.support.authz import memory_sessions
 
 ISS = "https://auth.test"
 AUD = "playback"
@@ -374,7 +375,9 @@ async def test_a_signed_token_with_unprintable_identity_is_refused() -> None:
 async def test_authorizer_answers_a_hostile_header_with_401_not_503(auth: AuthEmulator) -> None:
     """The defect of issue 18: ``"kid": 123`` made authz answer 503 authz_internal_error."""
     verifier = make_verifier(FakeJwks(auth))
-    authorizer = Authorizer(verifier, EntitlementCache(Granting(), ttl=60, deny_ttl=10), _no_url)
+    authorizer = Authorizer(
+        verifier, EntitlementCache(Granting(), ttl=60, deny_ttl=10), _no_url, memory_sessions()
+    )
     _, payload, sig = auth.token("alice").split(".")
     for header in ({"alg": "RS256", "kid": 123}, {"alg": "RS256", "crit": ["x"], "x": 1}):
         token = f"{b64(json.dumps(header).encode())}.{payload}.{sig}"
@@ -391,5 +394,5 @@ class Granting:
         return Entitlement(user, video, True, "premium", None)
 
 
-def _no_url(path: str, query: str, client_ip: str | None) -> Any:
+def _no_url(path: str, query: str, client_ip: str | None, leeway: int = 0) -> Any:
     raise AssertionError("no signed URL in these tests")

@@ -40,6 +40,7 @@ from extproc.server import processor_for
 from playback_drm import contract, urlsign
 from playback_drm.events import MemorySink
 from tests.fuzz import MemoryBound, fuzz_settings, json_values
+from tests.support.authz import memory_sessions
 
 NOW = 1_900_000_000
 SECRET = b"fuzz-secret-" + b"x" * 32
@@ -85,11 +86,15 @@ def authorization_service() -> AuthorizationService:
         clock=lambda: NOW,
     )
 
-    def verify_url(path: str, query: str, client_ip: str | None) -> Any:
+    def verify_url(path: str, query: str, client_ip: str | None, leeway: int = 0) -> Any:
         return urlsign.verify(RING, path, query, now=NOW, client_ip=client_ip)
 
     authorizer = Authorizer(
-        verifier, EntitlementCache(Billing(), ttl=60, deny_ttl=10), verify_url, clock=lambda: NOW
+        verifier,
+        EntitlementCache(Billing(), ttl=60, deny_ttl=10),
+        verify_url,
+        memory_sessions(lambda: NOW),
+        clock=lambda: NOW,
     )
     return AuthorizationService(authorizer, MemorySink())
 
@@ -299,6 +304,7 @@ def json_form_requests(draw: st.DrawFn) -> ep.ProcessingRequest:
     if valid_video_id(video):
         headers["x-playback-video"] = video
         headers["x-playback-user"] = draw(st.sampled_from(["alice", "bob"]))
+        headers["x-playback-session"] = "S" * 22  # authz starts a session on every entry
     return ep.ProcessingRequest(
         request_headers=ep.HttpHeaders(headers=_header_map(headers, draw(st.booleans())))
     )
@@ -322,6 +328,8 @@ def body_requests(draw: st.DrawFn, *, envoy_fuzzed: bool) -> ep.ProcessingReques
         contract.STATUS_ATTRIBUTE: draw(st.sampled_from([200, 200, 404, "200"])),
         contract.USER_ATTRIBUTE: "alice",
         contract.VIDEO_ATTRIBUTE: "demo",
+        # authz admits every manifest request with its playback session
+        contract.SESSION_ATTRIBUTE: "S" * 22,
         contract.SOURCE_ATTRIBUTE: "203.0.113.7:5000",
     }
     if envoy_fuzzed:

@@ -27,6 +27,7 @@ from authz.tokens import Identity, JwksCache, TokenVerifier
 from devstack.emulators.auth import AuthEmulator, kid_for
 from playback_drm.contract import MODE_JWT, MODE_JWT_ONLY
 from tests.fuzz import MemoryBound, b64_variants, fuzz_settings, json_values
+from tests.support.authz import memory_sessions
 
 ISS = "https://auth.test"
 AUD = "playback"
@@ -206,7 +207,7 @@ class Granting:
         return Entitlement(user, video, True, "premium", None)
 
 
-def _no_url(path: str, query: str, client_ip: str | None) -> Any:
+def _no_url(path: str, query: str, client_ip: str | None, leeway: int = 0) -> Any:
     raise AssertionError("JWT modes only")
 
 
@@ -220,7 +221,11 @@ def test_the_authorizer_answers_any_token_with_a_documented_status(
     token: str, where: str, mode: str
 ) -> None:
     authorizer = Authorizer(
-        verifier(), EntitlementCache(Granting(), ttl=60, deny_ttl=10), _no_url, clock=lambda: NOW
+        verifier(),
+        EntitlementCache(Granting(), ttl=60, deny_ttl=10),
+        _no_url,
+        memory_sessions(lambda: NOW),
+        clock=lambda: NOW,
     )
     authorization = {
         "bearer": f"Bearer {token}",

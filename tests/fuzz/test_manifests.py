@@ -54,12 +54,12 @@ ROUTES = [  # (path the player asked for, path at the origin, user, video, sessi
         "/playback/demo/manifest", "/demo/master.m3u8", "alice", "demo", "s1", "203.0.113.7:5000"
     ),
     ResponseFacts(
-        "/media/demo/hls/720p/playlist.m3u8", "/demo/hls/720p/playlist.m3u8", "", "demo", "", ""
+        "/media/demo/hls/720p/playlist.m3u8", "/demo/hls/720p/playlist.m3u8", "", "demo", "s2", ""
     ),
     ResponseFacts(
-        "/playback/demo/manifest", "/demo/manifest.mpd", "alice", "demo", "", "[2001:db8::1]:443"
+        "/playback/demo/manifest", "/demo/manifest.mpd", "alice", "demo", "s3", "[2001:db8::1]:443"
     ),
-    ResponseFacts("/media/demo/dash/manifest.mpd", "/demo/dash/manifest.mpd", "", "demo", "", ""),
+    ResponseFacts("/media/demo/dash/manifest.mpd", "/demo/dash/manifest.mpd", "", "demo", "s4", ""),
 ]
 
 
