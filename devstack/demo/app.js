@@ -251,7 +251,8 @@
     };
     player.addEventListener('error', (event) => onError(shakaErrorInfo(event.detail)));
     try {
-      await player.load(api.dash(ctx.video, ctx.token));
+      // the MIME type saves Shaka a HEAD request (it cannot tell DASH from this URL)
+      await player.load(api.dash(ctx.video, ctx.token), null, 'application/dash+xml');
     } catch (err) {
       const info = shakaErrorInfo(err);
       if (info.code === 'shaka-7000') return; // LOAD_INTERRUPTED: a newer run replaced this one
