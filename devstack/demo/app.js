@@ -486,7 +486,11 @@
     const params = new URLSearchParams(window.location.search);
     const userSelect = document.getElementById('user');
     const videoSelect = document.getElementById('video');
-    if (params.get('user')) userSelect.value = params.get('user');
+    const wanted = params.get('user');
+    if (wanted && ![...userSelect.options].some((o) => o.value === wanted)) {
+      userSelect.add(new Option(wanted, wanted)); // a subscriber a test or a developer added
+    }
+    if (wanted) userSelect.value = wanted;
     if (params.get('video')) videoSelect.value = params.get('video');
     setupTabs();
     document.getElementById('controls').addEventListener('submit', (event) => {

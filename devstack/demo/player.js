@@ -7,8 +7,8 @@
 // Query parameters: ?player=shaka|dashjs|hlsjs&user=alice&video=demo
 //
 // For tests, window.playerState = {player, state, currentTime, maxTime, duration, ended, error,
-// license, endings} is kept current; `error` is the first fatal error: {code, message, httpStatus,
-// problem}; `endings` counts the video's 'ended' events.
+// license} is kept current; `error` is the first fatal error: {code, message, httpStatus, problem};
+// `ended` turns true when playback reaches the end (never mid-seek) and false again on a seek.
 'use strict';
 
 (() => {
@@ -32,7 +32,6 @@
     ended: false,
     error: null,
     license: null,
-    endings: 0,
   };
   window.playerState = state;
 
@@ -134,7 +133,8 @@
     state.currentTime = video.currentTime;
     state.maxTime = Math.max(state.maxTime, video.currentTime);
     if (Number.isFinite(video.duration)) state.duration = video.duration;
-    state.ended = video.ended;
+    // (a browser may reach the end without an 'ended' event, e.g. when paused right there)
+    state.ended = video.ended && !video.seeking;
     if (state.state !== 'error') {
       if (video.ended) state.state = 'ended';
       else if (!video.paused && video.currentTime > 0) state.state = 'playing';
@@ -184,7 +184,8 @@
 
   document.addEventListener('DOMContentLoaded', () => {
     const video = document.getElementById('video');
-    video.addEventListener('ended', () => { state.endings += 1; tick(); });
+    video.addEventListener('seeking', () => { state.ended = false; });
+    video.addEventListener('ended', tick);
     setInterval(tick, TICK_MS);
     start();
   });

@@ -8,6 +8,7 @@ content stamp matches).
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.error
 import urllib.request
@@ -32,8 +33,6 @@ class Reply:
     headers: Mapping[str, str]
 
     def json(self) -> Any:
-        import json
-
         return json.loads(self.body)
 
 
@@ -52,6 +51,19 @@ def http(
             return Reply(resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()})
     except urllib.error.HTTPError as err:
         return Reply(err.code, err.read(), {k.lower(): v for k, v in err.headers.items()})
+
+
+def add_subscriber(stack: Stack, user: str, plan: str = "premium") -> str:
+    """A subscriber of a test's own (Billing emulator): its concurrent-stream slots and rate
+    limit budget are nobody else's in the session's stack."""
+    reply = http(
+        f"http://127.0.0.1:{stack.ports.billing}/admin/users/{user}",
+        method="PUT",
+        body=json.dumps({"plan": plan}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status < 300, reply.body
+    return user
 
 
 def start_stack(root: Path, **settings: Any) -> Stack:
