@@ -27,7 +27,7 @@ hands one origin's answer to another.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -135,7 +135,7 @@ class CorsSettings:
         }
 
 
-def parse_origins(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def parse_origins(values: Iterable[str]) -> tuple[str, ...]:
     """Validate and canonicalise origins (lower case, default port dropped, duplicates removed):
     the exact strings browsers send in ``Origin``. Raises :class:`ConfigError` naming the
     setting on anything that is not an origin."""
