@@ -44,9 +44,10 @@ from authz.ratelimit import (
 from authz.service import Authorizer, UrlVerifier
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
-from playback_drm.contract import AUTHZ_MODE_KEY, MODE_JWT
+from playback_drm.contract import AUTHZ_MODE_KEY, authz_mode_for_path
 from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.health import OK, Check, Readiness, health_app
+from playback_drm.identity import IDENTITY_HEADERS
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 from playback_drm.runtime import serving_grpc, serving_http
 
@@ -79,7 +80,9 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     if not sep and http.query:
         query = http.query
     headers = http.headers
-    mode = attrs.context_extensions.get(AUTHZ_MODE_KEY, MODE_JWT)
+    # Our sidecar and Envoy Gateway name the mode per route; Istio's CUSTOM action cannot, so the
+    # path decides (one definition: playback_drm.contract).
+    mode = attrs.context_extensions.get(AUTHZ_MODE_KEY) or authz_mode_for_path(path)
     body = http.raw_body or (http.body.encode() if http.body else b"")
     client_ip = attrs.source.address.socket_address.address or None
     return CheckInput(
@@ -96,6 +99,7 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
 
 def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     if isinstance(decision, Allow):
+        written = {k for k, _ in decision.headers}
         ok = external_auth_pb2.OkHttpResponse(
             headers=[
                 base_pb2.HeaderValueOption(
@@ -103,6 +107,10 @@ def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
                 )
                 for k, v in decision.headers
             ],
+            # Every identity header authz does not write is removed, so a client's copy never
+            # reaches the services, whatever the proxy in front strips (or forgets to); and the
+            # viewer's credential stays at the edge, like the `token` query parameter.
+            headers_to_remove=[h for h in IDENTITY_HEADERS if h not in written] + ["authorization"],
             query_parameters_to_remove=decision.remove_query,
         )
         return external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)

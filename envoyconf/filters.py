@@ -25,7 +25,9 @@ from envoyconf.typeurls import (
     T_ROUTER,
 )
 from playback_drm.contract import (
+    AUTHZ_MAX_BODY_BYTES,
     AUTHZ_MODE_KEY,
+    AUTHZ_REQUEST_HEADERS,
     EXTPROC_ATTRIBUTES,
     EXTPROC_JSON_FORM_PROCESSING_MODE,
     EXTPROC_PROCESSING_MODE,
@@ -41,7 +43,7 @@ def authz_mode(mode: str, *, with_body: bool = False) -> dict[str, Any]:
     settings: dict[str, Any] = {"context_extensions": {AUTHZ_MODE_KEY: mode}}
     if with_body:
         settings["with_request_body"] = {
-            "max_request_bytes": 65536,
+            "max_request_bytes": AUTHZ_MAX_BODY_BYTES,
             "allow_partial_message": True,
             "pack_as_bytes": True,
         }
@@ -237,14 +239,7 @@ def sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
                 "status_on_error": {"code": 503},
                 "clear_route_cache": False,
                 "include_peer_certificate": False,
-                "allowed_headers": {
-                    "patterns": [
-                        {"exact": "authorization"},
-                        {"exact": "content-type"},
-                        {"exact": "traceparent"},
-                        {"exact": "x-request-id"},
-                    ]
-                },
+                "allowed_headers": {"patterns": [{"exact": h} for h in AUTHZ_REQUEST_HEADERS]},
                 "stat_prefix": "playback",
             },
         },

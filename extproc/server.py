@@ -3,9 +3,16 @@ small HTTP app for /health and /metrics.
 
 Manifest routes skip both header phases: Envoy sends one message, the buffered response body,
 with the request's facts attached as CEL attributes (``playback_drm.contract``). One gRPC message
-per manifest instead of three. The response headers have left by then, so nothing here changes
-them: the route drops the origin's length and validators and marks the answer ``no-store``, Envoy
-sends the signed body chunked, and a gzip or deflate body is answered in the same encoding.
+per manifest instead of three. A proxy that cannot name single headers as attributes (Envoy
+Gateway's ``EnvoyExtensionPolicy``) sends the request-headers phase instead, then the response
+headers (it cannot skip them) and the body: the facts are read from the request's headers and
+kept, with whatever came as attributes, for the body of the same stream. A body whose facts
+never came, or do not name a manifest, is refused: the filter only runs on manifest routes, so
+that is a misconfigured proxy, never a reason to let an unsigned manifest through.
+
+The response headers have left by then, so nothing here changes them: the route drops the
+origin's length and validators and marks the answer ``no-store``, Envoy sends the signed body
+chunked, and a gzip or deflate body is answered in the same encoding.
 
 The JSON form of the manifest route (``Accept: application/json`` -> ``{"url", "expiresAt"}``)
 keeps a request-headers phase and is answered there, as an immediate response after authz admitted
@@ -25,6 +32,7 @@ import logging
 import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
@@ -32,11 +40,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.struct_pb2 import Struct
 from opentelemetry.trace import SpanKind
 
 from extproc.config import ExtprocConfig
 from extproc.policy import SigningPolicy
 from extproc.service import (
+    MISSING_FACTS,
     ManifestService,
     ManifestUrl,
     Passthrough,
@@ -56,9 +66,20 @@ log = logging.getLogger(__name__)
 _CONTINUE_REQUEST_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
 _CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersResponse())
 _UNCHANGED_BODY = ep.ProcessingResponse(response_body=ep.BodyResponse())
+_FACTS: Final = contract.EXTPROC_ATTRIBUTE_NAMESPACE
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 RESPONSE_MEMO: Final = 256
 RESPONSE_MEMO_BYTES: Final = 64 << 20
+
+
+@dataclass(slots=True)
+class _Stream:
+    """What one ext_proc stream told us before the body: the attributes, and the request's
+    and response's headers when the proxy sends those phases."""
+
+    facts: Struct | None = None
+    headers: dict[str, str] | None = None
+    status: str | None = None
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -146,22 +167,28 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if tracing.tracing_enabled() and context is not None:
             # Envoy's ext_proc client span travels in the gRPC metadata (W3C traceparent).
             trace_parent = dict(context.invocation_metadata() or ())
+        stream = _Stream()
         async for request in request_iterator:
             phase = request.WhichOneof("request")
+            if _FACTS in request.attributes:
+                stream.facts = request.attributes[_FACTS]
             if phase == "response_body":
                 if trace_parent is None:
-                    yield self._response_body(request)
+                    yield self._response_body(request, stream)
                     continue
                 with tracing.span(
                     tracing.EXTPROC_REWRITE_MANIFEST, parent=trace_parent, kind=SpanKind.SERVER
                 ):
-                    reply = self._response_body(request)
+                    reply = self._response_body(request, stream)
                 yield reply
             elif phase == "request_headers":
                 # The JSON form: answered here, after authz admitted the viewer. Only Envoy can
-                # ask, so no HTTP port of ours hands out signed URLs.
-                outcome = self._service.json_form(headers_of(request.request_headers))
+                # ask, so no HTTP port of ours hands out signed URLs. Any other request: its
+                # headers are the facts of a proxy that sends them instead of attributes.
+                headers = headers_of(request.request_headers)
+                outcome = self._service.json_form(headers)
                 if outcome is None:
+                    stream.headers = headers
                     yield _CONTINUE_REQUEST_HEADERS
                     continue
                 yield (
@@ -171,22 +198,35 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 )
                 return
             elif phase == "response_headers":
+                stream.status = headers_of(request.response_headers).get(":status")
                 yield _CONTINUE_RESPONSE_HEADERS
             else:  # phases we never asked for: let them pass
                 yield _generic_continue(phase)
 
-    def _response_body(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
-        struct = request.attributes.get(contract.EXTPROC_ATTRIBUTE_NAMESPACE)
-        if struct is None:
-            return _UNCHANGED_BODY
-        fields = struct.fields
+    def _response_body(
+        self, request: ep.ProcessingRequest, stream: _Stream
+    ) -> ep.ProcessingResponse:
+        fields = stream.facts.fields if stream.facts is not None else {}
+        headers = stream.headers
         code = fields.get(contract.STATUS_ATTRIBUTE)
-        if code is None or (code.number_value != 200 and code.string_value != "200"):
+        status = (
+            (code.string_value or str(int(code.number_value)))
+            if code is not None
+            else stream.status
+        )
+        if (not fields and headers is None) or status is None:
+            log.error("manifest body without the request's facts: check the ext_proc settings")
+            return _refused(MISSING_FACTS)
+        if status != "200":
             return _UNCHANGED_BODY
 
         def text(key: str) -> str:
             value = fields.get(key)
-            return value.string_value if value is not None else ""
+            if value is not None:
+                return str(value.string_value)
+            if headers is not None and key in contract.HEADER_OF_ATTRIBUTE:
+                return headers.get(contract.HEADER_OF_ATTRIBUTE[key], "")
+            return ""
 
         facts = ResponseFacts(
             original_path=text(contract.ORIGINAL_PATH_ATTRIBUTE),

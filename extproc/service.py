@@ -7,13 +7,13 @@ the ``PlaybackStarted`` event of an entry manifest, warnings).
 
 Outcomes:
 
-- :class:`Passthrough`: leave the body as the origin sent it (not a 200, not a manifest route,
-  not a manifest at all).
+- :class:`Passthrough`: leave the body as the origin sent it (not a 200, not a manifest at all).
 - :class:`Signed`: the signed manifest, to be sent in ``encoding`` (the origin's gzip/deflate,
   since the response headers have already left) or as is.
 - :class:`Refused`: a problem+json answer instead of the body. A manifest that cannot be signed is
   never served unsigned: the origin's malformed or forbidden input is a 502 with its code, our own
-  failure a 503.
+  failure a 503, and so is a response whose request facts name no manifest (a misconfigured
+  proxy: :data:`MISSING_FACTS`).
 - :class:`ManifestUrl`: the JSON form's ``{"url", "expiresAt", "format"}``.
 """
 
@@ -79,6 +79,15 @@ class ManifestUrl:
 
 
 PASSTHROUGH: Final = Passthrough()
+# ext_proc runs on manifest routes only: a response whose request facts are missing, or name no
+# manifest, means the proxy is misconfigured (no attributes, no x-envoy-original-path). Refused,
+# never passed through unsigned.
+MISSING_FACTS: Final = Refused(
+    503,
+    "manifest_context_missing",
+    "Manifest signing failed",
+    "the proxy sent no facts naming a manifest request",
+)
 BodyOutcome = Passthrough | Signed | Refused
 
 
@@ -130,7 +139,13 @@ class ManifestService:
         if ctx is None and facts not in self._contexts:
             ctx = self._context_of(facts)
         if ctx is None:
-            return PASSTHROUGH
+            metrics.MANIFESTS.labels("none", "error", MISSING_FACTS.code).inc()
+            log.error(
+                "manifest route without a manifest request: %s",
+                facts.original_path or facts.path,
+                extra={"code": MISSING_FACTS.code},
+            )
+            return MISSING_FACTS
         started = time.perf_counter()
         encoding = sniff_encoding(body)
         try:
@@ -236,6 +251,7 @@ def signed_manifest_url(
 
 
 __all__ = [
+    "MISSING_FACTS",
     "BodyOutcome",
     "ManifestService",
     "ManifestUrl",

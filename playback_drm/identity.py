@@ -1,9 +1,10 @@
 """The identity headers: what authz tells the services behind Envoy about an admitted request.
 
-authz sets them on every request it admits (``ext_authz`` OK response). Envoy removes any copy a
-client sent before authz runs (the first filter of the chain, ``header_mutation``), so a service
-behind Envoy can trust them: authz writes them, extproc and the license broker read them, the
-Envoy configuration strips them. This module is their one definition.
+authz sets them on every request it admits (``ext_authz`` OK response) and removes the ones it
+does not set. Envoy also removes any copy a client sent before authz runs (the first filter of
+the chain, ``header_mutation``; Envoy Gateway's early header mutation), so a service behind Envoy
+can trust them: authz writes them, extproc and the license broker read them, the Envoy
+configuration strips them. This module is their one definition.
 
 =========================  ========================================================================
 ``x-playback-user``        the viewer: the JWT's ``sub``

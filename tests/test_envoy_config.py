@@ -16,6 +16,7 @@ from envoyconf import (
     render,
     settings_for,
 )
+from playback_drm import contract
 from tests.conftest import REPO_ROOT
 from tests.support.servers import envoy_validate
 
@@ -98,3 +99,31 @@ def test_origin_template_is_validated() -> None:
     with pytest.raises(ValueError, match="videoId"):
         build(dataclasses.replace(settings_for("k8s"), hls_path_template="master.m3u8"))
     assert yaml.safe_load(render(EnvoySettings(profile="k8s", demo_site=None)))
+
+
+# A path each sidecar route serves: what the route names as the check mode must be what authz
+# derives from that path when no mode is given (Istio's CUSTOM action), or the modes disagree.
+ROUTE_SAMPLES = {
+    "manifest_url_json": "/playback/demo/manifest",
+    "manifest_dash": "/playback/demo/manifest",
+    "manifest_hls": "/playback/demo/manifest",
+    "media_manifest": "/media/demo/hls/720p/playlist.m3u8",
+    "media": "/media/demo/hls/720p/seg1.ts",
+    "hls_key": "/drm/key/demo/0123",
+    "license": "/drm/license/widevine",
+}
+UNCHECKED_ROUTES = {"health", "health_live", "drm_certificate", "not_found"}
+
+
+def test_route_modes_match_the_mode_authz_derives_from_the_path() -> None:
+    doc = build(settings_for("k8s"))
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert {r["name"] for r in routes} == set(ROUTE_SAMPLES) | UNCHECKED_ROUTES
+    for route in routes:
+        authz = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+        if route["name"] in UNCHECKED_ROUTES:
+            assert authz.get("disabled") is True, route["name"]
+            continue
+        mode = authz["check_settings"]["context_extensions"][contract.AUTHZ_MODE_KEY]
+        assert mode == contract.authz_mode_for_path(ROUTE_SAMPLES[route["name"]]), route["name"]

@@ -330,3 +330,70 @@ def test_the_rewriters_load_with_the_server_not_on_a_first_manifest() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "True"
+
+
+async def test_facts_sent_with_the_response_headers_serve_the_body() -> None:
+    """A proxy that cannot skip the response-headers phase (Envoy Gateway) attaches the facts to
+    that first message: the body of the same stream is signed with them."""
+    proc, sink = processor()
+    with_facts = _body_message(
+        "/playback/demo/manifest", b"", x_playback_user="alice", x_playback_video="demo"
+    )
+    headers = ep.ProcessingRequest(response_headers=ep.HttpHeaders())
+    headers.attributes["envoy.filters.http.ext_proc"].CopyFrom(
+        with_facts.attributes["envoy.filters.http.ext_proc"]
+    )
+    body = ep.ProcessingRequest(response_body=ep.HttpBody(body=MASTER, end_of_stream=True))
+    replies = await _run(proc, headers, body)
+    assert [r.WhichOneof("response") for r in replies] == ["response_headers", "response_body"]
+    assert b"pdt=" in replies[1].response_body.response.body_mutation.body
+    assert [e.data["userId"] for e in sink.events] == ["alice"]
+
+
+async def test_a_manifest_without_facts_is_refused_not_passed_through() -> None:
+    """No attributes (a proxy configured without them) or facts that name no manifest request
+    (no x-envoy-original-path after a rewrite): 503, never the origin's unsigned manifest."""
+    proc, _ = processor()
+    bare = ep.ProcessingRequest(response_body=ep.HttpBody(body=MASTER, end_of_stream=True))
+    rewritten_only = _body_message("/demo/master.m3u8", MASTER)
+    rewritten_only.attributes["envoy.filters.http.ext_proc"].fields.pop(
+        "request.headers['x-envoy-original-path']"
+    )
+    for message in (bare, rewritten_only):
+        [reply] = await _run(proc, message)
+        immediate = reply.immediate_response
+        assert immediate.status.code == 503
+        assert immediate.details == "manifest_context_missing"
+        assert MASTER not in immediate.body
+
+
+async def test_facts_read_from_the_request_headers_phase() -> None:
+    """Envoy Gateway names no single header as an attribute: it sends the request headers (before
+    the router rewrote the path), then the response headers and the body. The viewer, video and
+    the path they asked for come from those headers; the status from the attribute."""
+    proc, sink = processor()
+    request_headers = ep.ProcessingRequest(
+        request_headers=_headers(
+            colon_path="/playback/demo/manifest",
+            x_playback_user="alice",
+            x_playback_video="demo",
+            x_request_id="r1",
+        )
+    )
+    facts = Struct()
+    facts.update({"response.code": 200, "source.address": "203.0.113.7:4242"})
+    response_headers = ep.ProcessingRequest(response_headers=_headers(colon_status="200"))
+    response_headers.attributes["envoy.filters.http.ext_proc"].CopyFrom(facts)
+    body = ep.ProcessingRequest(response_body=ep.HttpBody(body=MASTER, end_of_stream=True))
+    replies = await _run(proc, request_headers, response_headers, body)
+    assert [r.WhichOneof("response") for r in replies] == [
+        "request_headers",
+        "response_headers",
+        "response_body",
+    ]
+    assert b"pdt=" in replies[2].response_body.response.body_mutation.body
+    assert [(e.data["userId"], e.data["requestId"]) for e in sink.events] == [("alice", "r1")]
+    # the status of the response headers decides when no attribute names it
+    bare = ep.ProcessingRequest(response_headers=_headers(colon_status="404"))
+    replies = await _run(proc, request_headers, bare, body)
+    assert replies[2] == ep.ProcessingResponse(response_body=ep.BodyResponse())

@@ -24,6 +24,7 @@ import kubernetes_validate
 import yaml
 
 from tests.k8s.crd_schemas import CRD_SCHEMAS
+from tests.k8s.crds import vendored_schema
 from tests.k8s.render import Obj, ref
 
 # Oldest Kubernetes the manifests support, and the newest kubernetes-validate knows.
@@ -33,6 +34,7 @@ CERT_MANAGER_KEYS = frozenset({"tls.crt", "tls.key", "ca.crt"})
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 ANY_ADDRESS = frozenset({"0.0.0.0", "::"})
 APP_ROOT_CHECKS = ("readinessProbe", "livenessProbe")
+ISTIO_INJECTED_IMAGE = "auto"  # Istio's gateway injection fills the container in
 
 
 # ------------------------------------------------------------------------------------ schemas
@@ -56,11 +58,16 @@ def _object_schema_errors(obj_json: str, version: str) -> tuple[str, ...]:
     obj = json.loads(obj_json)
     key = (obj.get("apiVersion", ""), obj.get("kind", ""))
     schema = CRD_SCHEMAS.get(key)
+    source = "tests/k8s/crd_schemas.py"
+    vendored = vendored_schema(*key)
+    if schema is None and vendored is not None:
+        schema, crd_file = vendored
+        source = f"the vendored CRD tests/k8s/crds/{crd_file}, made strict"
     if schema is not None:
-        validator = jsonschema.Draft202012Validator(schema)
+        validator = _validator(key, source, schema)
         return tuple(
             f"{ref(obj)}: {_path(err.absolute_path)}: {err.message} "
-            f"(schema for {key[0]} {key[1]} in tests/k8s/crd_schemas.py)"
+            f"(schema for {key[0]} {key[1]} from {source})"
             for err in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
         )
     try:
@@ -76,6 +83,17 @@ def _object_schema_errors(obj_json: str, version: str) -> tuple[str, ...]:
             "needs an entry in tests/k8s/crd_schemas.py",
         )
     return ()
+
+
+_VALIDATORS: dict[tuple[str, str, str], Any] = {}
+
+
+def _validator(key: tuple[str, str], source: str, schema: dict[str, Any]) -> Any:
+    """One validator per kind and schema source (schemas are dicts: not a cache key)."""
+    found = _VALIDATORS.get((*key, source))
+    if found is None:
+        found = _VALIDATORS[(*key, source)] = jsonschema.Draft202012Validator(schema)
+    return found
 
 
 # ------------------------------------------------------------------------------------ the index
@@ -364,7 +382,12 @@ def workload_errors(index: Index) -> list[str]:
             for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
                 probe = c.get(probe_name)
                 if probe is None:
-                    if probe_name in APP_ROOT_CHECKS:
+                    # Istio's injected gateway proxy (`image: auto`) has no liveness endpoint
+                    # that ignores istiod: an istiod outage must not restart gateways.
+                    injected = c.get("image") == ISTIO_INJECTED_IMAGE
+                    if probe_name in APP_ROOT_CHECKS and not (
+                        injected and probe_name == "livenessProbe"
+                    ):
                         errors.append(f"{where}: {cname} has no {probe_name}")
                     continue
                 for handler in ("httpGet", "tcpSocket", "grpc"):

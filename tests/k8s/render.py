@@ -21,6 +21,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
+# The same overlays without an Envoy of ours: k8s/components/istio and k8s/components/envoy-gateway.
+MODE_OVERLAYS = ("istio-dev", "istio-prod", "envoy-gateway-dev", "envoy-gateway-prod")
+ALL_OVERLAYS = OVERLAYS + MODE_OVERLAYS
 
 Obj = dict[str, Any]
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.k8s.checks import Index, container_env
 from tests.k8s.codeenv import documented_variables, env_reads
-from tests.k8s.render import OVERLAYS, REPO_ROOT, Obj, render_overlay
+from tests.k8s.render import ALL_OVERLAYS, REPO_ROOT, Obj, render_overlay
 
 # `python -m <module>` -> the config classes that service builds from the env at start-up.
 COMMON_CONFIGS = (
@@ -43,18 +43,21 @@ def _containers(overlay: str) -> Iterator[tuple[Index, Obj, Obj]]:
 
 def _app_containers() -> list[Any]:
     cases = []
-    for overlay in OVERLAYS:
+    for overlay in ALL_OVERLAYS:
         for _, dep, c in _containers(overlay):
             if c.get("command", [])[:2] == ["python", "-m"]:
                 cases.append(
                     pytest.param(
-                        overlay, dep["metadata"]["name"], c["name"], id=f"{overlay}-{c['name']}"
+                        overlay,
+                        dep["metadata"]["name"],
+                        c["name"],
+                        id=f"{overlay}-{dep['metadata']['name']}-{c['name']}",
                     )
                 )
     return cases
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_every_variable_the_manifests_set_is_read_by_the_code(overlay: str) -> None:
     read = env_reads()
     unknown = []
