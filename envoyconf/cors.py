@@ -13,8 +13,8 @@ included, must pass the browser's CORS check. The policy, for ``/playback/*``, `
   send none by default, and a credentialed answer does not hurt them.
 - **Methods and request headers**: what players send (:data:`ALLOW_METHODS`,
   :data:`ALLOW_HEADERS`); **exposed headers**: what players and pages read
-  (:data:`EXPOSE_HEADERS`). The same sets render into Envoy's ``CorsPolicy`` here and into
-  Istio's ``corsPolicy`` or Envoy Gateway's ``SecurityPolicy.cors`` (``as_plain()``).
+  (:data:`EXPOSE_HEADERS`). The same sets render into Envoy's ``CorsPolicy`` here, Istio's
+  ``corsPolicy`` and Envoy Gateway's ``SecurityPolicy.cors`` (k8s/components: the tests compare).
 - **Preflight cache**: ``Access-Control-Max-Age`` (``CORS_MAX_AGE``, 7200 s: Chromium's cap).
 
 Envoy is the one place CORS is decided: answers from upstreams lose any ``Access-Control-*``
@@ -122,18 +122,6 @@ class CorsSettings:
         max_age = env_int(env, "CORS_MAX_AGE", defaults.max_age_s, minimum=0)
         return cls(origins=origins, max_age_s=max_age)
 
-    def as_plain(self) -> dict[str, Any]:
-        """The whole policy as plain data, for renderings other than Envoy's own (Istio's
-        ``corsPolicy``, Envoy Gateway's ``SecurityPolicy.cors``)."""
-        return {
-            "allowOrigins": list(self.origins),
-            "allowMethods": list(ALLOW_METHODS),
-            "allowHeaders": list(ALLOW_HEADERS),
-            "exposeHeaders": list(EXPOSE_HEADERS),
-            "maxAgeSeconds": self.max_age_s,
-            "allowCredentials": True,
-        }
-
 
 def parse_origins(values: Iterable[str]) -> tuple[str, ...]:
     """Validate and canonicalise origins (lower case, default port dropped, duplicates removed):
@@ -215,6 +203,39 @@ def envoy_cors_policy(cors: CorsSettings) -> dict[str, Any]:
     }
 
 
+def istio_cors_policy(cors: CorsSettings) -> dict[str, Any]:
+    """The same policy as an Istio VirtualService route's ``corsPolicy``."""
+    origins: list[dict[str, str]] = []
+    for origin in cors.origins:
+        matcher = _origin_matcher(origin)
+        origins.append(
+            {"exact": matcher["exact"]}
+            if "exact" in matcher
+            else {"regex": matcher["safe_regex"]["regex"]}
+        )
+    return {
+        "allowOrigins": origins,
+        "allowMethods": list(ALLOW_METHODS),
+        "allowHeaders": list(ALLOW_HEADERS),
+        "exposeHeaders": list(EXPOSE_HEADERS),
+        "maxAge": f"{cors.max_age_s}s",
+        "allowCredentials": True,
+    }
+
+
+def envoy_gateway_cors(cors: CorsSettings) -> dict[str, Any]:
+    """The same policy as an Envoy Gateway ``SecurityPolicy``'s ``cors`` (which takes
+    ``https://*.example.tv`` as it is)."""
+    return {
+        "allowOrigins": list(cors.origins),
+        "allowMethods": list(ALLOW_METHODS),
+        "allowHeaders": list(ALLOW_HEADERS),
+        "exposeHeaders": list(EXPOSE_HEADERS),
+        "maxAge": f"{cors.max_age_s}s",
+        "allowCredentials": True,
+    }
+
+
 def vary_on_origin() -> list[dict[str, Any]]:
     """``response_headers_to_add``: answers differ by ``Origin`` (caches must key on it)."""
     return [
@@ -235,6 +256,8 @@ __all__ = [
     "UPSTREAM_HEADERS_DROPPED",
     "CorsSettings",
     "envoy_cors_policy",
+    "envoy_gateway_cors",
+    "istio_cors_policy",
     "parse_origin",
     "parse_origins",
     "vary_on_origin",
