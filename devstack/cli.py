@@ -3,8 +3,9 @@
     playback-drm up                      start the local stack (what `make run` runs)
     playback-drm token --sub alice       print a development JWT
     playback-drm events [--follow]       print recorded events, one CloudEvent per line
-    playback-drm serve EMULATOR          run an emulator (auth, billing, DRM) or the demo origin
-    playback-drm envoy-config --profile local|k8s [--out FILE]
+    playback-drm serve EMULATOR          run an emulator (auth, billing, DRM), the origin or site
+    playback-drm envoy-config --profile local|k8s [--out FILE]    (reads CORS_ALLOWED_ORIGINS,
+                                         CORS_MAX_AGE; --all renders envoy/ from the defaults)
 
 The services themselves start with ``python -m authz|extproc|license_broker`` (the local stack
 does the same). This module reads ``os.environ`` for the commands it runs and hands the mapping on.
@@ -60,26 +61,44 @@ async def _serve_billing_emulator(env: Mapping[str, str]) -> None:
     )
 
 
-async def _serve_origin(env: Mapping[str, str]) -> None:
+def _token_issuer(env: Mapping[str, str]) -> Callable[[str, int], str] | None:
+    """Development JWTs for the demo pages, signed with the auth emulator's key."""
     from devstack.emulators.auth import DEFAULT_ISSUER, load_or_create_key, sign_token
-    from devstack.emulators.origin import OriginSettings, build_app
 
-    issue = None
     key_file = env.get("JWT_SIGNING_KEY_FILE")
-    if key_file:
-        key = load_or_create_key(Path(key_file))
-        issuer = env.get("JWT_ISSUER") or DEFAULT_ISSUER
+    if not key_file:
+        return None
+    key = load_or_create_key(Path(key_file))
+    issuer = env.get("JWT_ISSUER") or DEFAULT_ISSUER
 
-        def issue(sub: str, ttl: int) -> str:
-            return sign_token(key, sub, issuer=issuer, ttl=ttl)
+    def issue(sub: str, ttl: int) -> str:
+        return sign_token(key, sub, issuer=issuer, ttl=ttl)
+
+    return issue
+
+
+async def _serve_origin(env: Mapping[str, str]) -> None:
+    from devstack.emulators.origin import OriginSettings, build_app
 
     settings = OriginSettings(
         media_dir=Path(env.get("ORIGIN_DIR") or ".local/media/origin"),
         node_modules=Path(env["NODE_MODULES_DIR"]) if env.get("NODE_MODULES_DIR") else None,
         events_log=Path(env["EVENTS_LOG_PATH"]) if env.get("EVENTS_LOG_PATH") else None,
-        issue_token=issue,
+        issue_token=_token_issuer(env),
     )
     await _run_app(build_app(settings), *env_addr(env, "ORIGIN_ADDR", "127.0.0.1:9104"))
+
+
+async def _serve_site(env: Mapping[str, str]) -> None:
+    from devstack.emulators.site import SiteSettings, build_app
+
+    settings = SiteSettings(
+        gateway=env.get("SITE_GATEWAY_URL") or "http://127.0.0.1:8080",
+        node_modules=Path(env["NODE_MODULES_DIR"]) if env.get("NODE_MODULES_DIR") else None,
+        events_log=Path(env["EVENTS_LOG_PATH"]) if env.get("EVENTS_LOG_PATH") else None,
+        issue_token=_token_issuer(env),
+    )
+    await _run_app(build_app(settings), *env_addr(env, "SITE_ADDR", "127.0.0.1:8099"))
 
 
 async def _serve_drm_emulator(env: Mapping[str, str]) -> None:
@@ -93,6 +112,7 @@ EMULATORS: dict[str, Callable[[Mapping[str, str]], Coroutine[Any, Any, None]]] =
     "billing-emulator": _serve_billing_emulator,
     "drm-emulator": _serve_drm_emulator,
     "origin": _serve_origin,
+    "site": _serve_site,
 }
 
 
@@ -128,14 +148,23 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    from envoyconf import RENDERED_FILES, render, settings_for
+    import dataclasses
 
+    from envoyconf import RENDERED_FILES, CorsSettings, render, settings_for
+
+    env = dict(os.environ)
     if args.all:
+        # the committed files are the profiles' defaults, whatever this shell sets
+        ignored = [name for name in ("CORS_ALLOWED_ORIGINS", "CORS_MAX_AGE") if env.get(name)]
+        if ignored:
+            print(f"--all ignores {', '.join(ignored)}", file=sys.stderr)
         for path, profile in RENDERED_FILES.items():
             Path(path).write_text(render(settings_for(profile)))
             print(f"wrote {path}")
         return 0
-    text = render(settings_for(args.profile))
+    settings = settings_for(args.profile)
+    cors = CorsSettings.from_env(env, settings.cors)
+    text = render(dataclasses.replace(settings, cors=cors))
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -190,6 +219,7 @@ def _banner(stack: object, seconds: float) -> str:
 playback-drm is ready in {seconds:.1f}s
 
   demo page      {gw}/demo/
+  same, cross-origin  {stack.site}/demo/   (the platform's web site: CORS_ALLOWED_ORIGINS)
   gateway        {gw}            (plays the API gateway; forwards over mTLS)
   sidecar        {stack.sidecar}   (mutual TLS; what a pod exposes)
   envoy admin    http://127.0.0.1:{stack.ports.admin}/

@@ -4,6 +4,8 @@ integration tests start on free ports.
 
 Embedded defaults: in-memory caches and key store, events to a local JSON-lines log. Set
 ``REDIS_URL``, ``NATS_URL``, ``VAULT_ADDR``/``VAULT_TOKEN`` or ``ORIGIN_URL`` to use real ones.
+``CORS_ALLOWED_ORIGINS`` (and ``CORS_MAX_AGE``) replace the origins Envoy allows, by default the
+demo page's (the gateway's) and the site's (the player pages on an origin of their own).
 """
 
 from __future__ import annotations
@@ -28,16 +30,17 @@ from devstack.emulators.auth import (
 )
 from devstack.emulators.drm import provider_env
 from devstack.supervise import ManagedProcess, binary, free_port, http_probe
-from envoyconf import Endpoint, EnvoySettings, TlsFiles, render
+from envoyconf import CorsSettings, Endpoint, EnvoySettings, TlsFiles, local_cors, render
 
 # the services start the way the production image starts them
 SERVICE_MODULES = {"authz": "authz", "extproc": "extproc", "broker": "license_broker"}
-EMULATORS = frozenset({"auth-emulator", "billing-emulator", "drm-emulator", "origin"})
+EMULATORS = frozenset({"auth-emulator", "billing-emulator", "drm-emulator", "origin", "site"})
 COMPONENTS = (
     "auth-emulator",
     "billing-emulator",
     "drm-emulator",
     "origin",
+    "site",
     "authz",
     "extproc",
     "broker",
@@ -59,6 +62,7 @@ class StackPorts:
     billing: int = 9102
     drm: int = 9103
     origin: int = 9104
+    site: int = 8099  # the player pages on an origin of their own (cross-origin to the gateway)
 
     @classmethod
     def free(cls) -> StackPorts:
@@ -81,21 +85,24 @@ class StackSettings:
     envoy_access_log: bool = True
     otlp_endpoint: str | None = None  # OTLP/gRPC collector for Envoy and the services
     instance: str = "main"  # a second replica in the same root gets its own logs and config
+    cors: CorsSettings | None = None  # None: the demo page's and the site's origins
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str], root: Path, ports: StackPorts | None = None
     ) -> StackSettings:
+        ports = ports or StackPorts()
         return cls(
             root=root,
-            ports=ports or StackPorts(),
+            ports=ports,
             redis_url=env.get("REDIS_URL") or None,
             nats_url=env.get("NATS_URL") or None,
             vault_addr=env.get("VAULT_ADDR") or None,
             vault_token=env.get("VAULT_TOKEN") or None,
             origin_url=env.get("ORIGIN_URL") or None,
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            cors=CorsSettings.from_env(env, local_cors(ports.gateway, ports.site)),
         )
 
 
@@ -134,6 +141,11 @@ class Stack:
     @property
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def site(self) -> str:
+        """The player pages' own origin (plays the platform's web site)."""
+        return f"http://127.0.0.1:{self.ports.site}"
 
     @property
     def sidecar(self) -> str:
@@ -196,6 +208,7 @@ class Stack:
             use_rate_limit_service=self.settings.redis_url is not None,
             otlp_collector=self._otlp_endpoint(),
             access_log=self.settings.envoy_access_log,
+            cors=self.settings.cors or local_cors(p.gateway, p.site),
         )
 
     def _otlp_endpoint(self) -> Endpoint | None:
@@ -241,6 +254,8 @@ class Stack:
             "DRM_EMULATOR_ADDR": f"127.0.0.1:{p.drm}",
             "DRM_EMULATOR_URL": f"http://127.0.0.1:{p.drm}",
             "ORIGIN_ADDR": f"127.0.0.1:{p.origin}",
+            "SITE_ADDR": f"127.0.0.1:{p.site}",
+            "SITE_GATEWAY_URL": self.gateway,
             "NODE_MODULES_DIR": str(Path.cwd() / "node_modules"),
             "RATE_LIMIT_PER_USER": str(self.settings.per_user_rps),
         }
@@ -288,6 +303,7 @@ class Stack:
                 "billing-emulator": f"http://127.0.0.1:{p.billing}/health",
                 "drm-emulator": f"http://127.0.0.1:{p.drm}/health",
                 "origin": f"http://127.0.0.1:{p.origin}/health",
+                "site": f"http://127.0.0.1:{p.site}/health",
                 "authz": f"http://127.0.0.1:{p.authz_http}/health/live",
                 "extproc": f"http://127.0.0.1:{p.extproc_http}/health/live",
                 "broker": f"http://127.0.0.1:{p.broker}/health/live",
@@ -339,6 +355,7 @@ class Stack:
             "authz",
             "extproc",
             "broker",
+            "site",
             "origin",
             "drm-emulator",
             "billing-emulator",

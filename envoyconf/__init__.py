@@ -10,6 +10,7 @@ Modules, each building one part of the bootstrap:
     settings   EnvoySettings (what differs between deployments) and the rendered profiles.
     listeners  the sidecar, gateway, probe and stats listeners; access log; tracing.
     filters    the HTTP filter chain and per-route filter settings (authz, ext_proc, RBAC, limits).
+    cors       the CORS policy players need: origins, methods, headers (reused by other renderings).
     routes     the public paths.
     clusters   upstreams.
     replies    Envoy's own replies as problem+json.
@@ -20,6 +21,7 @@ details) and never a service.
 """
 
 from envoyconf.bootstrap import build, render
+from envoyconf.cors import CorsSettings
 from envoyconf.settings import (
     RENDERED_FILES,
     Endpoint,
@@ -27,18 +29,21 @@ from envoyconf.settings import (
     Profile,
     TlsFiles,
     k8s_settings,
+    local_cors,
     local_example_settings,
     settings_for,
 )
 
 __all__ = [
     "RENDERED_FILES",
+    "CorsSettings",
     "Endpoint",
     "EnvoySettings",
     "Profile",
     "TlsFiles",
     "build",
     "k8s_settings",
+    "local_cors",
     "local_example_settings",
     "render",
     "settings_for",

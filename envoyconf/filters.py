@@ -12,7 +12,6 @@ from typing import Any
 from envoyconf.settings import EnvoySettings
 from envoyconf.typeurls import (
     T_CORS,
-    T_CORS_POLICY,
     T_EXT_AUTHZ,
     T_EXT_AUTHZ_ROUTE,
     T_EXT_PROC,
@@ -85,6 +84,29 @@ def license_rbac(s: EnvoySettings) -> dict[str, Any]:
                 "action": "ALLOW",
                 "policies": {
                     "license-clients": {"permissions": [{"any": True}], "principals": [principal]}
+                },
+            }
+        },
+    }
+
+
+NO_SUCH_ROUTE_POLICY = "no_such_route"
+
+
+def refuse_unknown_path() -> dict[str, Any]:
+    """RBAC on the catch-all route: deny everything under a policy name the local reply
+    configuration turns into a 404 problem. A direct response would be simpler, but Envoy's CORS
+    filter skips routes without a route entry, and a player must be able to read the 404 too."""
+    return {
+        "@type": T_RBAC_ROUTE,
+        "rbac": {
+            "rules": {
+                "action": "DENY",
+                "policies": {
+                    NO_SUCH_ROUTE_POLICY: {
+                        "permissions": [{"any": True}],
+                        "principals": [{"any": True}],
+                    }
                 },
             }
         },
@@ -244,20 +266,3 @@ def sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
         },
         {"name": "envoy.filters.http.router", "typed_config": {"@type": T_ROUTER}},
     ]
-
-
-def cors_policy(s: EnvoySettings) -> dict[str, Any]:
-    origins = (
-        [{"safe_regex": {"regex": ".*"}}]
-        if "*" in s.cors_origins
-        else [{"exact": o} for o in s.cors_origins]
-    )
-    return {
-        "@type": T_CORS_POLICY,
-        "allow_origin_string_match": origins,
-        "allow_methods": "GET, POST, OPTIONS",
-        "allow_headers": "authorization, content-type, soapaction, x-request-id",
-        "expose_headers": "x-request-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining",
-        "max_age": "600",
-        "allow_credentials": False,
-    }

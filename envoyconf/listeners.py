@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoyconf.filters import cors_policy, sidecar_filters
+from envoyconf.cors import UPSTREAM_HEADERS_DROPPED, envoy_cors_policy, vary_on_origin
+from envoyconf.filters import sidecar_filters
 from envoyconf.replies import local_reply_config
 from envoyconf.routes import sidecar_routes
 from envoyconf.settings import EnvoySettings
@@ -118,7 +119,12 @@ def sidecar_listener(s: EnvoySettings) -> dict[str, Any]:
                         "name": "sidecar",
                         "domains": ["*"],
                         "routes": sidecar_routes(s),
-                        "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy(s)},
+                        # One CORS policy for every path, decided here only (envoyconf.cors).
+                        "typed_per_filter_config": {
+                            "envoy.filters.http.cors": envoy_cors_policy(s.cors)
+                        },
+                        "response_headers_to_remove": list(UPSTREAM_HEADERS_DROPPED),
+                        "response_headers_to_add": vary_on_origin(),
                     }
                 ],
             },

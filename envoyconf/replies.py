@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoyconf.filters import NO_SUCH_ROUTE_POLICY
 from envoyconf.typeurls import T_CEL_FILTER
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, Problem
 
@@ -64,6 +65,17 @@ def local_reply_config() -> dict[str, Any]:
                 "authz_unavailable",
                 "Authorization service unavailable",
                 "the authorization service did not answer; access is denied until it does",
+            ),
+            _mapper(
+                # the catch-all route's refusal (envoyconf.filters.refuse_unknown_path)
+                _cel(
+                    "response.code_details == "
+                    f"'rbac_access_denied_matched_policy[{NO_SUCH_ROUTE_POLICY}]'"
+                ),
+                404,
+                "not_found",
+                "Not found",
+                "no such route",
             ),
             _mapper(
                 _cel("response.code_details.startsWith('rbac_access_denied')"),

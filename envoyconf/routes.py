@@ -5,8 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from envoyconf.filters import authz_mode, disable_authz, enable_extproc, license_rbac
-from envoyconf.replies import problem_body
+from envoyconf.filters import (
+    authz_mode,
+    disable_authz,
+    enable_extproc,
+    license_rbac,
+    refuse_unknown_path,
+)
 from envoyconf.settings import EnvoySettings
 from playback_drm.contract import (
     KEY_PATH_PREFIX,
@@ -20,7 +25,6 @@ from playback_drm.contract import (
     SESSION_END_PATH,
     SESSION_HEARTBEAT_PATH,
 )
-from playback_drm.problem import PROBLEM_CONTENT_TYPE
 
 MANIFEST_ROUTE_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
 
@@ -204,15 +208,11 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": "not_found",
             "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 404,
-                "body": {
-                    "inline_string": problem_body("not_found", 404, "Not found", "no such route")
-                },
+            # Never forwarded: RBAC refuses every request here (404 not_found, with CORS).
+            "route": {"cluster": "authz_http", "timeout": "1s"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": disable_authz()["envoy.filters.http.ext_authz"],
+                "envoy.filters.http.rbac": refuse_unknown_path(),
             },
-            "response_headers_to_add": [
-                {"header": {"key": "content-type", "value": PROBLEM_CONTENT_TYPE}}
-            ],
-            "typed_per_filter_config": disable_authz(),
         },
     ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from envoyconf.cors import CorsSettings
+
 Profile = Literal["local", "k8s"]
 
 
@@ -20,6 +22,19 @@ class TlsFiles:
     cert: str
     key: str
     ca: str
+
+
+def local_cors(gateway_port: int = 8080, site_port: int = 8099) -> CorsSettings:
+    """The local stack's origins: the demo page (served through the gateway itself) and the
+    player pages on an origin of their own (the local stack's site, which plays the platform's
+    web origin)."""
+    return CorsSettings(
+        origins=tuple(
+            f"http://{host}:{port}"
+            for port in (gateway_port, site_port)
+            for host in ("127.0.0.1", "localhost")
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +71,7 @@ class EnvoySettings:
     rate_limit_service: Endpoint | None = None  # defaults to authz_grpc
     hls_path_template: str = "{videoId}/master.m3u8"
     dash_path_template: str = "{videoId}/manifest.mpd"
-    cors_origins: tuple[str, ...] = ("*",)
+    cors: CorsSettings = field(default_factory=local_cors)
     authz_timeout_ms: int = 500
     extproc_timeout_ms: int = 2000
     max_heap_bytes: int = 512 * 1024 * 1024
@@ -97,6 +112,9 @@ def k8s_settings() -> EnvoySettings:
         broker=Endpoint("license-broker", 9003),
         origin=Endpoint("origin", 80),
         demo_site=None,
+        # No page may call the edge cross-origin until the deployment lists its web origins
+        # (CORS_ALLOWED_ORIGINS when rendering, see docs/DEPLOYMENT.md).
+        cors=CorsSettings(origins=()),
         sidecar_tls=TlsFiles("/etc/envoy/tls/tls.crt", "/etc/envoy/tls/tls.key", ""),
         client_ca="/etc/envoy/tls/ca.crt",
         license_peer_cidrs=("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"),

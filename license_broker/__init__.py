@@ -5,7 +5,7 @@ concurrent-stream limits (per playback session, on every key path) before a requ
 
 Layout, from the edge inwards::
 
-    app.py          aiohttp routes, CORS, problem+json, lifecycle; ``serve(config, events)``
+    app.py          aiohttp routes, problem+json, lifecycle; ``serve(config, events)``
     service.py      the use cases: issue a license, deliver an HLS key, serve a certificate
     policy.py       entitlement facts -> license policy and granted keys (pure)
     clearkey.py     W3C ClearKey requests and JWK sets (pure)

@@ -20,8 +20,8 @@ Routes
 ``X-Playback-License-Expires``. ``videoId`` of the native route falls back to ``x-playback-video``.
 Every error is ``application/problem+json`` with a stable ``code`` (one middleware), except a
 PlayReady SOAP fault on the native route, which is relayed verbatim for PlayReady clients.
-CORS (preflight included) applies to ``/drm/*``; errors carry CORS headers too so browser players
-can read the problem.
+CORS is not the broker's: Envoy answers preflights and writes every ``Access-Control-*`` header
+(``envoyconf.cors``), and drops any an upstream sets, so there is one policy.
 """
 
 from __future__ import annotations
@@ -79,11 +79,6 @@ NATIVE_RKEY: Final = web.RequestKey("native", bool)
 
 LICENSE_ID_HEADER: Final = "X-Playback-License-Id"
 LICENSE_EXPIRES_HEADER: Final = "X-Playback-License-Expires"
-CORS_EXPOSE: Final = (
-    "X-Playback-License-Id, X-Playback-License-Expires, X-Request-Id, Retry-After, Content-Length"
-)
-CORS_DEFAULT_HEADERS: Final = "Authorization, Content-Type, SOAPAction, X-Request-Id"
-CORS_METHODS: Final = "GET, POST, OPTIONS"
 FORWARDED_HEADERS: Final = ("Content-Type", "SOAPAction")
 HEALTH_PROBE_INTERVAL: Final = 5.0
 _HTTP_CODES: Final = {
@@ -107,45 +102,6 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
 
 
 # ---------------------------------------------------------------------------------- middlewares
-
-
-def _cors_headers(config: BrokerConfig, origin: str | None) -> dict[str, str]:
-    if origin is None:
-        return {}
-    if "*" in config.cors_origins:
-        return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": CORS_EXPOSE}
-    if origin in config.cors_origins:
-        return {
-            "Access-Control-Allow-Origin": origin,
-            "Access-Control-Expose-Headers": CORS_EXPOSE,
-            "Vary": "Origin",
-        }
-    return {}
-
-
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/drm/"):
-        return await handler(request)
-    config = request.app[CONFIG_KEY]
-    origin = request.headers.get("Origin")
-    cors = _cors_headers(config, origin)
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        if not cors:
-            return web.Response(status=403, headers={"Vary": "Origin"})
-        preflight = {
-            **cors,
-            "Access-Control-Allow-Methods": CORS_METHODS,
-            "Access-Control-Allow-Headers": request.headers.get(
-                "Access-Control-Request-Headers", CORS_DEFAULT_HEADERS
-            ),
-            "Access-Control-Max-Age": str(config.cors_max_age),
-        }
-        return web.Response(status=204, headers=preflight)
-    response = await handler(request)
-    for name, value in cors.items():
-        response.headers[name] = value
-    return response
 
 
 def _record_error(request: web.Request, exc: PlaybackError) -> None:
@@ -499,7 +455,7 @@ def build_app(
     """The broker application. ``key_store`` replaces the configured source (tests)."""
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[cors_middleware, problem_middleware],
+        middlewares=[problem_middleware],
     )
     app[CONFIG_KEY] = config
     app[EVENTS_KEY] = events if events is not None else NullSink()

@@ -7,8 +7,6 @@ Service
 | BROKER_HOST | 127.0.0.1 | listen address (API, /health, /metrics) |
 | BROKER_PORT | 9003 | listen port |
 | MAX_BODY_BYTES | 65536 | larger request bodies get 413 |
-| CORS_ALLOWED_ORIGINS | * | comma-separated origins allowed on /drm/* (``*``: any) |
-| CORS_MAX_AGE | 600 | seconds a browser may cache a preflight |
 | SHUTDOWN_GRACE | 5 | seconds in-flight requests get on shutdown |
 
 Keys (Vault KV v2 when VAULT_ADDR is set, else a JSON key file)
@@ -104,7 +102,6 @@ from playback_drm.settings import (
     env_bool,
     env_float,
     env_int,
-    env_list,
     env_opt,
     env_str,
 )
@@ -201,8 +198,6 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 9003
     max_body_bytes: int = 65536
-    cors_origins: tuple[str, ...] = ("*",)
-    cors_max_age: int = 600
     shutdown_grace: float = 5.0
 
     vault_addr: str | None = None
@@ -311,8 +306,6 @@ class BrokerConfig:
             host=env_str(env, "BROKER_HOST", "127.0.0.1"),
             port=env_int(env, "BROKER_PORT", 9003, minimum=0),
             max_body_bytes=env_int(env, "MAX_BODY_BYTES", 65536, minimum=1024),
-            cors_origins=env_list(env, "CORS_ALLOWED_ORIGINS", ("*",)),
-            cors_max_age=env_int(env, "CORS_MAX_AGE", 600, minimum=0),
             shutdown_grace=env_float(env, "SHUTDOWN_GRACE", 5.0, minimum=0.0),
             vault_addr=vault_addr,
             vault_token=vault_token,

@@ -1,4 +1,10 @@
-"""The demo page (index.html, app.js, style.css), served by the demo origin at ``/demo/``.
+"""The demo pages, served by the demo origin at ``/demo/`` (same origin as the gateway) and by the
+local stack's site on an origin of its own (cross-origin, as a platform's pages are):
+
+- ``index.html`` + ``app.js``: the three players side by side, with requests and events;
+- ``player.html`` + ``player.js``: one player alone (``?player=shaka|dashjs|hlsjs``), with its
+  default request settings: what the cross-origin browser tests drive;
+- ``errors.js``: how each player reports a failed request, shared by both; ``style.css``.
 
 The page loads the players from ``/demo/vendor/<path>``, which the origin maps to
 ``node_modules/<path>`` at the repository root (``npm ci`` installs them from package-lock.json).

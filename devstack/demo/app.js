@@ -11,6 +11,8 @@
 // at the concurrent-stream limit starts again at once, and sends a heartbeat every 30 s while open.
 //
 // Query parameters: ?user=alice&video=demo&autoplay=1 (autoplay=0 waits for the button).
+// Playback requests go to the gateway named by /demo/api/config: the page's own origin through
+// the gateway, the gateway's origin on the local site (cross-origin, as on a real platform).
 //
 // For tests, window.demoState = {run, user, video, token: {status}, manifest: {dash, hls},
 //   sessions: {started, ended},
@@ -53,20 +55,21 @@
 
   // ------------------------------------------------------------------------- URLs and helpers
 
+  // The gateway's origin when the page is served from another (/demo/api/config); '' otherwise.
+  let gateway = '';
   const api = {
+    config: '/demo/api/config',
     token: (sub) => `/demo/api/token?sub=${encodeURIComponent(sub)}`,
     events: '/demo/api/events',
     // the entry manifest; asked for with Accept: application/json it starts a playback session
     manifest: (video, format) =>
-      `/playback/${encodeURIComponent(video)}/manifest${format === 'dash' ? '?format=dash' : ''}`,
+      `${gateway}/playback/${encodeURIComponent(video)}/manifest${format === 'dash' ? '?format=dash' : ''}`,
   };
   // The format each player plays.
   const FORMAT = { shaka: 'dash', dashjs: 'dash', hlsjs: 'hls' };
 
-  /** Tokens and signatures never appear on screen in full. */
-  function elide(url) {
-    return String(url).replace(/([?&](?:token|pdt)=)[^&#\s]*/g, '$1…');
-  }
+  // How each player reports a failed request (errors.js, shared with player.html).
+  const { elide, problemOf, shakaErrorInfo, dashErrorInfo, hlsErrorInfo } = window.PlayerErrors;
 
   function pathOf(url) {
     try {
@@ -75,38 +78,6 @@
     } catch (_) {
       return String(url);
     }
-  }
-
-  /** The problem+json `code` of an error body, if it is one. */
-  function problemOf(text) {
-    if (!text) return null;
-    try {
-      const doc = typeof text === 'string' ? JSON.parse(text) : text;
-      if (doc && typeof doc === 'object' && (doc.code || doc.type || doc.title)) {
-        return { code: doc.code || null, title: doc.title || null, detail: doc.detail || null, status: doc.status || null };
-      }
-    } catch (_) { /* not JSON */ }
-    return null;
-  }
-
-  function bytesToText(data) {
-    if (data == null) return null;
-    if (typeof data === 'string') return data;
-    try {
-      const view = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer || data);
-      return new TextDecoder().decode(view);
-    } catch (_) {
-      return null;
-    }
-  }
-
-  function isPlainObject(value) {
-    return !!value && typeof value === 'object' && !(value instanceof ArrayBuffer) && !ArrayBuffer.isView(value);
-  }
-
-  function statusFromText(text) {
-    const m = /\b(?:status|HTTP)\D{0,40}([45]\d\d)\b/i.exec(text || '');
-    return m ? Number(m[1]) : null;
   }
 
   // --------------------------------------------------------------------------- request log
@@ -299,31 +270,6 @@
 
   // -------------------------------------------------------------------------- Shaka Player
 
-  function shakaErrorInfo(err) {
-    const codes = (window.shaka && shaka.util && shaka.util.Error && shaka.util.Error.Code) || {};
-    const codeName = err && Object.keys(codes).find((key) => codes[key] === err.code);
-    const info = {
-      code: err && err.code != null ? `shaka-${err.code}` : 'shaka-unknown',
-      message: codeName ? `${codeName} (${err.code})` : (err && err.message) || String(err),
-      severity: err && err.severity,
-      httpStatus: null,
-      problem: null,
-    };
-    // Walk nested errors (LICENSE_REQUEST_FAILED 6007 wraps BAD_HTTP_STATUS 1001).
-    const seen = new Set();
-    const visit = (e) => {
-      if (!e || typeof e !== 'object' || seen.has(e)) return;
-      seen.add(e);
-      if (e.code === 1001 && Array.isArray(e.data)) {
-        info.httpStatus = info.httpStatus || e.data[1] || null;
-        info.problem = info.problem || problemOf(bytesToText(e.data[2]));
-      }
-      if (Array.isArray(e.data)) e.data.forEach(visit);
-    };
-    visit(err);
-    return info;
-  }
-
   async function startShaka(ctx) {
     const name = 'shaka';
     const s = demoState[name];
@@ -353,7 +299,8 @@
     };
     player.addEventListener('error', (event) => onError(shakaErrorInfo(event.detail)));
     try {
-      await player.load(session.url);
+      // the MIME type saves Shaka a HEAD request (it cannot tell DASH from this URL)
+      await player.load(session.url, null, 'application/dash+xml');
     } catch (err) {
       const info = shakaErrorInfo(err);
       if (info.code === 'shaka-7000') return; // LOAD_INTERRUPTED: a newer run replaced this one
@@ -363,23 +310,6 @@
   }
 
   // -------------------------------------------------------------------------------- dash.js
-
-  function dashErrorInfo(event) {
-    const e = (event && event.error) || event || {};
-    const data = e.data || {};
-    // Download errors carry {request, response}; license errors put the status in the message.
-    const response = data.response || data;
-    const status = response && (response.status || (response.xhr && response.xhr.status));
-    const body = data.serverResponse
-      || (response && (response.data !== undefined ? response.data : response.response));
-    const message = e.message || data.message || String(e);
-    return {
-      code: e.code != null ? `dashjs-${e.code}` : 'dashjs-unknown',
-      message,
-      httpStatus: (typeof status === 'number' && status >= 400 ? status : null) || statusFromText(message),
-      problem: problemOf(isPlainObject(body) ? body : bytesToText(body)),
-    };
-  }
 
   async function startDashjs(ctx) {
     const name = 'dashjs';
@@ -406,25 +336,6 @@
   }
 
   // --------------------------------------------------------------------------------- hls.js
-
-  function hlsErrorInfo(data) {
-    const response = data.response || {};
-    const xhr = data.networkDetails;
-    let text = null;
-    if (xhr) {
-      try {
-        text = xhr.responseType === '' || xhr.responseType === 'text' ? xhr.responseText : bytesToText(xhr.response);
-      } catch (_) {
-        text = null;
-      }
-    }
-    return {
-      code: `hlsjs-${data.details}`,
-      message: `${data.type}: ${data.details}${data.reason ? ` (${data.reason})` : ''}`,
-      httpStatus: response.code || (xhr && xhr.status) || null,
-      problem: problemOf(text),
-    };
-  }
 
   async function startHlsjs(ctx) {
     const name = 'hlsjs';
@@ -632,7 +543,7 @@
     const videoSelect = document.getElementById('video');
     const wanted = params.get('user');
     if (wanted && ![...userSelect.options].some((o) => o.value === wanted)) {
-      userSelect.add(new Option(wanted, wanted)); // a viewer the tests made at Billing
+      userSelect.add(new Option(wanted, wanted)); // a subscriber a test or a developer added
     }
     if (wanted) userSelect.value = wanted;
     if (params.get('video')) videoSelect.value = params.get('video');
@@ -648,6 +559,15 @@
     // are free for the next page, whatever the limit
     window.addEventListener('pagehide', () => endSessions(true));
     pollEvents();
-    if (params.get('autoplay') !== '0') start(userSelect.value, videoSelect.value);
+    loadGateway().then(() => {
+      if (params.get('autoplay') !== '0') start(userSelect.value, videoSelect.value);
+    });
   });
+
+  async function loadGateway() {
+    try {
+      const response = await fetch(api.config, { headers: { Accept: 'application/json' } });
+      if (response.ok) gateway = String((await response.json()).gateway || '').replace(/\/$/, '');
+    } catch (_) { /* served by the gateway itself: same origin */ }
+  }
 })();

@@ -3,14 +3,19 @@ demo page and its development-only helpers.
 
     GET /{videoId}/master.m3u8, /{videoId}/manifest.mpd, /{videoId}/...   media (ORIGIN_DIR)
     GET /_demo/                     the demo page (public at /demo/ through the gateway)
+    GET /_demo/player.html?player=  one player alone, set up as a platform's page would
     GET /_demo/vendor/{package}/... player libraries from node_modules
-    GET /_demo/api/token?sub=alice  a development JWT (local stack only; any [a-z0-9_.-] subject)
+    GET /_demo/api/config           where the page sends playback requests ("": its own origin)
+    GET /_demo/api/token?sub=alice  a development JWT for any user name (local stack only)
     GET /_demo/api/events           the most recent analytics events (from the local event log)
     GET /health
     GET /_origin/requests           what reached the origin (path, query, identity headers): lets
                                     tests prove tokens and forged headers never get this far
 
-Manifests are served with their registered media types so the sidecar recognises them.
+Manifests are served with their registered media types so the sidecar recognises them. Like a
+public bucket with a permissive CORS rule, media answers to a request with an ``Origin`` carry
+``Access-Control-Allow-Origin: *``: the edge must replace that with its own policy. The same
+demo routes serve the pages from an origin of their own (``devstack.emulators.site``).
 """
 
 from __future__ import annotations
@@ -48,14 +53,16 @@ CONTENT_TYPES = {
 
 
 @dataclass
-class OriginSettings:
-    media_dir: Path
+class DemoSettings:
     node_modules: Path | None = None
     events_log: Path | None = None
     issue_token: Callable[[str, int], str] | None = None
+    gateway: str = ""  # the gateway's origin when the page is served from another one
 
 
-_DEMO_SUB = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+@dataclass(kw_only=True)
+class OriginSettings(DemoSettings):
+    media_dir: Path
 
 
 def _safe_file(root: Path, relative: str) -> Path | None:
@@ -101,6 +108,7 @@ def tail_events(path: Path | None, limit: int = 100) -> list[dict[str, Any]]:
     return events
 
 
+USER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 RECORDED_HEADERS = ("x-playback-user", "x-playback-plan", "x-playback-video", "authorization")
 
 
@@ -131,7 +139,27 @@ def build_app(settings: OriginSettings) -> web.Application:
         if path is None:
             return _not_found()
         manifest = path.suffix in (".m3u8", ".mpd")
-        return _file_response(path, cache="no-cache" if manifest else "public, max-age=86400")
+        response = _file_response(path, cache="no-cache" if manifest else "public, max-age=86400")
+        if "Origin" in request.headers:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": "origin"})
+
+    app = web.Application(middlewares=[record])
+    app.router.add_get("/health", health)
+    app.router.add_get("/_origin/requests", recorded)
+    # The demo page lives under an internal prefix (a video may well be called "demo"); the
+    # gateway maps the public /demo/ onto it.
+    add_demo_routes(app, DEMO_PREFIX, settings)
+    app.router.add_get("/{path:.+}", media)
+    return app
+
+
+def add_demo_routes(app: web.Application, prefix: str, settings: DemoSettings) -> None:
+    """The demo pages and their helpers under ``prefix`` (``/_demo/`` here, ``/demo/`` on the
+    site)."""
 
     async def demo(request: web.Request) -> web.StreamResponse:
         rel = request.match_info.get("path") or "index.html"
@@ -149,12 +177,21 @@ def build_app(settings: OriginSettings) -> web.Application:
             return _not_found()
         return _file_response(path, cache="public, max-age=3600")
 
+    async def config(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"gateway": settings.gateway}, headers={"Cache-Control": "no-store"}
+        )
+
     async def token(request: web.Request) -> web.Response:
         if settings.issue_token is None:
             return _not_found()
         sub = request.query.get("sub", "")
-        if not _DEMO_SUB.fullmatch(sub):  # alice, bob, carol, or a viewer a test made at Billing
-            return web.json_response({"error": "sub: 1-64 characters of [a-z0-9_.-]"}, status=400)
+        # any well-formed user: Billing decides what they may watch (alice, bob, carol by
+        # default; tests add subscribers of their own)
+        if not USER_PATTERN.fullmatch(sub):
+            return web.json_response(
+                {"error": "sub must match " + USER_PATTERN.pattern}, status=400
+            )
         ttl = min(int(request.query.get("ttl", "3600") or 3600), 86400)
         return web.json_response(
             {"token": settings.issue_token(sub, ttl), "sub": sub, "ttl": ttl},
@@ -166,18 +203,9 @@ def build_app(settings: OriginSettings) -> web.Application:
             tail_events(settings.events_log), headers={"Cache-Control": "no-store"}
         )
 
-    async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "origin"})
-
-    app = web.Application(middlewares=[record])
-    app.router.add_get("/health", health)
-    app.router.add_get("/_origin/requests", recorded)
-    # The demo page lives under an internal prefix (a video may well be called "demo"); the
-    # gateway maps the public /demo/ onto it.
-    app.router.add_get(f"{DEMO_PREFIX}api/token", token)
-    app.router.add_get(f"{DEMO_PREFIX}api/events", events)
-    app.router.add_get(DEMO_PREFIX + "vendor/{package}/{path:.+}", vendor)
-    app.router.add_get(DEMO_PREFIX, demo)
-    app.router.add_get(DEMO_PREFIX + "{path:.+}", demo)
-    app.router.add_get("/{path:.+}", media)
-    return app
+    app.router.add_get(f"{prefix}api/config", config)
+    app.router.add_get(f"{prefix}api/token", token)
+    app.router.add_get(f"{prefix}api/events", events)
+    app.router.add_get(prefix + "vendor/{package}/{path:.+}", vendor)
+    app.router.add_get(prefix, demo)
+    app.router.add_get(prefix + "{path:.+}", demo)

@@ -435,29 +435,22 @@ async def test_hls_uhd_key_with_premium_facts(broker: Client) -> None:
 # ---------------------------------------------------------------------------------- CORS, health
 
 
-async def test_cors_preflight_and_error_responses(make_broker: BrokerFactory) -> None:
-    broker = await make_broker({"CORS_ALLOWED_ORIGINS": "https://player.example"})
-    pre = await broker.options(
-        "/drm/license/org.w3.clearkey",
-        headers={
-            "Origin": "https://player.example",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type",
-        },
-    )
-    assert pre.status == 204
-    assert pre.headers["Access-Control-Allow-Origin"] == "https://player.example"
-    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
-    assert pre.headers["Access-Control-Allow-Headers"] == "authorization, content-type"
-    denied = await broker.options(
-        "/drm/license",
-        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
-    )
-    assert denied.status == 403
-    err = await broker.post("/drm/license", data=b"", headers={"Origin": "https://player.example"})
+async def test_the_broker_writes_no_cors_headers(broker: Client) -> None:
+    """CORS is Envoy's alone (envoyconf.cors): the broker never answers a preflight or names an
+    origin, so it cannot contradict the edge's policy."""
+    origin = {"Origin": "https://player.example"}
+    err = await broker.post("/drm/license", data=b"", headers=origin)
     assert err.status == 400
-    assert err.headers["Access-Control-Allow-Origin"] == "https://player.example"
-    assert "X-Playback-License-Id" in err.headers["Access-Control-Expose-Headers"]
+    ok = await broker.post(
+        "/drm/license", json=json_api("movie", ck_request(KID_HD)), headers=viewer() | origin
+    )
+    assert ok.status == 200
+    pre = await broker.options(
+        "/drm/license", headers=origin | {"Access-Control-Request-Method": "POST"}
+    )
+    assert pre.status == 405
+    for resp in (err, ok, pre):
+        assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
 
 
 async def test_health_and_metrics(broker: Client) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Request
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -49,6 +49,17 @@ class DemoPage:
         self.page.wait_for_function(expression, arg=arg, timeout=timeout_s * 1000)
 
 
+@dataclass
+class PlayerPage(DemoPage):
+    """One player alone (``/demo/player.html``), with every request its browser context made."""
+
+    requests: list[Request] = field(default_factory=list)
+
+    def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.page.evaluate("() => window.playerState || {}")
+        return result
+
+
 class DemoPages:
     """Opens demo pages in fresh browser contexts and saves them when a test fails."""
 
@@ -57,14 +68,31 @@ class DemoPages:
         self._gateway = gateway
         self.open_pages: list[DemoPage] = []
 
-    def open(self, user: str, video: str) -> DemoPage:
+    def open(self, user: str, video: str, *, site: str | None = None) -> DemoPage:
+        """The demo page through the gateway, or from ``site`` (another origin)."""
         context = self._browser.new_context(viewport={"width": 1400, "height": 1100})
         page = context.new_page()
         demo = DemoPage(f"{user}-{video}", page)
         page.on("console", lambda msg: demo.console.append(f"{msg.type}: {msg.text}"))
         page.on("pageerror", lambda exc: demo.console.append(f"pageerror: {exc}"))
         self.open_pages.append(demo)
-        page.goto(f"{self._gateway}/demo/?user={user}&video={video}", wait_until="load")
+        page.goto(f"{site or self._gateway}/demo/?user={user}&video={video}", wait_until="load")
+        return demo
+
+    def open_player(self, site: str, player: str, user: str, video: str) -> PlayerPage:
+        """``player`` alone on ``site``'s player page (another origin than the gateway's)."""
+        context = self._browser.new_context(viewport={"width": 900, "height": 700})
+        page = context.new_page()
+        demo = PlayerPage(f"{player}-{user}-{video}", page)
+        page.on("console", lambda msg: demo.console.append(f"{msg.type}: {msg.text}"))
+        page.on("pageerror", lambda exc: demo.console.append(f"pageerror: {exc}"))
+
+        def record(request: Request) -> None:  # (playwright cannot wrap a bound builtin)
+            demo.requests.append(request)
+
+        context.on("request", record)
+        self.open_pages.append(demo)
+        page.goto(f"{site}/demo/player.html?player={player}&user={user}&video={video}")
         return demo
 
     def close(self, demo: DemoPage) -> None:

@@ -87,21 +87,6 @@ def test_bob_gets_no_uhd_keys_and_unknown_kids_are_404(stack: Stack) -> None:
     assert unknown.json()["code"] == "unknown_key_id"
 
 
-def test_cors_preflight_on_license_route(stack: Stack) -> None:
-    reply = http(
-        f"{stack.gateway}/drm/license/org.w3.clearkey?videoId=demo",
-        method="OPTIONS",
-        headers={
-            "Origin": "https://player.example",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type",
-        },
-    )
-    assert reply.status == 200
-    assert reply.headers["access-control-allow-origin"] in ("*", "https://player.example")
-    assert "authorization" in reply.headers["access-control-allow-headers"]
-
-
 def test_widevine_through_the_sidecar_reaches_the_provider(stack: Stack) -> None:
     reply = http(
         f"{stack.gateway}/drm/license/com.widevine.alpha?videoId=demo",

@@ -4,8 +4,10 @@ Found statically: every ``from_env`` function in the service packages (the one p
 read, per the house rules) is scanned for calls whose first argument is the ``env`` mapping and
 whose second is a literal variable name (``env_str(env, "JWKS_URL")``, ``_hex(env, "X", 32)``),
 for ``env["X"]`` / ``env.get("X")``, and for loops feeding literal names to such calls
-(``for name, default in (("A", "1"), ("B", "2")): env_str(env, name, default)``). The emulators,
-the demo and the local stack (``playback-drm up``) are not deployed and are left out.
+(``for name, default in (("A", "1"), ("B", "2")): env_str(env, name, default)``). ``envoyconf``
+counts too: its settings (``CORS_ALLOWED_ORIGINS``) are read when the Envoy configuration is
+rendered. The emulators, the demo and the local stack (``playback-drm up``) are not deployed and
+are left out.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 
 from tests.k8s.render import REPO_ROOT
 
-# What the production image runs; devstack/ (the local stack, emulators, demo) is not deployed.
-PACKAGES = ("authz", "extproc", "license_broker", "playback_drm")
+# What the production image runs, and the Envoy configuration it is deployed with; devstack/ (the
+# local stack, emulators, demo) is not deployed.
+PACKAGES = ("authz", "extproc", "license_broker", "playback_drm", "envoyconf")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 

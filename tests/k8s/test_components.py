@@ -17,7 +17,15 @@ import pytest
 import yaml
 
 from envoyconf import k8s_settings
-from envoyconf.filters import cors_policy, enable_extproc, sidecar_filters
+from envoyconf.cors import (
+    UPSTREAM_HEADERS_DROPPED,
+    envoy_cors_policy,
+    envoy_gateway_cors,
+    istio_cors_policy,
+    vary_on_origin,
+)
+from envoyconf.filters import enable_extproc, refuse_unknown_path, sidecar_filters
+from envoyconf.replies import problem_body
 from envoyconf.routes import sidecar_routes
 from playback_drm import contract, identity
 from tests.k8s.checks import K8S_VERSIONS, Index, reference_errors, schema_errors
@@ -304,6 +312,9 @@ def test_istio_envoy_filters_carry_the_sidecars_filters() -> None:
         ours, "rate_limit_service", "rate_limits"
     )
     assert vhost["patch"]["value"]["rate_limits"] == ours["rate_limits"]
+    # as the sidecar's virtual host: CORS headers are the CORS filter's alone; answers vary
+    assert vhost["patch"]["value"]["response_headers_to_remove"] == list(UPSTREAM_HEADERS_DROPPED)
+    assert vhost["patch"]["value"]["response_headers_to_add"] == vary_on_origin()
 
     extproc, *routes = _patches(objs, "playback-gateway-extproc")
     ours = _sidecar_filter("envoy.filters.http.ext_proc")
@@ -350,6 +361,17 @@ def test_istio_routes_are_the_sidecars() -> None:
             needle = header["string_match"]["contains"]
             assert istio_header["string_match"]["safe_regex"]["regex"] == f".*{needle}.*"
         assert _without(theirs["match"], "headers") == match, where
+        if mine["typed_per_filter_config"].get("envoy.filters.http.rbac") == refuse_unknown_path():
+            # The sidecar refuses unknown paths with RBAC, which its local reply configuration
+            # turns into this 404 problem (so the CORS filter, which skips direct responses,
+            # adds its headers); Istio answers the same problem directly, without CORS headers.
+            assert theirs["direct_response"] == {
+                "status": 404,
+                "body": {
+                    "inline_string": problem_body("not_found", 404, "Not found", "no such route")
+                },
+            }, where
+            continue
         for key in ("request_headers_to_add", "response_headers_to_add"):
             assert _header_values(theirs.get(key, [])) == _header_values(mine.get(key, [])), (
                 where,
@@ -364,7 +386,7 @@ def test_istio_routes_are_the_sidecars() -> None:
         for key in ("timeout", "regex_rewrite", "prefix_rewrite"):
             assert theirs["route"].get(key) == mine["route"].get(key), (where, key)
         cors = theirs["typed_per_filter_config"]["envoy.filters.http.cors"]
-        ours_cors = cors_policy(SIDECAR)
+        ours_cors = envoy_cors_policy(SIDECAR.cors)
         assert cors["allow_origin_string_match"] == ours_cors["allow_origin_string_match"]
         for key in ("allow_methods", "allow_headers", "expose_headers"):
             assert _items(cors[key]) == _items(ours_cors[key]), (where, key)
@@ -593,8 +615,43 @@ def test_envoy_gateway_license_rule_is_the_sidecars() -> None:
     assert route["sectionName"] == "license"  # licenses only where the certificate is checked
 
 
+def test_every_modes_cors_policy_is_rendered_from_envoyconf() -> None:
+    """One policy in every deployment mode: the components hold what envoyconf.cors renders for
+    the pod's sidecar (its origins: none until the deployment lists its own)."""
+    vs = _get(render_overlay("istio-prod"), "VirtualService", "playback")
+    routed = [http for http in vs["spec"]["http"] if "directResponse" not in http]
+    assert routed
+    assert [http["corsPolicy"] for http in routed] == [istio_cors_policy(SIDECAR.cors)] * len(
+        routed
+    )
+    policies = Index(render_overlay("envoy-gateway-prod")).of("SecurityPolicy")
+    assert [p["spec"]["cors"] for p in policies] == [envoy_gateway_cors(SIDECAR.cors)] * len(
+        policies
+    )
+
+
+def test_envoy_gateway_routes_leave_cors_to_the_cors_filter() -> None:
+    """Every rule that reaches an upstream drops the upstream's own CORS headers and varies by
+    Origin, as the sidecar's virtual host does."""
+    rules = [
+        rule
+        for route in Index(render_overlay("envoy-gateway-prod")).of("HTTPRoute")
+        for rule in route["spec"]["rules"]
+        if rule.get("backendRefs")
+    ]
+    assert rules
+    for rule in rules:
+        [mod] = [
+            f["responseHeaderModifier"]
+            for f in rule.get("filters", [])
+            if f["type"] == "ResponseHeaderModifier"
+        ]
+        assert set(UPSTREAM_HEADERS_DROPPED) <= set(mod["remove"]), rule["matches"]
+        assert {"name": "vary", "value": "Origin"} in mod["add"], rule["matches"]
+
+
 def test_envoy_gateway_cors_is_the_sidecars() -> None:
-    ours = cors_policy(SIDECAR)
+    ours = envoy_cors_policy(SIDECAR.cors)
     for policy in Index(render_overlay("envoy-gateway-prod")).of("SecurityPolicy"):
         cors = eg_translation._cors(policy["spec"]["cors"], "cors")
         assert cors["allow_origin_string_match"] == ours["allow_origin_string_match"]

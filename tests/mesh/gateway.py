@@ -244,9 +244,15 @@ def _route_filter(
         envoy["request_headers_to_add"] = [header_option(h["name"], h["value"]) for h in mod["set"]]
     elif flt["type"] == "ResponseHeaderModifier":
         mod = flt["responseHeaderModifier"]
-        only(mod, ("set", "remove"), where)
+        only(mod, ("set", "add", "remove"), where)
         envoy["response_headers_to_add"] = [
             header_option(h["name"], h["value"]) for h in mod.get("set", [])
+        ] + [
+            {
+                "header": {"key": h["name"], "value": h["value"]},
+                "append_action": "APPEND_IF_EXISTS_OR_ADD",
+            }
+            for h in mod.get("add", [])
         ]
         envoy["response_headers_to_remove"] = list(mod.get("remove", []))
     elif flt["type"] == "URLRewrite":

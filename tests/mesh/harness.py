@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from devstack.stack import Stack
+from envoyconf.cors import CorsSettings, envoy_gateway_cors, istio_cors_policy
 from tests.k8s.render import K8S_DIR, render
 from tests.mesh import gateway, istio
 from tests.mesh.envoy import Certificate, Endpoint, Site
@@ -25,6 +26,23 @@ from tests.support.servers import EnvoyServer, start_envoy
 from tests.support.stack import Reply, http, start_stack
 
 NAMESPACE = "playback"  # the prod overlays' namespace, as the mesh configuration names it
+# The player pages' origin every mode lists (the components and the pod's sidecar list none until
+# the deployment names its own): the local stack's CORS_ALLOWED_ORIGINS, the operator's patch of
+# the Istio and Envoy Gateway policies.
+PLAYER_CORS = CorsSettings(("https://player.example",))
+
+
+def with_player_origins(objs: list[dict[str, Any]], cors: CorsSettings) -> list[dict[str, Any]]:
+    """The rendered manifests with the deployment's origins in every CORS policy."""
+    for obj in objs:
+        spec = obj.get("spec") or {}
+        if obj["kind"] == "VirtualService":
+            for route in spec.get("http", []):
+                if "corsPolicy" in route:
+                    route["corsPolicy"] = istio_cors_policy(cors)
+        elif obj["kind"] == "SecurityPolicy" and "cors" in spec:
+            spec["cors"] = envoy_gateway_cors(cors)
+    return objs
 
 
 @dataclass
@@ -151,7 +169,11 @@ class Modes:
 def start_modes(root: Path, redis_url: str | None, per_user_rps: int) -> Modes:
     """The local stack and the Envoys of the three modes (plus Istio without its header filter)."""
     stack = start_stack(
-        root, redis_url=redis_url, per_user_rps=per_user_rps, per_user_burst=per_user_rps
+        root,
+        redis_url=redis_url,
+        per_user_rps=per_user_rps,
+        per_user_burst=per_user_rps,
+        cors=PLAYER_CORS,
     )
     envoys: list[EnvoyServer] = []
     try:
@@ -172,7 +194,7 @@ def start_modes(root: Path, redis_url: str | None, per_user_rps: int) -> Modes:
             )
         }
 
-        objs = render(K8S_DIR / "overlays" / "istio-prod")
+        objs = with_player_origins(render(K8S_DIR / "overlays" / "istio-prod"), PLAYER_CORS)
         config, _ = _istio_config(objs, stack, root / "mesh-pki")
         envoys.append(_start(config, root, "envoy-istio"))
         front = f"http://127.0.0.1:{_front_port(config, 'front|trusted')}"
@@ -194,7 +216,7 @@ def start_modes(root: Path, redis_url: str | None, per_user_rps: int) -> Modes:
             "istio-without-header-filter", bare_front, bare_front
         )
 
-        objs = render(K8S_DIR / "overlays" / "envoy-gateway-prod")
+        objs = with_player_origins(render(K8S_DIR / "overlays" / "envoy-gateway-prod"), PLAYER_CORS)
         eg_config = yaml.safe_load(
             (K8S_DIR / "components" / "envoy-gateway" / "envoy-gateway-config.yaml").read_text()
         )

@@ -32,7 +32,7 @@ import pytest
 
 from devstack.stack import Stack
 from playback_drm.problem import PROBLEM_CONTENT_TYPE
-from tests.mesh.harness import Mode, Modes, start_modes
+from tests.mesh.harness import PLAYER_CORS, Mode, Modes, start_modes
 from tests.support.servers import RedisServer
 from tests.support.stack import Reply, http, stop_and_audit
 
@@ -246,7 +246,8 @@ def test_unknown_routes_are_404(mode: Mode) -> None:
 
 
 def test_cors_preflights_and_denials_carry_cors_headers(mode: Mode) -> None:
-    origin = "https://player.example"
+    """One policy in every mode (envoyconf.cors): the listed origin, with credentials."""
+    (origin,) = PLAYER_CORS.origins
     preflight = http(
         mode.license_base + "/drm/license",
         method="OPTIONS",
@@ -259,10 +260,35 @@ def test_cors_preflights_and_denials_carry_cors_headers(mode: Mode) -> None:
     )
     assert preflight.status == 200, preflight.body
     assert preflight.headers["access-control-allow-origin"] == origin
+    assert preflight.headers["access-control-allow-credentials"] == "true"
     assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     denied = mode.get("/playback/demo/manifest", Origin=origin)
     assert denied.status == 401
     assert denied.headers["access-control-allow-origin"] == origin
+    assert denied.headers["access-control-allow-credentials"] == "true"
+    assert "www-authenticate" in denied.headers["access-control-expose-headers"].lower()
+    # an origin not on the list: never allowed, never '*'
+    other = mode.get("/playback/demo/manifest", Origin="https://evil.example")
+    assert other.status == 401
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_cors_is_the_proxys_alone(mode: Mode, stack: Stack) -> None:
+    """The origin server answers media with its own "Access-Control-Allow-Origin: *" (as a public
+    bucket may): every mode drops it, answers the listed origin itself, and varies by Origin."""
+    (origin,) = PLAYER_CORS.origins
+    reply = mode.get(
+        "/playback/demo/manifest", Accept="application/json", **bearer(stack.token("alice"))
+    )
+    url = reply.json()["url"]  # the signed master playlist, from the origin through the proxy
+    listed = mode.get(url, Origin=origin)
+    other = mode.get(url, Origin="https://evil.example")
+
+    assert listed.status == other.status == 200
+    assert listed.headers["access-control-allow-origin"] == origin
+    assert "access-control-allow-origin" not in other.headers, other.headers
+    assert "origin" in listed.headers.get("vary", "").lower(), listed.headers
 
 
 async def _burst(mode: Mode, token: str, count: int) -> list[tuple[int, str, bytes]]:

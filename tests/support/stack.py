@@ -53,6 +53,19 @@ def http(
         return Reply(err.code, err.read(), {k.lower(): v for k, v in err.headers.items()})
 
 
+def add_subscriber(stack: Stack, user: str, plan: str = "premium") -> str:
+    """A subscriber of a test's own (Billing emulator): its concurrent-stream slots and rate
+    limit budget are nobody else's in the session's stack."""
+    reply = http(
+        f"http://127.0.0.1:{stack.ports.billing}/admin/users/{user}",
+        method="PUT",
+        body=json.dumps({"plan": plan}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status < 300, reply.body
+    return user
+
+
 def start_stack(root: Path, **settings: Any) -> Stack:
     stack = Stack(
         StackSettings(root=root, ports=StackPorts.free(), media_dir=TEST_MEDIA, **settings)
