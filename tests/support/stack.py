@@ -53,16 +53,13 @@ def http(
         return Reply(err.code, err.read(), {k.lower(): v for k, v in err.headers.items()})
 
 
-def add_subscriber(stack: Stack, user: str, plan: str = "premium") -> str:
+def add_subscriber(
+    stack: Stack, user: str, plan: str = "premium", max_streams: int | None = 0
+) -> str:
     """A subscriber of a test's own (Billing emulator): its concurrent-stream slots and rate
-    limit budget are nobody else's in the session's stack."""
-    reply = http(
-        f"http://127.0.0.1:{stack.ports.billing}/admin/users/{user}",
-        method="PUT",
-        body=json.dumps({"plan": plan}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    assert reply.status < 300, reply.body
+    limit budget are nobody else's in the session's stack. ``max_streams`` 0: no limit (every
+    manifest request is a playback session of its own); None: the plan's."""
+    set_viewer(stack, user, plan, max_streams)
     return user
 
 
