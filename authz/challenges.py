@@ -19,11 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 from typing import Final
 from urllib.parse import unquote
 
 from playback_drm.contract import LICENSE_PATH
+from playback_drm.untrusted import json_loads
 
 _LICENSE_REQUEST: Final = 1  # SignedMessage.MessageType
 _SERVICE_CERTIFICATE_REQUEST: Final = 4
@@ -122,8 +122,8 @@ def license_message(path: str, body: bytes) -> LicenseMessage:
         name = unquote(path[len(LICENSE_PATH) + 1 :]).strip().lower()
         return classify(body) if name in WIDEVINE_NAMES else LicenseMessage.CHALLENGE
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json_loads(body)
+    except ValueError:
         return LicenseMessage.CHALLENGE
     if not isinstance(doc, dict):
         return LicenseMessage.CHALLENGE
