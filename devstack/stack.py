@@ -87,6 +87,8 @@ class StackSettings:
     instance: str = "main"  # a second replica in the same root gets its own logs and config
     cors: CorsSettings | None = None  # None: the demo page's and the site's origins
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # more public base URLs of the same services (another proxy in front of them, as in tests/mesh)
+    extra_public_base_urls: tuple[str, ...] = ()
 
     @classmethod
     def from_env(
@@ -246,7 +248,14 @@ class Stack:
             "EXTPROC_HTTP_ADDR": f"127.0.0.1:{p.extproc_http}",
             # where the JSON form's signed manifest URLs point: the gateway (first: the default),
             # the same under its other name, and the sidecar; never the Host a client sent
-            "PUBLIC_BASE_URLS": f"{self.gateway},http://localhost:{p.gateway},{self.sidecar}",
+            "PUBLIC_BASE_URLS": ",".join(
+                (
+                    self.gateway,
+                    f"http://localhost:{p.gateway}",
+                    self.sidecar,
+                    *self.settings.extra_public_base_urls,
+                )
+            ),
             "BROKER_HOST": "127.0.0.1",
             "BROKER_PORT": str(p.broker),
             "AUTH_EMULATOR_ADDR": f"127.0.0.1:{p.auth}",

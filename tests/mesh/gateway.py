@@ -170,15 +170,21 @@ def _routes(
             where = f"HTTPRoute/{_name(hr)}.rules[{i}]"
             only(rule, ("matches", "filters", "backendRefs", "timeouts"), where)
             cluster_name = f"httproute/{_ns(hr)}/{_name(hr)}/rule/{i}"
-            [backend] = rule["backendRefs"]
-            only(backend, ("name", "port"), f"{where}.backendRefs")
-            clusters.append(cluster(cluster_name, site.service(backend["name"], backend["port"])))
+            # a rule without backends is answered by its HTTPRouteFilter's directResponse
+            if rule.get("backendRefs"):
+                [backend] = rule["backendRefs"]
+                only(backend, ("name", "port"), f"{where}.backendRefs")
+                clusters.append(
+                    cluster(cluster_name, site.service(backend["name"], backend["port"]))
+                )
             for j, match in enumerate(rule["matches"]):
-                only(match, ("path", "headers", "queryParams"), f"{where}.matches[{j}]")
+                only(match, ("path", "method", "headers", "queryParams"), f"{where}.matches[{j}]")
                 path = match["path"]
                 kind, value = path["type"], path["value"]
                 envoy_match: Json = {}
-                if kind == "RegularExpression":
+                if kind == "Exact":
+                    envoy_match["path"] = value
+                elif kind == "RegularExpression":
                     envoy_match["safe_regex"] = {"regex": value}
                 elif kind == "PathPrefix":
                     if value == "/":
@@ -192,6 +198,10 @@ def _routes(
                         {"name": h["name"], "string_match": _string_match(h["type"], h["value"])}
                         for h in match["headers"]
                     ]
+                if match.get("method"):
+                    envoy_match.setdefault("headers", []).append(
+                        {"name": ":method", "string_match": {"exact": match["method"]}}
+                    )
                 if match.get("queryParams"):
                     envoy_match["query_parameters"] = [
                         {"name": q["name"], "string_match": _string_match(q["type"], q["value"])}
@@ -208,6 +218,8 @@ def _routes(
                 }
                 for k, flt in enumerate(rule.get("filters") or []):
                     _route_filter(envoy, flt, kind, value, filters, f"{where}.filters[{k}]")
+                if not rule.get("backendRefs") and "direct_response" not in envoy:
+                    raise Unsupported(f"{where}: no backendRefs and no directResponse")
                 routes.append(
                     _Route(
                         hr,
@@ -216,12 +228,12 @@ def _routes(
                         envoy,
                         kind,
                         value,
-                        len(match.get("headers") or []),
+                        len(match.get("headers") or []) + (1 if match.get("method") else 0),
                         len(match.get("queryParams") or []),
                     )
                 )
     # Gateway API precedence, as Envoy Gateway sorts (descending, stable)
-    rank = {"RegularExpression": 1, "PathPrefix": 0}
+    rank = {"Exact": 2, "RegularExpression": 1, "PathPrefix": 0}
     routes.sort(
         key=lambda r: (
             rank[r.path_kind],
@@ -271,7 +283,13 @@ def _route_filter(
         if (ref["group"], ref["kind"]) != ("gateway.envoyproxy.io", "HTTPRouteFilter"):
             raise Unsupported(f"{where}: {ref}")
         spec = filters[ref["name"]]["spec"]
-        only(spec, ("urlRewrite",), f"HTTPRouteFilter/{ref['name']}")
+        only(spec, ("urlRewrite", "directResponse"), f"HTTPRouteFilter/{ref['name']}")
+        if "directResponse" in spec:
+            direct = spec["directResponse"]
+            only(direct, ("statusCode",), f"HTTPRouteFilter/{ref['name']}.directResponse")
+            del envoy["route"]
+            envoy["direct_response"] = {"status": int(direct["statusCode"])}
+            return
         rewrite = spec["urlRewrite"]["path"]
         if rewrite["type"] != "ReplaceRegexMatch":
             raise Unsupported(f"HTTPRouteFilter/{ref['name']}: {rewrite['type']}")

@@ -23,7 +23,7 @@ from tests.mesh.envoy import Certificate, Endpoint, Site
 from tests.mesh.pki import MeshCa
 from tests.support.procs import free_port
 from tests.support.servers import EnvoyServer, start_envoy
-from tests.support.stack import Reply, http, start_stack
+from tests.support.stack import Reply, http, set_viewer, start_stack
 
 NAMESPACE = "playback"  # the prod overlays' namespace, as the mesh configuration names it
 # The player pages' origin every mode lists (the components and the pod's sidecar list none until
@@ -99,7 +99,7 @@ def _services(stack: Stack) -> dict[tuple[str, int], Endpoint]:
 
 
 def _istio_config(
-    objs: list[dict[str, Any]], stack: Stack, pki_dir: Path
+    objs: list[dict[str, Any]], stack: Stack, pki_dir: Path, front_port: int | None = None
 ) -> tuple[dict[str, Any], MeshCa]:
     mesh = yaml.safe_load((K8S_DIR / "components" / "istio" / "mesh-config.yaml").read_text())
     ca = MeshCa(pki_dir)
@@ -118,7 +118,7 @@ def _istio_config(
         "inbound|9003|license-broker": free_port(),
         "inbound|9001|playback-authz": free_port(),
         "inbound|9002|playback-extproc": free_port(),
-        "front|trusted": free_port(),
+        "front|trusted": front_port or free_port(),
         "front|intruder": free_port(),
     }
     site = Site(
@@ -168,15 +168,25 @@ class Modes:
 
 def start_modes(root: Path, redis_url: str | None, per_user_rps: int) -> Modes:
     """The local stack and the Envoys of the three modes (plus Istio without its header filter)."""
+    # Each mode's public address is one of extproc's PUBLIC_BASE_URLS, as a deployment lists its
+    # own: the signed manifest URLs of the JSON form point back where the viewer asked.
+    istio_front, gateway_https = free_port(), free_port()
     stack = start_stack(
         root,
         redis_url=redis_url,
         per_user_rps=per_user_rps,
         per_user_burst=per_user_rps,
         cors=PLAYER_CORS,
+        extra_public_base_urls=(
+            f"http://127.0.0.1:{istio_front}",
+            f"https://127.0.0.1:{gateway_https}",
+        ),
     )
     envoys: list[EnvoyServer] = []
     try:
+        # every mode plays as alice, each manifest a playback session of its own: no stream limit
+        # for her here (the limits have tests of their own, tests/integration/test_stream_limits.py)
+        set_viewer(stack, "alice", "premium", max_streams=0)
         assert stack.pki is not None
         pki = stack.pki
         out = {
@@ -195,7 +205,7 @@ def start_modes(root: Path, redis_url: str | None, per_user_rps: int) -> Modes:
         }
 
         objs = with_player_origins(render(K8S_DIR / "overlays" / "istio-prod"), PLAYER_CORS)
-        config, _ = _istio_config(objs, stack, root / "mesh-pki")
+        config, _ = _istio_config(objs, stack, root / "mesh-pki", istio_front)
         envoys.append(_start(config, root, "envoy-istio"))
         front = f"http://127.0.0.1:{_front_port(config, 'front|trusted')}"
         intruder = f"http://127.0.0.1:{_front_port(config, 'front|intruder')}"
@@ -221,7 +231,7 @@ def start_modes(root: Path, redis_url: str | None, per_user_rps: int) -> Modes:
             (K8S_DIR / "components" / "envoy-gateway" / "envoy-gateway-config.yaml").read_text()
         )
         tls = gateway.SecretFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))
-        ports = {"https": free_port(), "license": free_port()}
+        ports = {"https": gateway_https, "license": free_port()}
         site = Site(NAMESPACE, _services(stack), ports, free_port())
         config = gateway.translate(
             objs, eg_config, site, {"playback-public-tls": tls, "playback-edge-tls": tls}

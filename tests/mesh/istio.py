@@ -313,7 +313,7 @@ def _string_match(match: Obj, where: str) -> Json:
 
 
 def _route_match(match: Obj, where: str) -> Json:
-    only(match, ("uri", "headers", "queryParams"), where)
+    only(match, ("uri", "method", "headers", "queryParams"), where)
     out: Json = {}
     uri = match.get("uri")
     if uri is None:
@@ -331,6 +331,10 @@ def _route_match(match: Obj, where: str) -> Json:
             {"name": name, "string_match": _string_match(m, f"{where}.headers.{name}")}
             for name, m in match["headers"].items()
         ]
+    if match.get("method"):  # Istio: a `:method` header matcher after the others
+        out.setdefault("headers", []).append(
+            {"name": ":method", "string_match": _string_match(match["method"], f"{where}.method")}
+        )
     if match.get("queryParams"):
         out["query_parameters"] = [
             {"name": name, "string_match": _string_match(m, f"{where}.queryParams.{name}")}
@@ -411,10 +415,9 @@ def _routes(vs: Obj, namespace: str) -> tuple[list[Json], set[tuple[str, int]]]:
             if "directResponse" in http:
                 direct = http["directResponse"]
                 only(direct, ("status", "body"), f"{where}.directResponse")
-                route["direct_response"] = {
-                    "status": direct["status"],
-                    "body": {"inline_string": direct["body"]["string"]},
-                }
+                route["direct_response"] = {"status": direct["status"]}
+                if "body" in direct:
+                    route["direct_response"]["body"] = {"inline_string": direct["body"]["string"]}
             else:
                 [destination] = http["route"]
                 only(destination, ("destination",), f"{where}.route")

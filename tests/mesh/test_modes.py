@@ -34,7 +34,7 @@ from devstack.stack import Stack
 from playback_drm.problem import PROBLEM_CONTENT_TYPE
 from tests.mesh.harness import PLAYER_CORS, Mode, Modes, start_modes
 from tests.support.servers import RedisServer
-from tests.support.stack import Reply, http, stop_and_audit
+from tests.support.stack import Reply, add_subscriber, http, stop_and_audit
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +198,9 @@ def test_authz_removes_forgeries_where_the_proxy_strips_nothing(modes: Modes, st
 
 
 def test_licenses_for_the_entitled_through_the_trusted_front(mode: Mode, stack: Stack) -> None:
-    headers = {**bearer(stack.token("alice")), "Content-Type": "application/json"}
+    # a viewer of the case's own: the earlier cases spend alice's per-user budget
+    viewer = add_subscriber(stack, f"licensee-{mode.name}")
+    headers = {**bearer(stack.token(viewer)), "Content-Type": "application/json"}
     reply = mode.license("/drm/license", license_body(stack), headers)
     assert reply.status == 200, reply.body
     assert reply.json()["license"]

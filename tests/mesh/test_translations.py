@@ -105,12 +105,15 @@ def test_envoy_gateway_names_the_mode_per_route(tmp_path: Path) -> None:
             ]
             modes[route["name"].split("/")[2]] = found[0] if found else None
     assert modes == {
-        "playback-manifest-url": "jwt",
-        "playback-manifest": "jwt",
+        "playback-session-end": "session_end",
+        "playback-session-heartbeat": "session_heartbeat",
+        "playback-manifest-url": "session_start",
+        "playback-manifest": "session_start",
         "playback-media-manifest": "signed_url",
         "playback-media": "signed_url",
+        "playback-hls-key": "key",
         "playback-certificates": None,
-        "playback-license": "jwt",
+        "playback-license": "license",
     }
 
 
