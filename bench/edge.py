@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -509,12 +510,14 @@ async def scenario_manifest(seconds: float) -> list[RunResult]:
         return results
 
 
-async def scenario_license(seconds: float) -> list[RunResult]:
+@contextlib.contextmanager
+def license_stack() -> Iterator[tuple[Stack, media.MediaManifest, Any]]:
+    """The local stack on real Redis, OpenBao and NATS, as the license scenario measures it:
+    (stack, demo media, NATS server). Every server is stopped on the way out."""
     from tests.support.servers import start_nats, start_redis, start_vault
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         root = Path(tmp)
-        # each server is stopped on the way out, whatever fails after it started
         redis = start_redis(root)
         servers.callback(redis.process.stop)
         vault = start_vault(root)
@@ -540,12 +543,16 @@ async def scenario_license(seconds: float) -> list[RunResult]:
         )
         servers.callback(stack.stop)
         stack.start()
+        yield stack, manifest, nats_server
+
+
+async def scenario_license(seconds: float) -> list[RunResult]:
+    with license_stack() as (stack, manifest, nats_server):
         return await _license_runs(stack, manifest, nats_server, seconds)
 
 
-async def _license_runs(
-    stack: Stack, manifest: media.MediaManifest, nats_server: Any, seconds: float
-) -> list[RunResult]:
+def license_requests(stack: Stack, manifest: media.MediaManifest) -> Callable[[int], Request]:
+    """The i-th ClearKey license request of the bench's two viewers, through the gateway."""
     tokens = [stack.token("alice"), stack.token("bob")]  # 100 req/s each: under the limit
     kid = manifest.videos["demo"].video_key.kid
     kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(kid)).rstrip(b"=").decode()
@@ -558,15 +565,23 @@ async def _license_runs(
             "keySystem": "org.w3.clearkey",
         }
     ).encode()
+    lic = f"{stack.gateway}/drm/license"
+
+    def license_request(i: int) -> Request:
+        return Request("POST", lic, viewers[i % 2], body)
+
+    return license_request
+
+
+async def _license_runs(
+    stack: Stack, manifest: media.MediaManifest, nats_server: Any, seconds: float
+) -> list[RunResult]:
+    license_request = license_requests(stack, manifest)
     processes = {
         name: stack.processes[name].proc.pid  # type: ignore[union-attr]
         for name in ("envoy", "authz", "broker")
     }
     alone = f"{stack.gateway}/health/live"
-    lic = f"{stack.gateway}/drm/license"
-
-    def license_request(i: int) -> Request:
-        return Request("POST", lic, viewers[i % 2], body)
 
     results = [
         await run_open_loop(
