@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -14,6 +16,7 @@ from playback_drm.redisconn import (
     parse_redis_url,
     redact,
 )
+from playback_drm.runtime import EXIT_CONFIG, run_service
 from playback_drm.settings import ConfigError
 
 GOOD: list[tuple[str, dict[str, object]]] = [
@@ -128,6 +131,33 @@ def test_env_reader() -> None:
     assert target.shape == "cluster"
     with pytest.raises(ConfigError, match="CACHE_REDIS"):
         env_redis({"CACHE_REDIS": "nope"}, "CACHE_REDIS")
+
+
+@pytest.mark.parametrize("service", ["authz", "broker"])
+def test_both_services_refuse_a_bad_url_at_start_up(service: str) -> None:
+    """A bad REDIS_URL stops the process with a configuration error naming it, no traceback."""
+    from authz.config import AuthzConfig
+    from authz.server import serve as serve_authz
+    from license_broker.app import serve as serve_broker
+    from license_broker.config import BrokerConfig
+
+    env = {
+        "JWKS_URL": "http://127.0.0.1:1/jwks.json",
+        "JWT_ISSUER": "https://auth.test",
+        "BILLING_URL": "http://127.0.0.1:1",
+        "URL_SIGNING_KEYS": "k1:" + "A" * 43,
+        "REDIS_URL": "redis+sentinel://:hunter2@s1:26379",
+    }
+    err = io.StringIO()
+    if service == "authz":
+        code = run_service("authz", AuthzConfig.from_env, serve_authz, env=env, stderr=err)
+    else:
+        code = run_service("broker", BrokerConfig.from_env, serve_broker, env=env, stderr=err)
+    assert code == EXIT_CONFIG
+    message = err.getvalue()
+    assert message.startswith(f"{service}: configuration error: REDIS_URL names no Sentinel")
+    assert "Traceback" not in message
+    assert "hunter2" not in message
 
 
 async def test_the_factory_builds_redis_py_clients() -> None:

@@ -75,8 +75,8 @@ async def test_billing_failure_propagates_to_all_waiters_and_is_not_cached() -> 
 async def test_redis_layer_is_shared_between_replicas(redis_url: str) -> None:
     source = CountingSource()
     redis_one, redis_two = redis_client(redis_url), redis_client(redis_url)
-    one = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_one))
-    two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_two))
+    one = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_one.client))
+    two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_two.client))
     await one.get("alice", "demo")
     ent = await two.get("alice", "demo")
     assert ent.entitled
@@ -89,7 +89,7 @@ async def test_redis_layer_is_shared_between_replicas(redis_url: str) -> None:
 async def test_redis_down_is_a_miss_not_a_denial() -> None:
     source = CountingSource()
     redis = redis_client("redis://127.0.0.1:1/0")
-    cache = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis))
+    cache = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis.client))
     assert (await cache.get("alice", "demo")).entitled
     assert source.calls == 1
     await redis.aclose()
@@ -112,8 +112,8 @@ async def test_memory_window_admits_exactly_limit_per_window() -> None:
 
 async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
     client_one, client_two = redis_client(redis_url), redis_client(redis_url)
-    one = RedisSlidingWindow(client_one, 50, 5.0)
-    two = RedisSlidingWindow(client_two, 50, 5.0)
+    one = RedisSlidingWindow(client_one.client, 50, 5.0)
+    two = RedisSlidingWindow(client_two.client, 50, 5.0)
     # concurrent hits land in the same microseconds: each must still count once
     outcomes = await asyncio.gather(*((one if i % 2 else two).hit("user=alice") for i in range(80)))
     assert sum(o.allowed for o in outcomes) == 50
@@ -130,7 +130,7 @@ async def test_a_burst_beyond_the_pool_is_counted_not_failed(redis_url: str) -> 
     With a non-blocking pool the surplus raised, and Envoy (failure_mode_deny: false) admitted
     those requests."""
     client = redis_client(redis_url)
-    window = RedisSlidingWindow(client, 200, 1.0)
+    window = RedisSlidingWindow(client.client, 200, 1.0)
     outcomes = await asyncio.gather(*(window.hit("user=burst") for _ in range(300)))
     assert sum(o.allowed for o in outcomes) == 200
     await client.aclose()
@@ -138,7 +138,7 @@ async def test_a_burst_beyond_the_pool_is_counted_not_failed(redis_url: str) -> 
 
 async def test_redis_window_unavailable_raises_typed_error() -> None:
     client = redis_client("redis://127.0.0.1:1/0")
-    window = RedisSlidingWindow(client, 10, 1.0)
+    window = RedisSlidingWindow(client.client, 10, 1.0)
     with pytest.raises(RateLimitBackendUnavailable):
         await window.hit("user=x")
     await client.aclose()

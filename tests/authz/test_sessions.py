@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from authz.challenges import LicenseMessage, classify, license_message
+from authz.entitlement import redis_client
 from authz.sessions import (
     NO_LABEL,
     UNLIMITED,
@@ -224,12 +225,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     if request.param == "memory":
         yield MemorySessionStore(LIFE)
         return
-    url = request.getfixturevalue("redis_url")
-    client = aioredis.Redis.from_url(url)
+    shared = redis_client(request.getfixturevalue("redis_url"))
     try:
-        yield RedisSessionStore(client, LIFE)
+        yield RedisSessionStore(shared.client, LIFE)
     finally:
-        await client.aclose()
+        await shared.aclose()
 
 
 def facts(sid: str, user: str = "u{1}", video: str = "v", label: str = NO_LABEL) -> SessionFacts:
