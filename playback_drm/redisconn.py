@@ -26,18 +26,21 @@ services' keys carry hash tags (``{u:<user>}`` and the like) for that.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.connection import parse_url as redis_parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 from playback_drm.settings import ConfigError
 
@@ -217,6 +220,58 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     for a free connection, as the single-primary shape has: a burst waits instead of failing."""
 
 
+class _Gate:
+    """At most ``size`` commands in flight; the next waits up to ``wait`` seconds for a turn."""
+
+    def __init__(self, size: int, wait: float) -> None:
+        self._turns = asyncio.Semaphore(size)
+        self._wait = wait
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("No connection available.") from None
+        try:
+            yield
+        finally:
+            self._turns.release()
+
+
+class _GatedPipeline(ClusterPipeline):
+    _gate: _Gate
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        async with self._gate.turn():
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+class _GatedCluster(RedisCluster):
+    """redis-py's cluster client with the blocking pool's manners: its nodes' pools raise
+    ``MaxConnectionsError`` past ``max_connections`` (a burst of rate-limit checks would fail),
+    so commands and pipelines take turns, as many at once as a node has connections. A turn
+    holds at most one connection per node, so no node's pool runs dry."""
+
+    def __init__(self, *args: Any, gate: _Gate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._gate.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        pipe = _GatedPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py does
+        pipe._gate = self._gate
+        return pipe
+
+
 @dataclass(slots=True)
 class SharedRedis:
     """A process's Redis client and what else must close with it (a Sentinel's own clients)."""
@@ -279,9 +334,10 @@ def open_redis(target: RedisTarget, options: RedisOptions | None = None) -> Shar
             **tls,
         )
         return SharedRedis(target, client, sentinel)
-    cluster = RedisCluster(
+    cluster = _GatedCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
         max_connections=opts.max_connections,
+        gate=_Gate(opts.max_connections, opts.pool_timeout),
         **auth,
         **common,
         **tls,
