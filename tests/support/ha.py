@@ -12,6 +12,7 @@ loopback ports, with a readiness wait; ``stop()`` ends every process they starte
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -138,7 +139,7 @@ class SentinelSet:
             if len(ports) != 1 or old.port in ports:
                 return False
             with self.primary().client() as client:
-                return client.info("replication")["role"] == "master"
+                return bool(client.info("replication")["role"] == "master")
 
         return _wait("sentinel failover", promoted, timeout=30)
 
@@ -180,7 +181,10 @@ def start_sentinel_set(log_dir: Path, replicas: int = 2, sentinels: int = 3) -> 
             )
             argv = [binary("redis-server"), str(conf), "--sentinel"]
             proc = ManagedProcess(
-                f"sentinel-{port}", argv, log_dir=log_dir, ready=lambda p=port: _redis_ping(p)
+                f"sentinel-{port}",
+                argv,
+                log_dir=log_dir,
+                ready=functools.partial(_redis_ping, port),
             ).start()
             watchers.append(RedisNode(proc, port))
         found = SentinelSet(started, watchers)
