@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from authz.sessions import StreamLimits
 from playback_drm.h2grpc import check_transport
+from playback_drm.redisconn import RedisTarget, env_redis
 from playback_drm.settings import (
     ConfigError,
     env_addr,
@@ -70,7 +71,7 @@ class AuthzConfig:
     billing_timeout: float
     entitlement_ttl: int
     entitlement_deny_ttl: int
-    redis_url: str | None
+    redis: RedisTarget | None
     url_signing_keys: str
     rate_limit_per_user: int
     rate_limit_window: float
@@ -126,7 +127,7 @@ class AuthzConfig:
             billing_timeout=env_float(env, "BILLING_TIMEOUT_SECONDS", 0.5, minimum=0.01),
             entitlement_ttl=env_int(env, "ENTITLEMENT_TTL_SECONDS", 60, minimum=1),
             entitlement_deny_ttl=env_int(env, "ENTITLEMENT_DENY_TTL_SECONDS", 10, minimum=1),
-            redis_url=env_opt(env, "REDIS_URL"),
+            redis=env_redis(env, "REDIS_URL"),
             url_signing_keys=env_str(env, "URL_SIGNING_KEYS"),
             rate_limit_per_user=env_int(env, "RATE_LIMIT_PER_USER", 200, minimum=1),
             rate_limit_window=env_float(env, "RATE_LIMIT_WINDOW_SECONDS", 1.0, minimum=0.01),

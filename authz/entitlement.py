@@ -21,12 +21,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from authz.errors import BillingUnavailable
+from playback_drm.redisconn import (
+    RedisClient,
+    RedisOptions,
+    RedisTarget,
+    SharedRedis,
+    open_redis,
+    parse_redis_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,37 +122,27 @@ class BillingClient:
             raise BillingUnavailable("Billing answered an unexpected document") from exc
 
 
-REDIS_MAX_CONNECTIONS = 64
+REDIS_OPTIONS: Final = RedisOptions(
+    max_connections=64, timeout=0.2, connect_timeout=0.5, pool_timeout=0.2
+)
+"""The one Redis client an authz process shares (entitlements, rate limits, sessions).
+
+A blocking pool: past ``max_connections`` commands in flight, the next waits (up to 0.2 s) for a
+connection. The default pool raises "Too many connections" instead, which a burst of rate-limit
+checks turned into backend errors, and Envoy into admitted requests.
+"""
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    """The one pooled Redis client an authz process shares (entitlements, rate limits).
-
-    A blocking pool: past ``REDIS_MAX_CONNECTIONS`` commands in flight, the next waits (up to
-    0.2 s) for a connection. The default pool raises "Too many connections" instead, which a burst
-    of rate-limit checks turned into backend errors, and Envoy into admitted requests.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=0.2,
-        socket_timeout=0.2,
-        socket_connect_timeout=0.5,
-    )
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-
-
-async def redis_ping(client: aioredis.Redis) -> bool:
-    try:
-        return bool(await client.ping())
-    except Exception:
-        return False
+def redis_client(target: RedisTarget | str) -> SharedRedis:
+    """authz's client for ``REDIS_URL`` (any of its shapes, :mod:`playback_drm.redisconn`)."""
+    parsed = parse_redis_url(target) if isinstance(target, str) else target
+    return open_redis(parsed, REDIS_OPTIONS)
 
 
 class RedisCache:
     """Redis L2 cache; failures are logged misses."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._redis = client
 
     async def get(self, key: str) -> str | None:

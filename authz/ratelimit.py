@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
+from playback_drm.redisconn import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class RateLimitBackendUnavailable(Exception):
 
 class RedisSlidingWindow:
     def __init__(
-        self, client: aioredis.Redis, limit: int, window: float, *, prefix: str = "playback:rl:"
+        self, client: RedisClient, limit: int, window: float, *, prefix: str = "playback:rl:"
     ) -> None:
         self._redis = client
         self._script = self._redis.register_script(_SLIDING_WINDOW_LUA)

@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import grpc
-import redis.asyncio as aioredis
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -33,7 +32,6 @@ from authz.entitlement import (
     EntitlementCache,
     RedisCache,
     redis_client,
-    redis_ping,
 )
 from authz.ratelimit import (
     MemorySlidingWindow,
@@ -58,6 +56,7 @@ from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_erro
 from playback_drm.health import OK, Check, Readiness, health_app
 from playback_drm.identity import IDENTITY_HEADERS
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
+from playback_drm.redisconn import RedisClient, SharedRedis
 from playback_drm.runtime import serving_grpc, serving_http
 
 log = logging.getLogger(__name__)
@@ -300,7 +299,7 @@ def readiness_of(
     jwks: JwksCache,
     session: aiohttp.ClientSession,
     billing_url: str,
-    redis: aioredis.Redis | None,
+    redis: SharedRedis | None,
 ) -> Readiness:
     """authz is ready when the JWKS is loaded, Billing answers and Redis (when configured) does."""
     billing_health = billing_url + "/health"
@@ -322,7 +321,7 @@ def readiness_of(
         client = redis
 
         async def redis_reachable() -> str:
-            return OK if await redis_ping(client) else "unreachable"
+            return OK if await client.ping() else "unreachable"
 
         checks["redis"] = redis_reachable
     return Readiness("authz", checks)
@@ -339,7 +338,7 @@ def url_verifier_from(config: AuthzConfig) -> UrlVerifier:
     return verify
 
 
-def session_store(config: AuthzConfig, redis: aioredis.Redis | None) -> SessionStore:
+def session_store(config: AuthzConfig, redis: RedisClient | None) -> SessionStore:
     """The playback-session store: Redis when configured (shared by replicas), else memory."""
     life = Lifetimes(config.session_idle * 1000, config.stream_idle * 1000)
     return RedisSessionStore(redis, life) if redis is not None else MemorySessionStore(life)
@@ -354,7 +353,8 @@ async def running_authz(
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30, ttl_dns_cache=60)
     )
-    redis = redis_client(config.redis_url) if config.redis_url else None
+    shared_redis = redis_client(config.redis) if config.redis is not None else None
+    redis = shared_redis.client if shared_redis is not None else None
     window: SlidingWindow
     if redis is not None:
         window = RedisSlidingWindow(redis, config.rate_limit_per_user, config.rate_limit_window)
@@ -409,7 +409,7 @@ async def running_authz(
 
     refresher = asyncio.create_task(periodic_refresh())
     gauge = asyncio.create_task(sessions.run_gauge())
-    readiness = readiness_of(jwks, session, config.billing_url, redis)
+    readiness = readiness_of(jwks, session, config.billing_url, shared_redis)
     try:
         async with (
             serving_http(health_app(readiness), config.http_host, config.http_port),
@@ -429,8 +429,8 @@ async def running_authz(
         gauge.cancel()
         await sessions.store.close()
         await session.close()
-        if redis is not None:
-            await redis.aclose()
+        if shared_redis is not None:
+            await shared_redis.aclose()
 
 
 async def serve(config: AuthzConfig, events: EventSink | None = None) -> None:

@@ -32,10 +32,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from authz.sessions import Lifetimes, Outcome, SessionFacts, SlotResult, UserSessions
+from playback_drm.redisconn import RedisClient
 
 KEY_PREFIX: Final = "pdrm:"
 ACTIVE_SHARDS: Final = 16
@@ -293,7 +293,7 @@ class RedisSessionStore:
     session costs one round trip per check."""
 
     def __init__(
-        self, client: aioredis.Redis, life: Lifetimes, *, memo_entries: int = 100_000
+        self, client: RedisClient, life: Lifetimes, *, memo_entries: int = 100_000
     ) -> None:
         self._redis = client
         self._life = life

@@ -396,14 +396,14 @@ def _resources(
         )
         redis = None
         cache: LicenseCache
-        if config.redis_url:
+        if config.redis is not None:
             redis = redis_client(
-                config.redis_url,
+                config.redis,
                 max_connections=config.redis_max_connections,
                 timeout=config.redis_timeout,
             )
             guard = RedisGuard()
-            shared = RedisLicenseCache(redis, guard)
+            shared = RedisLicenseCache(redis.client, guard)
             cache = shared
             if config.license_cache_l1_ttl > 0:
                 cache = TieredLicenseCache(

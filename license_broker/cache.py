@@ -22,11 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import redis.asyncio as aioredis
-
 from license_broker import metrics
 from license_broker.breaker import BreakerState, CircuitBreaker
 from license_broker.encoding import b64, b64decode_lenient
+from playback_drm.redisconn import RedisClient, RedisOptions, RedisTarget, SharedRedis, open_redis
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +136,20 @@ class MemoryLicenseCache:
         self._entries.clear()
 
 
-def redis_client(url: str, *, max_connections: int, timeout: float) -> aioredis.Redis:
-    """One pooled client per process (the license cache).
+def redis_client(target: RedisTarget, *, max_connections: int, timeout: float) -> SharedRedis:
+    """One pooled client per process (the license cache), for any shape of ``REDIS_URL``.
 
     A blocking pool: past ``max_connections`` commands in flight the next one waits (up to the
     timeout) for a connection, instead of failing with "Too many connections" (a miss).
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+    options = RedisOptions(
         max_connections=max_connections,
         timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=max(timeout, 0.5),
+        connect_timeout=max(timeout, 0.5),
+        pool_timeout=timeout,
         health_check_interval=30,
     )
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+    return open_redis(target, options)
 
 
 class RedisGuard:
@@ -179,7 +177,7 @@ class RedisGuard:
 
 
 class RedisLicenseCache:
-    def __init__(self, client: aioredis.Redis, guard: RedisGuard | None = None) -> None:
+    def __init__(self, client: RedisClient, guard: RedisGuard | None = None) -> None:
         self._redis = client
         self._guard = guard or RedisGuard()
 

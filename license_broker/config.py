@@ -97,6 +97,7 @@ from typing import Final
 from license_broker.encoding import b64decode_lenient
 from license_broker.model import Track, parse_track
 from license_broker.policy import DEFAULT_PLAN_PROFILES, PlanProfile, parse_plan_profiles
+from playback_drm.redisconn import RedisTarget, env_redis
 from playback_drm.settings import (
     ConfigError,
     env_bool,
@@ -212,7 +213,7 @@ class BrokerConfig:
     key_cache_negative_ttl: float = 5.0
     key_cache_max_videos: int = 10000
 
-    redis_url: str | None = None
+    redis: RedisTarget | None = None
     redis_max_connections: int = 64
     redis_timeout: float = 0.25
     license_cache_ttl: int = 300
@@ -318,7 +319,7 @@ class BrokerConfig:
             key_cache_max_stale=env_float(env, "KEY_CACHE_MAX_STALE", 3600.0, minimum=0.0),
             key_cache_negative_ttl=env_float(env, "KEY_CACHE_NEGATIVE_TTL", 5.0, minimum=0.0),
             key_cache_max_videos=env_int(env, "KEY_CACHE_MAX_VIDEOS", 10000, minimum=1),
-            redis_url=env_opt(env, "REDIS_URL"),
+            redis=env_redis(env, "REDIS_URL"),
             redis_max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", 64, minimum=1),
             redis_timeout=env_float(env, "REDIS_TIMEOUT", 0.25, minimum=0.01),
             license_cache_ttl=env_int(env, "LICENSE_CACHE_TTL", 300, minimum=0),

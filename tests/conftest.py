@@ -21,7 +21,12 @@ settings.register_profile("ci", deadline=None, max_examples=1_000, print_blob=Tr
 settings.register_profile("nightly", deadline=None, max_examples=10_000, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-pytest_plugins = ["tests.support.servers", "tests.support.stack", "tests.support.otlp"]
+pytest_plugins = [
+    "tests.support.servers",
+    "tests.support.ha",
+    "tests.support.stack",
+    "tests.support.otlp",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = (REPO_ROOT.parent / "shared" / "corpus").resolve()

@@ -73,11 +73,11 @@ async def test_billing_failure_propagates_to_all_waiters_and_is_not_cached() -> 
     assert source.calls == 2
 
 
-async def test_redis_layer_is_shared_between_replicas(redis_url: str) -> None:
+async def test_redis_layer_is_shared_between_replicas(any_redis_url: str) -> None:
     source = CountingSource()
-    redis_one, redis_two = redis_client(redis_url), redis_client(redis_url)
-    one = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_one))
-    two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_two))
+    redis_one, redis_two = redis_client(any_redis_url), redis_client(any_redis_url)
+    one = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_one.client))
+    two = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis_two.client))
     await one.get("alice", "demo")
     ent = await two.get("alice", "demo")
     assert ent.entitled
@@ -90,7 +90,7 @@ async def test_redis_layer_is_shared_between_replicas(redis_url: str) -> None:
 async def test_redis_down_is_a_miss_not_a_denial() -> None:
     source = CountingSource()
     redis = redis_client("redis://127.0.0.1:1/0")
-    cache = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis))
+    cache = EntitlementCache(source, ttl=60, deny_ttl=10, shared=RedisCache(redis.client))
     assert (await cache.get("alice", "demo")).entitled
     assert source.calls == 1
     await redis.aclose()
@@ -111,10 +111,10 @@ async def test_memory_window_admits_exactly_limit_per_window() -> None:
     assert window.hit_now("user=bob").allowed
 
 
-async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
-    client_one, client_two = redis_client(redis_url), redis_client(redis_url)
-    one = RedisSlidingWindow(client_one, 50, 5.0)
-    two = RedisSlidingWindow(client_two, 50, 5.0)
+async def test_redis_window_is_shared_and_exact(any_redis_url: str) -> None:
+    client_one, client_two = redis_client(any_redis_url), redis_client(any_redis_url)
+    one = RedisSlidingWindow(client_one.client, 50, 5.0)
+    two = RedisSlidingWindow(client_two.client, 50, 5.0)
     # concurrent hits land in the same microseconds: each must still count once
     outcomes = await asyncio.gather(*((one if i % 2 else two).hit("user=alice") for i in range(80)))
     assert sum(o.allowed for o in outcomes) == 50
@@ -126,13 +126,17 @@ async def test_redis_window_is_shared_and_exact(redis_url: str) -> None:
     await client_two.aclose()
 
 
-async def test_a_burst_beyond_the_pool_is_counted_not_failed(redis_url: str) -> None:
+async def test_a_burst_beyond_the_pool_is_counted_not_failed(any_redis_url: str) -> None:
     """More checks in flight than the pool has connections: they wait for one and are counted.
     With a non-blocking pool the surplus raised, and Envoy (failure_mode_deny: false) admitted
     those requests."""
-    client = redis_client(redis_url)
+    client = redis_client(any_redis_url)
+    # The pool's connections open first (a cluster client's start-up lock would serialise a cold
+    # burst, and each new Sentinel-managed connection first asks a sentinel for the primary):
+    # what is tested is the overflow of a warm pool.
+    assert all(await asyncio.gather(*(client.client.ping() for _ in range(64))))
     # a window far longer than the burst takes, however busy the machine: exactly 200 admitted
-    window = RedisSlidingWindow(client, 200, 120.0)
+    window = RedisSlidingWindow(client.client, 200, 120.0)
     key = f"user=burst-{uuid.uuid4().hex}"
     outcomes = await asyncio.gather(*(window.hit(key) for _ in range(300)))
     assert sum(o.allowed for o in outcomes) == 200
@@ -141,7 +145,7 @@ async def test_a_burst_beyond_the_pool_is_counted_not_failed(redis_url: str) -> 
 
 async def test_redis_window_unavailable_raises_typed_error() -> None:
     client = redis_client("redis://127.0.0.1:1/0")
-    window = RedisSlidingWindow(client, 10, 1.0)
+    window = RedisSlidingWindow(client.client, 10, 1.0)
     with pytest.raises(RateLimitBackendUnavailable):
         await window.hit("user=x")
     await client.aclose()

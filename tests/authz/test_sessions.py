@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from authz.challenges import LicenseMessage, classify, license_message
+from authz.entitlement import redis_client
 from authz.sessions import (
     NO_LABEL,
     UNLIMITED,
@@ -29,6 +30,7 @@ from authz.sessions import (
     new_session_id,
 )
 from authz.sessionstore import MemorySessionStore, RedisSessionStore, SessionStore
+from tests.support.ha import REDIS_SHAPES
 
 LIFE = Lifetimes(session_idle_ms=10_000, stream_idle_ms=3_000, max_sessions=3)
 T0 = 1_700_000_000_000
@@ -219,17 +221,16 @@ def test_only_widevine_routes_can_release() -> None:
 # --------------------------------------------------------------- both stores, one contract
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_SHAPES])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     if request.param == "memory":
         yield MemorySessionStore(LIFE)
         return
-    url = request.getfixturevalue("redis_url")
-    client = aioredis.Redis.from_url(url)
+    shared = redis_client(request.getfixturevalue(REDIS_SHAPES[request.param]))
     try:
-        yield RedisSessionStore(client, LIFE)
+        yield RedisSessionStore(shared.client, LIFE)
     finally:
-        await client.aclose()
+        await shared.aclose()
 
 
 def facts(sid: str, user: str = "u{1}", video: str = "v", label: str = NO_LABEL) -> SessionFacts:
