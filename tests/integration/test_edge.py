@@ -11,7 +11,9 @@ import asyncio
 import base64
 import json
 import math
+import os
 import shutil
+import signal
 import ssl
 import time
 import urllib.error
@@ -209,6 +211,26 @@ def test_billing_outage_is_503_not_403(stack: Stack) -> None:
         time.sleep(0.2)
     status, doc = manifest(stack, "outage-probe", **bearer(stack.token("alice")))
     assert (status, doc["code"]) == (403, "not_entitled")  # Billing answers: unknown video
+
+
+def test_a_hung_billing_is_a_fast_503_that_names_billing(stack: Stack) -> None:
+    """Billing stopped mid-flight (SIGSTOP: it accepts, never answers): a viewer and video not
+    in the entitlement cache get 503 ``billing_unavailable`` within BILLING_TIMEOUT_SECONDS
+    (0.3 s, under Envoy's 0.5 s for authz, which would say ``authz_unavailable`` instead)."""
+    proc = stack.processes["billing-emulator"].proc
+    assert proc is not None
+    token = stack.token("alice")
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        for n in range(3):
+            started = time.monotonic()
+            status, doc = manifest(stack, f"hung-probe-{uuid.uuid4().hex[:6]}", **bearer(token))
+            elapsed = time.monotonic() - started
+            assert (status, doc.get("code")) == (503, "billing_unavailable"), (n, doc)
+            assert elapsed < 1.5, f"{elapsed:.2f}s"  # 0.3 s, with room for a busy box
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert manifest(stack, **bearer(token))[0] == 200
 
 
 def test_health_through_envoy(stack: Stack) -> None:
