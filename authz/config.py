@@ -15,7 +15,7 @@
 | JWKS_REFRESH_SECONDS | 300 | background JWKS refresh period |
 | JWKS_MIN_REFRESH_SECONDS | 10 | at most one refresh per this period on an unknown `kid` |
 | BILLING_URL | (required) | Billing service base URL |
-| BILLING_TIMEOUT_SECONDS | 0.5 | per request |
+| BILLING_TIMEOUT_SECONDS | 0.3 | per request (under Envoy's 0.5 s for authz), then 503 |
 | ENTITLEMENT_TTL_SECONDS | 60 | cache lifetime of a grant |
 | ENTITLEMENT_DENY_TTL_SECONDS | 10 | cache lifetime of a denial |
 | REDIS_URL | (unset) | shared entitlement cache and rate-limit state; in-memory when unset |
@@ -124,7 +124,7 @@ class AuthzConfig:
             jwks_refresh=env_float(env, "JWKS_REFRESH_SECONDS", 300.0, minimum=1.0),
             jwks_min_refresh=env_float(env, "JWKS_MIN_REFRESH_SECONDS", 10.0, minimum=0.0),
             billing_url=env_str(env, "BILLING_URL").rstrip("/"),
-            billing_timeout=env_float(env, "BILLING_TIMEOUT_SECONDS", 0.5, minimum=0.01),
+            billing_timeout=env_float(env, "BILLING_TIMEOUT_SECONDS", 0.3, minimum=0.01),
             entitlement_ttl=env_int(env, "ENTITLEMENT_TTL_SECONDS", 60, minimum=1),
             entitlement_deny_ttl=env_int(env, "ENTITLEMENT_DENY_TTL_SECONDS", 10, minimum=1),
             redis=env_redis(env, "REDIS_URL"),

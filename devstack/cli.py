@@ -56,8 +56,10 @@ async def _serve_auth_emulator(env: Mapping[str, str]) -> None:
 async def _serve_billing_emulator(env: Mapping[str, str]) -> None:
     from devstack.emulators.billing import BillingEmulator
 
+    origin = (env.get("ORIGIN_URL") or "").rstrip("/") or None
     await _run_app(
-        BillingEmulator().build_app(), *env_addr(env, "BILLING_EMULATOR_ADDR", "127.0.0.1:9102")
+        BillingEmulator(origin_url=origin).build_app(),
+        *env_addr(env, "BILLING_EMULATOR_ADDR", "127.0.0.1:9102"),
     )
 
 

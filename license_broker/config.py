@@ -18,7 +18,7 @@ Keys (Vault KV v2 when VAULT_ADDR is set, else a JSON key file)
 | VAULT_KV_MOUNT | secret | KV v2 mount point |
 | VAULT_KEY_PATH | playback/keys/{videoId} | secret path of a video's keys (``{"keys": [...]}``) |
 | VAULT_PROVIDER_PATH | playback/providers | optional secret with provider credentials (see below) |
-| VAULT_TIMEOUT | 2.0 | seconds per Vault call |
+| VAULT_TIMEOUT | 0.5 | seconds a Vault call may take (then `key_store_unavailable`, 503) |
 | KEYS_FILE | (demo keys, `demo_keys.py`) | JSON ``{"videos": {"<videoId>": {"keys": [..]}}}`` |
 | KEY_CACHE_TTL | 60 | seconds keys are served from memory before a refresh |
 | KEY_CACHE_MAX_STALE | 3600 | seconds stale keys may still be served while Vault fails |
@@ -74,8 +74,8 @@ Provider calls
 
 | variable | default | meaning |
 | --- | --- | --- |
-| PROVIDER_TIMEOUT | 2.0 | seconds for a whole provider call, retries included |
-| PROVIDER_CONNECT_TIMEOUT | 0.5 | seconds to open a connection |
+| PROVIDER_TIMEOUT | 0.75 | seconds for a whole provider call, retries included |
+| PROVIDER_CONNECT_TIMEOUT | 0.25 | seconds to open a connection |
 | PROVIDER_RETRIES | 1 | extra attempts after a connection failure or a 503 |
 | PROVIDER_RETRY_BACKOFF | 0.05 | base seconds of the jittered exponential backoff |
 | PROVIDER_POOL_SIZE | 32 | connections per provider |
@@ -107,6 +107,10 @@ from playback_drm.settings import (
     env_str,
 )
 
+# Fail fast (seconds): a request that cannot be served is a 503/504 problem in well under 1 s.
+DEFAULT_VAULT_TIMEOUT: Final = 0.5
+DEFAULT_PROVIDER_TIMEOUT: Final = 0.75
+DEFAULT_PROVIDER_CONNECT_TIMEOUT: Final = 0.25
 PLAYREADY_SOAP_ACTION: Final = '"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense"'
 
 
@@ -182,8 +186,10 @@ class AxinomSettings:
 
 @dataclass(frozen=True, slots=True)
 class ProviderCallSettings:
-    timeout: float = 2.0
-    connect_timeout: float = 0.5
+    # A license that cannot be issued fails in well under a second (Envoy, authz and the broker
+    # add milliseconds): a viewer waits less, and retries sooner, than behind a hung provider.
+    timeout: float = DEFAULT_PROVIDER_TIMEOUT
+    connect_timeout: float = DEFAULT_PROVIDER_CONNECT_TIMEOUT
     retries: int = 1
     retry_backoff: float = 0.05
     pool_size: int = 32
@@ -206,7 +212,7 @@ class BrokerConfig:
     vault_mount: str = "secret"
     vault_key_path: str = "playback/keys/{videoId}"
     vault_provider_path: str | None = "playback/providers"
-    vault_timeout: float = 2.0
+    vault_timeout: float = DEFAULT_VAULT_TIMEOUT
     keys_file: Path | None = None
     key_cache_ttl: float = 60.0
     key_cache_max_stale: float = 3600.0
@@ -291,8 +297,10 @@ class BrokerConfig:
             message_ttl_s=env_int(env, "AXINOM_MESSAGE_TTL", 300, minimum=10),
         )
         calls = ProviderCallSettings(
-            timeout=env_float(env, "PROVIDER_TIMEOUT", 2.0, minimum=0.01),
-            connect_timeout=env_float(env, "PROVIDER_CONNECT_TIMEOUT", 0.5, minimum=0.01),
+            timeout=env_float(env, "PROVIDER_TIMEOUT", DEFAULT_PROVIDER_TIMEOUT, minimum=0.01),
+            connect_timeout=env_float(
+                env, "PROVIDER_CONNECT_TIMEOUT", DEFAULT_PROVIDER_CONNECT_TIMEOUT, minimum=0.01
+            ),
             retries=env_int(env, "PROVIDER_RETRIES", 1, minimum=0),
             retry_backoff=env_float(env, "PROVIDER_RETRY_BACKOFF", 0.05, minimum=0.0),
             pool_size=env_int(env, "PROVIDER_POOL_SIZE", 32, minimum=1),
@@ -313,7 +321,7 @@ class BrokerConfig:
             vault_mount=env_str(env, "VAULT_KV_MOUNT", "secret"),
             vault_key_path=key_path,
             vault_provider_path=env_str(env, "VAULT_PROVIDER_PATH", "playback/providers"),
-            vault_timeout=env_float(env, "VAULT_TIMEOUT", 2.0, minimum=0.05),
+            vault_timeout=env_float(env, "VAULT_TIMEOUT", DEFAULT_VAULT_TIMEOUT, minimum=0.05),
             keys_file=Path(keys_file) if keys_file else None,
             key_cache_ttl=env_float(env, "KEY_CACHE_TTL", 60.0, minimum=0.0),
             key_cache_max_stale=env_float(env, "KEY_CACHE_MAX_STALE", 3600.0, minimum=0.0),

@@ -95,18 +95,25 @@ class VaultKeyStore:
         self._client = hvac.Client(url=addr, token=token, timeout=timeout)
         self._mount = mount
         self._template = path_template
+        self._timeout = timeout
 
     async def read_secret(self, path: str) -> dict[str, Any] | None:
-        """The data of one KV v2 secret, ``None`` when absent; KeyStoreUnavailable otherwise."""
+        """The data of one KV v2 secret, ``None`` when absent; KeyStoreUnavailable otherwise,
+        also when Vault has not answered within ``VAULT_TIMEOUT`` (requests' own timeout counts
+        connecting and each read separately: a hung Vault could hold a viewer twice as long)."""
         try:
-            resp = await asyncio.to_thread(
-                self._client.secrets.kv.v2.read_secret_version,
-                path=path,
-                mount_point=self._mount,
-                raise_on_deleted_version=True,
-            )
+            async with asyncio.timeout(self._timeout):
+                resp = await asyncio.to_thread(
+                    self._client.secrets.kv.v2.read_secret_version,
+                    path=path,
+                    mount_point=self._mount,
+                    raise_on_deleted_version=True,
+                )
         except hvac.exceptions.InvalidPath:
             return None
+        except TimeoutError:
+            # the worker thread ends on requests' own timeout; nobody waits for it
+            raise KeyStoreUnavailable(f"Vault did not answer within {self._timeout:g}s") from None
         except _VAULT_DOWN as exc:
             raise KeyStoreUnavailable(f"Vault unavailable ({type(exc).__name__})") from exc
         data = resp.get("data", {}).get("data") if isinstance(resp, dict) else None

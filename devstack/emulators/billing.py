@@ -11,16 +11,30 @@
 
 Local defaults: alice (premium, entitled to all), bob (basic: `demo` yes, `demo-uhd` no),
 carol (no subscription). Videos: `demo` (tier HD, basic plan), `demo-uhd` (tier UHD, premium plan).
+
+Premium means premium: a video outside the catalog that the origin has (``ORIGIN_URL``: its HLS
+or DASH manifest answers 200) is a premium title (tier UHD), so premium viewers are entitled to
+anything the origin serves and basic ones get ``plan_too_low``. A video the origin does not have
+is ``unknown_video``. Without an origin to ask, every video exists. ``PUT /admin/catalog`` gives a
+video another plan (e.g. ``basic``, so basic viewers may watch it).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+import aiohttp
 from aiohttp import web
 
 PLAN_RANK = {"basic": 1, "premium": 2}
+# what a title the origin has, and the catalog does not list, is: premium content
+OFF_CATALOG: Final = {"tier": "UHD", "plan": "premium"}
+ORIGIN_MANIFESTS: Final = ("master.m3u8", "manifest.mpd")
+ORIGIN_TIMEOUT_S: Final = 2.0
+_VIDEO_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +68,15 @@ def decide(
     user: str,
     video: str,
     max_streams: dict[str, int] | None = None,
+    *,
+    at_origin: bool = False,
 ) -> dict[str, Any]:
     """The Billing decision, as plain data (``max_streams``: per-viewer overrides of the plan's
-    concurrent streams)."""
+    concurrent streams; ``at_origin``: the origin has ``video``, so an uncatalogued one is a
+    premium title)."""
     plan = users.get(user)
     doc: dict[str, Any] = {"userId": user, "videoId": video, "plan": plan}
-    item = catalog.get(video)
+    item = catalog.get(video) or (OFF_CATALOG if at_origin else None)
     if plan is None:
         return {**doc, "entitled": False, "reason": "no_subscription"}
     if item is None:
@@ -86,8 +103,36 @@ class BillingEmulator:
     max_streams: dict[str, int] = field(default_factory=dict)
     failing_status: int | None = None
     requests: int = 0
+    origin_url: str | None = None  # None: every video exists
+    _at_origin: set[str] = field(default_factory=set, init=False, repr=False)
+
+    async def origin_has(self, session: aiohttp.ClientSession | None, video: str) -> bool:
+        """Whether the origin serves ``video`` (an HLS or DASH manifest answers 200)."""
+        if not _VIDEO_ID.fullmatch(video):
+            return False
+        if self.origin_url is None or session is None:
+            return True
+        if video in self._at_origin:
+            return True
+        for name in ORIGIN_MANIFESTS:
+            try:
+                async with session.head(f"{self.origin_url}/{video}/{name}") as resp:
+                    if resp.status == 200:
+                        self._at_origin.add(video)
+                        return True
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+        return False
 
     def build_app(self) -> web.Application:
+        session_key = web.AppKey("origin_session", aiohttp.ClientSession)
+
+        async def origin_session(app: web.Application) -> AsyncIterator[None]:
+            timeout = aiohttp.ClientTimeout(total=ORIGIN_TIMEOUT_S)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                app[session_key] = session
+                yield
+
         async def entitlements(request: web.Request) -> web.Response:
             self.requests += 1
             if self.failing_status is not None:
@@ -96,8 +141,11 @@ class BillingEmulator:
             video = request.query.get("videoId")
             if not user or not video:
                 return web.json_response({"error": "userId and videoId required"}, status=400)
+            at_origin = video not in self.catalog and await self.origin_has(
+                request.app.get(session_key), video
+            )
             return web.json_response(
-                decide(self.users, self.catalog, user, video, self.max_streams)
+                decide(self.users, self.catalog, user, video, self.max_streams, at_origin=at_origin)
             )
 
         async def set_user(request: web.Request) -> web.Response:
@@ -136,6 +184,8 @@ class BillingEmulator:
             return web.json_response({"status": "ok", "service": "billing-emulator"})
 
         app = web.Application()
+        if self.origin_url is not None:
+            app.cleanup_ctx.append(origin_session)
         app.router.add_get("/v1/entitlements", entitlements)
         app.router.add_put("/admin/users/{user}", set_user)
         app.router.add_put("/admin/catalog/{video}", set_video)

@@ -37,7 +37,8 @@ How an event travels::
   such a restart, order is best effort.
 - Fairness: the publisher yields to the event loop every ``YIELD_EVERY`` publishes and the spill
   writer every ``ENCODE_SLICE`` encodes, so a backlog being flushed does not stall requests.
-- Connection (:mod:`.natsconn`): reconnects forever with jittered backoff. If NATS is down at
+- Connection (:mod:`.natsconn`): reconnects forever with jittered backoff, to another server of
+  ``NATS_URL`` (or of the cluster) when the one it used is gone. If NATS is down at
   start, the first connection is retried every second in the background (the service starts
   anyway). The stream is created or updated after connecting, and again whenever a publish finds
   no stream.
@@ -226,6 +227,13 @@ class JetStreamSink:
     @property
     def spill_bytes(self) -> int:
         return self._spill.bytes
+
+    @property
+    def server(self) -> str | None:
+        """``host:port`` of the NATS server the sink is connected to; None while it is not."""
+        nc = self._nc
+        url = nc.connected_url if nc is not None else None
+        return f"{url.hostname}:{url.port}" if url is not None else None
 
     def idle(self) -> bool:
         """Nothing left to publish: every emitted event is acknowledged or dropped."""

@@ -1,9 +1,13 @@
 """Connecting to NATS and keeping the JetStream stream defined, for the sink and the reader.
 
 - ``nats-py`` reconnects forever; the delay between attempts is exponential with full jitter
-  (``reconnect_to_server_handler``), capped by ``EVENTS_RECONNECT_MAX_WAIT_S``.
+  (``reconnect_to_server_handler``), capped by ``EVENTS_RECONNECT_MAX_WAIT_S``. With several
+  servers in ``NATS_URL`` (and those the cluster announces), each attempt goes to the server
+  with the fewest failed attempts, so a dead node is never retried while another is untried:
+  nats-py's handler hook otherwise takes the first server of its pool, every time.
 - The stream (``PLAYBACK_EVENTS``, subjects ``playback.events.>``, file storage, limits retention,
-  discard old, the deduplication window) is created when missing. When it exists with another
+  discard old, the deduplication window, ``EVENTS_STREAM_REPLICAS`` replicas) is created when
+  missing. When it exists with another
   configuration (an operator may have tuned it) theirs is kept, but it is made to capture our
   subjects and to deduplicate at least as long as ``EVENTS_DUPLICATE_WINDOW_S``.
 """
@@ -37,12 +41,17 @@ logger = logging.getLogger(__name__)
 
 
 def reconnect_delay(cap_s: float) -> Any:
-    """nats-py's ``reconnect_to_server_handler``: exponential backoff with full jitter."""
+    """nats-py's ``reconnect_to_server_handler``: the server with the fewest failed attempts
+    (one of them at random), after an exponential backoff with full jitter on that count."""
 
     def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
-        attempts = servers[0].reconnects if servers else 0
+        if not servers:
+            return None, 0.0
+        attempts = min(server.reconnects for server in servers)
+        fewest = [server for server in servers if server.reconnects == attempts]
         ceiling = min(cap_s, RECONNECT_BASE_S * (2 ** min(attempts, 16)))
-        return None, random.uniform(0, ceiling)  # noqa: S311 - jitter, not crypto
+        # jitter and a spread over equals, not crypto
+        return random.choice(fewest), random.uniform(0, ceiling)  # noqa: S311
 
     return choose
 
@@ -84,6 +93,7 @@ def stream_config(config: EventsConfig) -> js_api.StreamConfig:
         storage=js_api.StorageType.FILE,
         max_age=config.stream_max_age_s,
         duplicate_window=config.duplicate_window_s,
+        num_replicas=config.stream_replicas,
     )
 
 

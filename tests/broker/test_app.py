@@ -498,6 +498,47 @@ async def test_slow_provider_times_out_while_clearkey_keeps_answering(
     assert elapsed < 1.5  # the configured 0.3 s, not the provider's 2 s
 
 
+async def test_a_slow_or_failing_provider_fails_fast_with_the_default_timeouts(
+    make_broker: BrokerFactory, drm_emulator: Client
+) -> None:
+    """With the defaults (PROVIDER_TIMEOUT 0.75 s): a provider answering in 2 s is a
+    ``provider_timeout`` in under a second; once the circuit opens, ``provider_unavailable``
+    (503) at once; a provider answering 500 is a 503 too."""
+    broker = await make_broker({"PROVIDER_TIMEOUT": "", "PROVIDER_CONNECT_TIMEOUT": ""})
+    loop = asyncio.get_running_loop()
+
+    async def ask(n: int) -> tuple[int, str, float]:
+        started = loop.time()
+        resp = await broker.post(
+            "/drm/license/com.widevine.alpha?videoId=movie",
+            data=b"\x08\x01\x12\x02" + f"w{n}".encode(),
+            headers=viewer(),
+        )
+        return resp.status, (await problem(resp))["code"], loop.time() - started
+
+    await drm_emulator.post("/control/widevine", json={"delay": 2.0})
+    status, code, elapsed = await ask(0)
+    assert (status, code) == (504, "provider_timeout")
+    assert elapsed < 1.5, f"{elapsed:.2f}s"  # 0.75 s, with room for a busy box
+    for n in range(1, 5):  # BREAKER_FAILURE_THRESHOLD (5) timeouts in a row open the circuit
+        await ask(n)
+    status, code, elapsed = await ask(5)
+    assert (status, code) == (503, "provider_unavailable")
+    assert elapsed < 0.5, f"{elapsed:.2f}s"
+    await drm_emulator.delete("/control")
+    await drm_emulator.post("/control/widevine", json={"failStatus": 500})
+    fresh = await make_broker({"PROVIDER_TIMEOUT": "", "PROVIDER_CONNECT_TIMEOUT": ""})
+    started = loop.time()
+    resp = await fresh.post(
+        "/drm/license/com.widevine.alpha?videoId=movie",
+        data=b"\x08\x01\x12\x02wv",
+        headers=viewer(),
+    )
+    assert resp.status == 503
+    assert (await problem(resp))["code"] == "provider_unavailable"
+    assert loop.time() - started < 1.5
+
+
 async def test_breaker_opens_after_repeated_failures_and_recovers(
     make_broker: BrokerFactory, drm_emulator: Client
 ) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,6 +136,46 @@ async def test_vault_outage_serves_cached_keys_and_fails_new_videos(
     health = await (await broker.get("/health")).json()
     assert health["keyStore"]["reachable"] is False
     assert health["keyStore"]["cachedVideos"] == 1
+
+
+async def test_a_hung_vault_fails_a_new_video_fast_with_the_default_timeout(
+    own_vault: VaultServer, make_broker: BrokerFactory
+) -> None:
+    """OpenBao stopped mid-flight (SIGSTOP: connections open, nothing answers): a video whose
+    keys are not cached is a 503 ``key_store_unavailable`` within ``VAULT_TIMEOUT`` (0.5 s by
+    default), while a cached one keeps licensing."""
+    movie = KEYS_DOC["videos"]["movie"]
+    write_keys(own_vault, "t-hung", {"movie": movie, "other": movie})
+    env = vault_env(own_vault, "t-hung")
+    del env["VAULT_TIMEOUT"]  # the default
+    broker = await make_broker(env, memory_keys=False)
+    cached = await broker.post(
+        "/drm/license/org.w3.clearkey?videoId=movie", data=ck_request(KID_HD), headers=viewer()
+    )
+    assert cached.status == 200
+    assert own_vault.process.proc is not None
+    os.kill(own_vault.process.proc.pid, signal.SIGSTOP)
+    try:
+        loop = asyncio.get_running_loop()
+        for attempt in range(2):  # a fresh connection, then the pooled one
+            started = loop.time()
+            new = await broker.post(
+                "/drm/license/org.w3.clearkey?videoId=other",
+                data=ck_request(KID_HD),
+                headers=viewer(f"user-{attempt}"),
+            )
+            elapsed = loop.time() - started
+            assert new.status == 503
+            assert (await problem(new))["code"] == "key_store_unavailable"
+            assert elapsed < 1.5, f"{elapsed:.2f}s to fail"  # 0.5 s, with room for a busy box
+        again = await broker.post(
+            "/drm/license/org.w3.clearkey?videoId=movie",
+            data=ck_request(KID_HD),
+            headers=viewer("someone-new"),
+        )
+        assert again.status == 200
+    finally:
+        os.kill(own_vault.process.proc.pid, signal.SIGCONT)
 
 
 # ---------------------------------------------------------------------------------- Redis

@@ -11,10 +11,15 @@ import asyncio
 import base64
 import json
 import math
+import os
+import shutil
+import signal
 import ssl
 import time
 import urllib.error
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from devstack.emulators.auth import load_or_create_key, sign_token
 from devstack.stack import Stack
 from playback_drm.problem import PROBLEM_CONTENT_TYPE
+from tests.integration.test_stream_limits import (
+    CLEARKEY,
+    clearkey_challenge,
+    license,
+    new_viewer,
+    refused,
+    start,
+)
 from tests.support.stack import http, start_stack, stop_and_audit
 
 pytestmark = pytest.mark.integration
@@ -84,6 +97,73 @@ def test_entitlements(stack: Stack) -> None:
     assert (status, doc["code"]) == (403, "not_entitled")
 
 
+def test_premium_means_every_video_the_origin_has(stack: Stack) -> None:
+    """A title outside Billing's catalog that the origin serves is premium content: alice
+    (premium) plays it, bob (basic) is refused for his plan; a title the origin lacks is
+    unknown to everyone."""
+    video = f"offcat-{uuid.uuid4().hex[:8]}"
+    origin_dir = stack.media_dir / "origin"
+    shutil.copytree(origin_dir / "demo", origin_dir / video)
+    try:
+        assert manifest(stack, video, **bearer(stack.token("alice")))[0] == 200
+        status, doc = manifest(stack, video, **bearer(stack.token("bob")))
+        assert (status, doc["code"]) == (403, "not_entitled")
+        assert "plan_too_low" in str(doc["detail"])
+    finally:
+        shutil.rmtree(origin_dir / video, ignore_errors=True)
+    status, doc = manifest(stack, f"absent-{uuid.uuid4().hex[:8]}", **bearer(stack.token("alice")))
+    assert (status, doc["code"]) == (403, "not_entitled")
+    assert "unknown_video" in str(doc["detail"])
+
+
+def _errors_of(stack: Stack, user: str, codes: set[str]) -> dict[str, dict[str, Any]]:
+    """``user``'s PlaybackError events by code, once one of each of ``codes`` is recorded."""
+    deadline = time.monotonic() + 10
+    while True:
+        found: dict[str, dict[str, Any]] = {}
+        for event in stack.events():
+            data = event.get("data")
+            if (
+                str(event.get("type", "")).endswith(("PlaybackError", ".playback.error.v1"))
+                and isinstance(data, dict)
+                and data.get("userId") == user
+            ):
+                found.setdefault(str(data.get("code")), data)
+        if codes <= set(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_denials_of_an_identified_viewer_name_the_viewer_and_the_video(stack: Stack) -> None:
+    """Issue 14: a PlaybackError for a viewer whose JWT was valid carries their userId (and the
+    videoId), whichever check refused them: entitlement on a manifest or a JWT license, or a
+    stream slot on a session's license URL."""
+    user = new_viewer(stack, max_streams=1)  # basic: demo-uhd is not theirs
+    assert manifest(stack, "demo-uhd", **bearer(stack.token(user)))[0] == 403
+    jwt_license = http(
+        f"{stack.gateway}/drm/license",
+        method="POST",
+        body=json.dumps({"videoId": "demo-uhd", "licenseRequest": "e30"}).encode(),
+        headers={**bearer(stack.token(user)), "Content-Type": "application/json"},
+    )
+    assert jwt_license.status == 403
+    challenge = clearkey_challenge(stack)
+    assert license(start(stack, user), CLEARKEY, challenge).status == 200
+    refused(license(start(stack, user), CLEARKEY, challenge))
+    found = _errors_of(stack, user, {"not_entitled", "stream_limit_reached"})
+    assert found.get("not_entitled", {}).get("videoId") == "demo-uhd", found
+    assert found.get("stream_limit_reached", {}).get("videoId") == "demo", found
+    entitled = [
+        data
+        for event in stack.events()
+        if isinstance(data := event.get("data"), dict)
+        and data.get("userId") == user
+        and data.get("code") == "not_entitled"
+    ]
+    paths = {data.get("path") for data in entitled}
+    assert {"/playback/demo-uhd/manifest", "/drm/license"} <= paths, entitled
+
+
 def test_token_query_parameter_never_reaches_the_origin(stack: Stack) -> None:
     token = stack.token("alice")
     assert http(f"{stack.gateway}/playback/demo/manifest?token={token}").status == 200
@@ -131,6 +211,26 @@ def test_billing_outage_is_503_not_403(stack: Stack) -> None:
         time.sleep(0.2)
     status, doc = manifest(stack, "outage-probe", **bearer(stack.token("alice")))
     assert (status, doc["code"]) == (403, "not_entitled")  # Billing answers: unknown video
+
+
+def test_a_hung_billing_is_a_fast_503_that_names_billing(stack: Stack) -> None:
+    """Billing stopped mid-flight (SIGSTOP: it accepts, never answers): a viewer and video not
+    in the entitlement cache get 503 ``billing_unavailable`` within BILLING_TIMEOUT_SECONDS
+    (0.3 s, under Envoy's 0.5 s for authz, which would say ``authz_unavailable`` instead)."""
+    proc = stack.processes["billing-emulator"].proc
+    assert proc is not None
+    token = stack.token("alice")
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        for n in range(3):
+            started = time.monotonic()
+            status, doc = manifest(stack, f"hung-probe-{uuid.uuid4().hex[:6]}", **bearer(token))
+            elapsed = time.monotonic() - started
+            assert (status, doc.get("code")) == (503, "billing_unavailable"), (n, doc)
+            assert elapsed < 1.5, f"{elapsed:.2f}s"  # 0.3 s, with room for a busy box
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert manifest(stack, **bearer(token))[0] == 200
 
 
 def test_health_through_envoy(stack: Stack) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from nats.aio.client import Server
 
 from playback_drm.events import (
     AUTHZ_SOURCE,
@@ -31,6 +33,8 @@ from playback_drm.events import (
     subject_for,
     to_cloudevent,
 )
+from playback_drm.events.config import parse_nats_urls
+from playback_drm.events.natsconn import reconnect_delay, stream_config
 from playback_drm.settings import ConfigError
 from playback_drm.timefmt import rfc3339_micros as rfc3339
 
@@ -173,6 +177,10 @@ def test_config_defaults_and_overrides() -> None:
         }
     )
     assert custom.nats_servers == ["nats://a:4222", "nats://b:4222"]
+    assert default.stream_replicas == 1
+    assert stream_config(default).num_replicas == 1
+    cluster = EventsConfig.from_env({"NATS_URL": "nats://a", "EVENTS_STREAM_REPLICAS": "3"})
+    assert stream_config(cluster).num_replicas == 3
     assert custom.queue_size == 50
     assert custom.spill_dir == Path("/var/spool/events")
     assert custom.spill_fsync == "segment"
@@ -186,11 +194,52 @@ def test_config_defaults_and_overrides() -> None:
         ({"EVENTS_DUPLICATE_WINDOW_S": "30"}, "EVENTS_DUPLICATE_WINDOW_S"),
         ({"EVENTS_QUEUE_SIZE": "0"}, "EVENTS_QUEUE_SIZE"),
         ({"EVENTS_STREAM": "a.b"}, "EVENTS_STREAM"),
+        ({"EVENTS_STREAM_REPLICAS": "0"}, "EVENTS_STREAM_REPLICAS"),
+        ({"EVENTS_STREAM_REPLICAS": "7"}, "EVENTS_STREAM_REPLICAS"),
+        ({"NATS_URL": "http://a:4222"}, "NATS_URL"),
+        ({"NATS_URL": "nats://a:4222,nats://b:notaport"}, "NATS_URL"),
+        ({"NATS_URL": "nats://:4222"}, "NATS_URL"),
+        ({"NATS_URL": "nats://a:4222/path"}, "NATS_URL"),
+        ({"NATS_URL": "nats://a:99999"}, "NATS_URL"),
+        ({"NATS_URL": "a:4222"}, "NATS_URL"),
+        ({"NATS_URL": "nats://a:4222,ws://b:8080"}, "NATS_URL"),
+        ({"NATS_URL": " , ,"}, "NATS_URL"),
     ],
 )
 def test_bad_config_names_the_variable(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         EventsConfig.from_env(env)
+
+
+def test_nats_url_lists_servers_and_errors_keep_credentials_out() -> None:
+    assert parse_nats_urls(None) == ()
+    assert parse_nats_urls("nats://a:4222, tls://u:p@b:4223 ,nats://c") == (
+        "nats://a:4222",
+        "tls://u:p@b:4223",
+        "nats://c",
+    )
+    with pytest.raises(ConfigError, match="NATS_URL") as caught:
+        parse_nats_urls("nats://user:s3cret@a:4222/x")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_reconnects_go_to_the_server_tried_least_never_back_to_a_dead_one() -> None:
+    """nats-py's handler hook connects to the first server of its pool unless told otherwise:
+    after a node died, that may be the dead node, forever."""
+    choose = reconnect_delay(0.5)
+    dead = Server(uri=urlparse("nats://127.0.0.1:4001"), reconnects=3)
+    others = [
+        Server(uri=urlparse("nats://127.0.0.1:4002"), reconnects=0),
+        Server(uri=urlparse("nats://127.0.0.1:4003"), reconnects=0),
+    ]
+    picked = {choose([dead, *others], {})[0].uri.port for _ in range(50)}  # type: ignore[union-attr]
+    assert picked == {4002, 4003}
+    for _ in range(50):
+        _server, delay = choose([dead, *others], {})
+        assert 0 <= delay <= 0.05  # backoff on the chosen server's attempts (none yet)
+    # every server failing: the wait grows with the attempts, up to the cap
+    tired = [Server(uri=s.uri, reconnects=8) for s in (dead, *others)]
+    assert max(choose(tired, {})[1] for _ in range(50)) <= 0.5
 
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False))

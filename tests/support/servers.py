@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,6 +101,88 @@ def start_nats(log_dir: Path) -> NatsServer:
         ready=lambda: http_ok(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"),
     ).start()
     return NatsServer(proc, port, monitor, store)
+
+
+@dataclass
+class NatsCluster:
+    """Three (or more) JetStream servers routed into one cluster, on loopback ports."""
+
+    nodes: list[NatsServer]
+
+    @property
+    def url(self) -> str:
+        """``NATS_URL`` for the whole cluster: every node, comma separated."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node_at(self, host_port: str) -> NatsServer:
+        """The node listening on ``host:port`` (what a client reports it is connected to)."""
+        port = int(host_port.rpartition(":")[2])
+        return next(node for node in self.nodes if node.port == port)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Every running node reports JetStream current with a meta leader (``/healthz``)."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            if not node.process.running:
+                continue
+            while not http_ok(f"http://127.0.0.1:{node.monitor_port}/healthz"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"NATS node {node.port} not healthy after {timeout}s")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.process.stop()
+
+
+def start_nats_cluster(log_dir: Path, size: int = 3) -> NatsCluster:
+    """``size`` nats-server processes with JetStream, routed to each other (one cluster, store
+    directories under ``log_dir``), started together; returns once all are healthy."""
+    name = f"pdrm-{free_port()}"
+    ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+    nodes: list[NatsServer] = []
+    for index, (port, monitor, cluster_port) in enumerate(ports):
+        store = log_dir / f"{name}-n{index}-store"
+        store.mkdir(parents=True, exist_ok=True)
+        routes = ",".join(f"nats://127.0.0.1:{c}" for _, _, c in ports if c != cluster_port)
+        argv = [
+            binary("nats-server"),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            str(monitor),
+            "-sd",
+            str(store),
+            "--server_name",
+            f"{name}-n{index}",
+            "--cluster_name",
+            name,
+            "--cluster",
+            f"nats://127.0.0.1:{cluster_port}",
+            "--routes",
+            routes,
+        ]
+        proc = ManagedProcess(
+            f"{name}-n{index}",
+            argv,
+            log_dir=log_dir,
+            ready=lambda m=monitor: http_ok(f"http://127.0.0.1:{m}/healthz"),  # type: ignore[misc]
+            ready_timeout=60,
+        )
+        nodes.append(NatsServer(proc, port, monitor, store))
+    cluster = NatsCluster(nodes)
+    try:
+        for node in nodes:  # together: a node is healthy once the cluster has a meta leader
+            node.process.start(wait=False)
+        for node in nodes:
+            node.process.wait_ready()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 VAULT_ROOT_TOKEN = "test-root-token"
@@ -217,6 +300,14 @@ def nats_server(server_logs: Path) -> Iterator[NatsServer]:
     server.process.stop()
 
 
+@pytest.fixture
+def nats_cluster(server_logs: Path) -> Iterator[NatsCluster]:
+    """A fresh 3-node JetStream cluster per test (tests kill and restart its nodes)."""
+    cluster = start_nats_cluster(server_logs)
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def vault_server(server_logs: Path) -> Iterator[VaultServer]:
     server = start_vault(server_logs)
@@ -226,6 +317,7 @@ def vault_server(server_logs: Path) -> Iterator[VaultServer]:
 
 __all__ = [
     "EnvoyServer",
+    "NatsCluster",
     "NatsServer",
     "RedisServer",
     "VaultServer",
@@ -233,6 +325,7 @@ __all__ = [
     "port_open",
     "start_envoy",
     "start_nats",
+    "start_nats_cluster",
     "start_redis",
     "start_vault",
 ]
