@@ -167,7 +167,9 @@ async def test_a_hung_vault_fails_a_new_video_fast_with_the_default_timeout(
             elapsed = loop.time() - started
             assert new.status == 503
             assert (await problem(new))["code"] == "key_store_unavailable"
-            assert elapsed < 1.5, f"{elapsed:.2f}s to fail"  # 0.5 s, with room for a busy box
+            # 0.5 s; a hung OpenBao never answers, so anything bounded is the timeout (room for
+            # a busy box)
+            assert elapsed < 3.0, f"{elapsed:.2f}s to fail"
         again = await broker.post(
             "/drm/license/org.w3.clearkey?videoId=movie",
             data=ck_request(KID_HD),

@@ -227,7 +227,9 @@ def test_a_hung_billing_is_a_fast_503_that_names_billing(stack: Stack) -> None:
             status, doc = manifest(stack, f"hung-probe-{uuid.uuid4().hex[:6]}", **bearer(token))
             elapsed = time.monotonic() - started
             assert (status, doc.get("code")) == (503, "billing_unavailable"), (n, doc)
-            assert elapsed < 1.5, f"{elapsed:.2f}s"  # 0.3 s, with room for a busy box
+            # 0.3 s; a stopped Billing never answers, so anything bounded is the timeout (room
+            # for a busy box)
+            assert elapsed < 3.0, f"{elapsed:.2f}s"
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     assert manifest(stack, **bearer(token))[0] == 200
