@@ -4,8 +4,9 @@
     playback-drm token --sub alice       print a development JWT
     playback-drm events [--follow]       print recorded events, one CloudEvent per line
     playback-drm serve EMULATOR          run an emulator (auth, billing, DRM), the origin or site
-    playback-drm envoy-config --profile local|k8s [--out FILE]    (reads CORS_ALLOWED_ORIGINS,
-                                         CORS_MAX_AGE; --all renders envoy/ from the defaults)
+    playback-drm envoy-config --profile local|k8s [--out FILE]    (reads the ENVOY_* and CORS_*
+                                         settings, as a pod does; --all renders envoy/ from the
+                                         defaults)
 
 The services themselves start with ``python -m authz|extproc|license_broker`` (the local stack
 does the same). This module reads ``os.environ`` for the commands it runs and hands the mapping on.
@@ -150,23 +151,20 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from envoyconf import RENDERED_FILES, CorsSettings, render, settings_for
+    from envoyconf import RENDERED_FILES, render, settings_for, settings_from_env
+    from envoyconf.environment import is_envoy_key
 
     env = dict(os.environ)
     if args.all:
         # the committed files are the profiles' defaults, whatever this shell sets
-        ignored = [name for name in ("CORS_ALLOWED_ORIGINS", "CORS_MAX_AGE") if env.get(name)]
+        ignored = sorted(name for name in env if is_envoy_key(name))
         if ignored:
             print(f"--all ignores {', '.join(ignored)}", file=sys.stderr)
         for path, profile in RENDERED_FILES.items():
             Path(path).write_text(render(settings_for(profile)))
             print(f"wrote {path}")
         return 0
-    settings = settings_for(args.profile)
-    cors = CorsSettings.from_env(env, settings.cors)
-    text = render(dataclasses.replace(settings, cors=cors))
+    text = render(settings_from_env(env, settings_for(args.profile)))
     if args.out:
         Path(args.out).write_text(text)
     else:
