@@ -7,6 +7,8 @@
     playback-drm envoy-config --profile local|k8s [--out FILE]    (reads the ENVOY_* and CORS_*
                                          settings, as a pod does; --all renders envoy/ from the
                                          defaults)
+    playback-drm check-config FILE|-     check the Envoy settings of a rendered overlay
+                                         (`kubectl kustomize k8s/overlays/prod | ... -`)
 
 The services themselves start with ``python -m authz|extproc|license_broker`` (the local stack
 does the same). This module reads ``os.environ`` for the commands it runs and hands the mapping on.
@@ -172,6 +174,12 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from devstack.checkconfig import main as check_config
+
+    return check_config(args.source)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from devstack.stack import Stack, StackSettings
 
@@ -268,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--out")
     envoy.add_argument("--all", action="store_true", help="rewrite every file under envoy/")
     envoy.set_defaults(func=cmd_envoy_config)
+
+    check = sub.add_parser(
+        "check-config",
+        help="check the Envoy settings of a rendered overlay (what the pods check at start)",
+    )
+    check.add_argument("source", help="rendered manifests (kubectl kustomize ...), or - for stdin")
+    check.set_defaults(func=cmd_check_config)
     return parser
 
 

@@ -536,6 +536,22 @@ def settings_from_env(env: Mapping[str, str], defaults: EnvoySettings) -> EnvoyS
     return settings
 
 
+def lenient_settings(env: Mapping[str, str], defaults: EnvoySettings) -> EnvoySettings:
+    """``defaults`` with every good value in ``env``, bad and unknown ones skipped: what an
+    offline check compares with the rest of the pod, so one bad value hides no other problem."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = env.get(setting.key)
+        if raw is None:
+            continue
+        try:
+            values[setting.field] = setting.kind.parse(raw.strip())
+        except Invalid:
+            continue
+    settings: EnvoySettings = _replace(defaults, values)
+    return settings
+
+
 def _port_clashes(settings: EnvoySettings) -> list[Problem]:
     seen: dict[int, str] = {}
     problems = []
@@ -563,6 +579,7 @@ __all__ = [
     "Setting",
     "SettingsError",
     "is_envoy_key",
+    "lenient_settings",
     "problems_in",
     "settings_from_env",
     "settings_to_env",

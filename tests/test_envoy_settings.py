@@ -14,6 +14,7 @@ import pytest
 from envoyconf import SETTINGS, SettingsError, k8s_settings, render, settings_from_env
 from envoyconf.entrypoint import main
 from envoyconf.environment import BY_KEY, settings_to_env
+from tests.conftest import REPO_ROOT
 
 DEFAULTS = k8s_settings()
 
@@ -151,3 +152,27 @@ def test_render_stops_on_a_bad_setting_and_writes_nothing(tmp_path: Path) -> Non
     assert "ENVOY_TYPO: unknown setting" in result.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ the documentation
+
+
+def _table_values(path: Path) -> dict[str, str]:
+    """`` | `KEY` | second cell | ...`` rows whose key is an Envoy setting."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `ENVOY_") and len(cells) >= 2:
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/DEPLOYMENT.md"])
+def test_the_docs_list_every_setting_with_its_base_value(doc: str) -> None:
+    documented = _table_values(REPO_ROOT / doc)
+    expected = {
+        key: f"`{value}`" if value else "empty"
+        for key, value in settings_to_env(DEFAULTS).items()
+        if key.startswith("ENVOY_")
+    }
+    assert documented == expected
