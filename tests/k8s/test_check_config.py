@@ -1,0 +1,123 @@
+"""``playback-drm check-config`` over rendered overlays: every problem of a broken one is listed
+with its object and field, exit 1; the repository's overlays pass with a summary, exit 0."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from devstack import checkconfig
+from tests.k8s.overlay import check_config, kustomize, write_overlay
+from tests.k8s.render import ALL_OVERLAYS, K8S_DIR
+
+BROKEN_LITERALS = (
+    "ENVOY_LICENSE_PEER_CIDRS=10.0.0.0/33,192.168.0.0/16",
+    "ENVOY_LICENSE_PRINCIPALS=api-gateway.example.tv",
+    "ENVOY_LICENCE_PRINCIPALS=spiffe://example.tv/ns/gw/sa/api",
+    "CORS_ALLOWED_ORIGINS=*",
+    "ENVOY_SIDECAR_PORT=9443",
+    "ENVOY_MAX_HEAP=1Gi",
+    "LOG_LEVEL=DEBUG",
+)
+# The envoy container started from a file nobody renders (the pre-rendered copy's old path).
+# Strategic merge: containers are matched by name (their order changes along the overlays).
+STALE_CONFIG_PATH = {
+    "patch": (
+        "apiVersion: apps/v1\n"
+        "kind: Deployment\n"
+        "metadata:\n"
+        "  name: playback-edge\n"
+        "spec:\n"
+        "  template:\n"
+        "    spec:\n"
+        "      containers:\n"
+        "        - name: envoy\n"
+        "          args: [-c, /etc/envoy/envoy.yaml, --disable-hot-restart]\n"
+    ),
+}
+
+
+def test_a_broken_overlay_is_refused_with_every_problem_named(tmp_path: Path) -> None:
+    rendered = kustomize(
+        write_overlay(tmp_path / "broken", BROKEN_LITERALS, patches=(STALE_CONFIG_PATH,))
+    )
+    result = check_config(rendered)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert result.stderr.splitlines()[0] == f"check-config: {len(lines)} problem(s):"
+    located = sorted(line.split(": ", 2)[1] for line in lines)
+    assert located == sorted(
+        [
+            "data.ENVOY_LICENSE_PEER_CIDRS",
+            "data.ENVOY_LICENSE_PRINCIPALS",
+            "data.ENVOY_LICENCE_PRINCIPALS",
+            "data.CORS_ALLOWED_ORIGINS",
+            "data.ENVOY_SIDECAR_PORT",
+            "data.ENVOY_MAX_HEAP",
+            "data.LOG_LEVEL",
+            "spec.template.spec.containers[envoy].args",
+        ]
+    )
+    by_field = {line.split(": ", 2)[1]: line for line in lines}
+    for field, obj in by_field.items():
+        prefix = (
+            "Deployment/playback-edge" if field.startswith("spec.") else "ConfigMap/playback-envoy-"
+        )
+        assert obj.startswith(prefix), obj
+    assert "'10.0.0.0/33' is not a CIDR" in by_field["data.ENVOY_LICENSE_PEER_CIDRS"]
+    assert "not a SPIFFE ID or URI SAN" in by_field["data.ENVOY_LICENSE_PRINCIPALS"]
+    assert "did you mean ENVOY_LICENSE_PRINCIPALS" in by_field["data.ENVOY_LICENCE_PRINCIPALS"]
+    assert "9443, which is not a port of container envoy" in by_field["data.ENVOY_SIDECAR_PORT"]
+    assert "memory limit (640Mi)" in by_field["data.ENVOY_MAX_HEAP"]
+    assert "not an Envoy setting" in by_field["data.LOG_LEVEL"]
+    assert (
+        "/etc/envoy/envoy.yaml, not the rendered"
+        in by_field["spec.template.spec.containers[envoy].args"]
+    )
+
+
+def test_a_changed_port_needs_the_container_port_too(tmp_path: Path) -> None:
+    """Changed together, the port is fine: check-config follows the pod, not the base values."""
+    port_patch = {
+        "patch": (
+            "apiVersion: apps/v1\n"
+            "kind: Deployment\n"
+            "metadata:\n"
+            "  name: playback-edge\n"
+            "spec:\n"
+            "  template:\n"
+            "    spec:\n"
+            "      containers:\n"
+            "        - name: envoy\n"
+            "          ports:\n"
+            "            - {name: https-9443, containerPort: 9443}\n"
+        ),
+    }
+    rendered = kustomize(
+        write_overlay(tmp_path / "port", ("ENVOY_SIDECAR_PORT=9443",), patches=(port_patch,))
+    )
+    result = check_config(rendered)
+    assert result.returncode == 0, result.stderr
+    assert "listeners 9443 (mTLS)" in result.stdout
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_the_repositorys_overlays_pass(overlay: str) -> None:
+    result = check_config(kustomize(K8S_DIR / "overlays" / overlay))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout or "no Envoy of ours" in result.stdout
+
+
+def test_empty_or_unreadable_input_is_an_error(tmp_path: Path) -> None:
+    err = io.StringIO()
+    assert checkconfig.run("", io.StringIO(), err) == 1
+    assert "no Kubernetes objects" in err.getvalue()
+    err = io.StringIO()
+    assert checkconfig.run("kind: [unclosed", io.StringIO(), err) == 1
+    assert "not YAML" in err.getvalue()
+    err = io.StringIO()
+    assert checkconfig.main(str(tmp_path / "missing.yaml"), io.StringIO(), err) == 1
+    assert "cannot read" in err.getvalue()
