@@ -86,8 +86,10 @@ RUN groupadd --system --gid 10001 playback \
     && python -m pip uninstall --yes pip setuptools wheel
 
 # --------------------------------------------------------------------------------------------------
-# envoy: the sidecar proxy. Configuration is mounted at /etc/envoy/envoy.yaml (ConfigMap) and TLS
-# material at /etc/envoy/tls/ (Secret). Hot restart is off: it needs shared memory and a restarter,
+# envoy: the sidecar proxy. In Kubernetes the pod's init container renders the configuration into
+# /etc/envoy/rendered/envoy.yaml (from the playback-envoy ConfigMap; the pod's args point there);
+# the default CMD reads /etc/envoy/envoy.yaml, a file mounted by hand. TLS material at
+# /etc/envoy/tls/ (Secret). Hot restart is off: it needs shared memory and a restarter,
 # Kubernetes replaces pods instead.
 FROM runtime-base AS envoy
 
