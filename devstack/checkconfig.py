@@ -8,8 +8,9 @@ render``), this reads the settings that container would get (its ``envFrom`` Con
 the settings must agree with in the pod: the file Envoy and the validating init container read
 is the rendered one, the listener ports are the envoy container's ports, the TLS files are
 mounted, the admin port is the one the preStop hook drains, the heap bound fits the memory
-limit. Every problem is reported, each with the object and field to change
-(``ConfigMap/playback-envoy-7k2f...: data.ENVOY_LICENSE_PEER_CIDRS: ...``); exit 1 on any.
+limit, the origin path templates are extproc's. Every problem is reported, each with the object
+and field to change (``ConfigMap/playback-envoy-7k2f...: data.ENVOY_LICENSE_PEER_CIDRS: ...``);
+exit 1 on any.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import yaml
 
@@ -416,12 +417,64 @@ def _pipeline_findings(pod: EnvoyPod) -> list[Finding]:
     return findings
 
 
+# Envoy rewrites /playback/{id}/manifest to the origin path with its template; extproc resolves the
+# manifest's relative URIs against the path it builds with its own: the two must agree.
+TEMPLATE_PAIRS: Final = (
+    ("ENVOY_HLS_PATH_TEMPLATE", "MANIFEST_HLS_TEMPLATE"),
+    ("ENVOY_DASH_PATH_TEMPLATE", "MANIFEST_DASH_TEMPLATE"),
+)
+
+
+def _literal_env(objs: Sequence[Obj], container: Obj) -> dict[str, tuple[str, Source]]:
+    """The values a container gets from ConfigMaps (``envFrom``) and literal ``env`` entries."""
+    found: dict[str, tuple[str, Source]] = {}
+    for source in container.get("envFrom") or []:
+        selector = source.get("configMapRef")
+        cm = _find(objs, "ConfigMap", str(selector.get("name"))) if selector else None
+        if cm is None:
+            continue
+        prefix = str(source.get("prefix") or "")
+        for key, value in (cm.get("data") or {}).items():
+            found[prefix + key] = (str(value), Source(ref(cm), f"data.{key}"))
+    for var in container.get("env") or []:
+        if "value" in var:
+            found[str(var["name"])] = (str(var["value"]), Source("", f"env[{var['name']}]"))
+    return found
+
+
+def _template_findings(objs: Sequence[Obj], pod: EnvoyPod, s: EnvoySettings) -> list[Finding]:
+    findings: list[Finding] = []
+    spec, _ = _pod_spec(pod.workload)
+    for container in spec.get("containers") or []:
+        env = _literal_env(objs, container)
+        for envoy_key, app_key in TEMPLATE_PAIRS:
+            if app_key not in env:
+                continue
+            theirs, where = env[app_key]
+            ours = getattr(s, BY_KEY[envoy_key].field)
+            if theirs.lstrip("/") != ours.lstrip("/"):
+                obj, fld = _setting_source(pod, envoy_key)
+                origin = f"{where.obj} {where.field}" if where.obj else where.field
+                findings.append(
+                    Finding(
+                        obj,
+                        fld,
+                        f"{ours!r} differs from {app_key} {theirs!r} ({origin}), with which "
+                        f"container {container.get('name')} resolves the manifest's URLs",
+                    )
+                )
+    return findings
+
+
 def check(objs: Sequence[Obj]) -> tuple[list[EnvoyPod], list[Finding]]:
     """Every problem with the Envoy settings of the rendered objects."""
     pods, findings = envoy_pods(objs)
     for pod in pods:
         findings += _setting_findings(pod)
         findings += _pipeline_findings(pod)
+        findings += _template_findings(
+            objs, pod, pod.settings or lenient_settings(pod.env, k8s_settings())
+        )
     return pods, _unique(findings)
 
 

@@ -20,6 +20,7 @@ BROKEN_LITERALS = (
     "ENVOY_SIDECAR_PORT=9443",
     "ENVOY_MAX_HEAP=1Gi",
     "LOG_LEVEL=DEBUG",
+    "ENVOY_DASH_PATH_TEMPLATE=vod/{videoId}/index.mpd",  # extproc keeps {videoId}/manifest.mpd
 )
 # The envoy container started from a file nobody renders (the pre-rendered copy's old path).
 # Strategic merge: containers are matched by name (their order changes along the overlays).
@@ -58,6 +59,7 @@ def test_a_broken_overlay_is_refused_with_every_problem_named(tmp_path: Path) ->
             "data.ENVOY_SIDECAR_PORT",
             "data.ENVOY_MAX_HEAP",
             "data.LOG_LEVEL",
+            "data.ENVOY_DASH_PATH_TEMPLATE",
             "spec.template.spec.containers[envoy].args",
         ]
     )
@@ -73,6 +75,7 @@ def test_a_broken_overlay_is_refused_with_every_problem_named(tmp_path: Path) ->
     assert "9443, which is not a port of container envoy" in by_field["data.ENVOY_SIDECAR_PORT"]
     assert "memory limit (640Mi)" in by_field["data.ENVOY_MAX_HEAP"]
     assert "not an Envoy setting" in by_field["data.LOG_LEVEL"]
+    assert "differs from MANIFEST_DASH_TEMPLATE" in by_field["data.ENVOY_DASH_PATH_TEMPLATE"]
     assert (
         "/etc/envoy/envoy.yaml, not the rendered"
         in by_field["spec.template.spec.containers[envoy].args"]
