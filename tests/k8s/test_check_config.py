@@ -4,12 +4,15 @@ with its object and field, exit 1; the repository's overlays pass with a summary
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from devstack import checkconfig
-from tests.k8s.overlay import check_config, kustomize, write_overlay
+from tests.k8s.overlay import check_config, envoy_configmap, kustomize, write_overlay
 from tests.k8s.render import ALL_OVERLAYS, K8S_DIR
 
 BROKEN_LITERALS = (
@@ -124,3 +127,29 @@ def test_empty_or_unreadable_input_is_an_error(tmp_path: Path) -> None:
     err = io.StringIO()
     assert checkconfig.main(str(tmp_path / "missing.yaml"), io.StringIO(), err) == 1
     assert "cannot read" in err.getvalue()
+
+
+def test_the_pod_refuses_the_same_values_at_start(tmp_path: Path) -> None:
+    """The broken overlay's ConfigMap as the render init container's environment: it stops
+    (exit 2) naming every bad setting check-config named, and writes nothing. (LOG_LEVEL is not
+    under the Envoy prefixes: the pod ignores it, only the offline check sees the stray key.)"""
+    rendered = kustomize(write_overlay(tmp_path / "broken", BROKEN_LITERALS))
+    out = tmp_path / "rendered" / "envoy.yaml"
+    out.parent.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "envoyconf", "render", "--out", str(out)],
+        env={**envoy_configmap(rendered), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    named = {line.strip().split(":", 1)[0] for line in result.stderr.splitlines()[1:]}
+    assert named == {
+        "ENVOY_LICENSE_PEER_CIDRS",
+        "ENVOY_LICENSE_PRINCIPALS",
+        "ENVOY_LICENCE_PRINCIPALS",
+        "CORS_ALLOWED_ORIGINS",
+    }
+    assert not out.exists()
