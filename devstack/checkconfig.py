@@ -1,6 +1,7 @@
 """``playback-drm check-config``: the checks a pod runs at start, offline, over a rendered overlay.
 
     kubectl kustomize k8s/overlays/prod | playback-drm check-config -
+    kubectl kustomize k8s/overlays/prod | playback-drm check-config --validate -
 
 For every workload whose init container renders Envoy's configuration (``python -m envoyconf
 render``), this reads the settings that container would get (its ``envFrom`` ConfigMaps and
@@ -8,22 +9,31 @@ render``), this reads the settings that container would get (its ``envFrom`` Con
 the settings must agree with in the pod: the file Envoy and the validating init container read
 is the rendered one, the listener ports are the envoy container's ports, the TLS files are
 mounted, the admin port is the one the preStop hook drains, the heap bound fits the memory
-limit, the origin path templates are extproc's. Every problem is reported, each with the object
+limit, the origin path templates are extproc's. With ``--validate``, each rendered configuration
+also goes through ``envoy --mode validate`` (the pod's second init container), with throwaway
+certificates standing in for the Secret's files. Every problem is reported, each with the object
 and field to change (``ConfigMap/playback-envoy-7k2f...: data.ENVOY_LICENSE_PEER_CIDRS: ...``);
 exit 1 on any.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 import yaml
 
+from devstack.devpki import ensure_dev_pki
+from devstack.supervise import binary
+from envoyconf.bootstrap import render
 from envoyconf.environment import (
     BY_KEY,
     PREFIXES,
@@ -32,7 +42,7 @@ from envoyconf.environment import (
     lenient_settings,
     settings_from_env,
 )
-from envoyconf.settings import EnvoySettings, k8s_settings
+from envoyconf.settings import EnvoySettings, TlsFiles, k8s_settings
 
 Obj = dict[str, Any]
 RENDER_MODULE = "envoyconf"
@@ -488,10 +498,45 @@ def _unique(findings: list[Finding]) -> list[Finding]:
     return out
 
 
+def envoy_validate_findings(pods: Sequence[EnvoyPod], envoy: str, work: Path) -> list[Finding]:
+    """``envoy --mode validate`` on each pod's rendered configuration, as its second init
+    container runs it; throwaway certificates stand in for the Secret's files."""
+    pki = ensure_dev_pki(work / "pki")
+    findings: list[Finding] = []
+    for number, pod in enumerate(pods):
+        if pod.settings is None:
+            continue  # already refused by name
+        settings = dataclasses.replace(
+            pod.settings,
+            sidecar_tls=TlsFiles(str(pki.server_cert), str(pki.server_key), ""),
+            client_ca=str(pki.ca_cert),
+        )
+        config = work / f"envoy-{number}.yaml"
+        config.write_text(render(settings))
+        result = subprocess.run(
+            [envoy, "--mode", "validate", "-c", str(config), "--log-level", "error"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            output = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            findings.append(
+                Finding(
+                    pod.ref,
+                    "envoy --mode validate",
+                    "Envoy refuses the rendered configuration: " + " / ".join(output),
+                )
+            )
+    return findings
+
+
 # ------------------------------------------------------------------------------------ command
 
 
-def run(text: str, out: TextIO, err: TextIO) -> int:
+def run(text: str, out: TextIO, err: TextIO, *, envoy: str | None = None) -> int:
+    """Check the rendered manifests ``text``; ``envoy``: also run Envoy's own validation."""
     try:
         objs = load_objects(text)
     except yaml.YAMLError as exc:
@@ -501,6 +546,9 @@ def run(text: str, out: TextIO, err: TextIO) -> int:
         print("check-config: no Kubernetes objects in the input (did kustomize fail?)", file=err)
         return 1
     pods, findings = check(objs)
+    if envoy is not None:
+        with tempfile.TemporaryDirectory(prefix="check-config-") as work:
+            findings += envoy_validate_findings(pods, envoy, Path(work))
     if findings:
         print(f"check-config: {len(findings)} problem(s):", file=err)
         for finding in findings:
@@ -517,9 +565,10 @@ def run(text: str, out: TextIO, err: TextIO) -> int:
         assert pod.settings is not None
         s = pod.settings
         maps = sorted({src.obj for src in pod.sources.values()})
+        validated = ", validated by envoy --mode validate" if envoy is not None else ""
         print(
             f"check-config: {pod.ref}: {len(pod.env)} Envoy settings from "
-            f"{', '.join(maps) or 'defaults'}: OK\n"
+            f"{', '.join(maps) or 'defaults'}: OK{validated}\n"
             f"  license principals {', '.join(s.license_principals)}\n"
             f"  license peer CIDRs {', '.join(s.license_peer_cidrs)}; viewer CIDRs "
             f"{', '.join(s.license_client_cidrs)}\n"
@@ -530,10 +579,23 @@ def run(text: str, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def main(source: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``source``: a file, or ``-`` for standard input."""
+def main(
+    source: str,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    *,
+    validate: bool = False,
+) -> int:
+    """``source``: a file, or ``-`` for standard input; ``validate``: run Envoy on the result."""
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
+    envoy: str | None = None
+    if validate:
+        try:
+            envoy = binary("envoy")
+        except RuntimeError as exc:
+            print(f"check-config: --validate: {exc}", file=stderr)
+            return 1
     if source == "-":
         text = sys.stdin.read()
     else:
@@ -543,4 +605,4 @@ def main(source: str, out: TextIO | None = None, err: TextIO | None = None) -> i
         except OSError as exc:
             print(f"check-config: cannot read {source}: {exc.strerror}", file=stderr)
             return 1
-    return run(text, stdout, stderr)
+    return run(text, stdout, stderr, envoy=envoy)

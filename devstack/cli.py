@@ -7,8 +7,8 @@
     playback-drm envoy-config --profile local|k8s [--out FILE]    (reads the ENVOY_* and CORS_*
                                          settings, as a pod does; --all renders envoy/ from the
                                          defaults)
-    playback-drm check-config FILE|-     check the Envoy settings of a rendered overlay
-                                         (`kubectl kustomize k8s/overlays/prod | ... -`)
+    playback-drm check-config [--validate] FILE|-   check the Envoy settings of a rendered
+                                         overlay (`kubectl kustomize k8s/overlays/prod | ... -`)
 
 The services themselves start with ``python -m authz|extproc|license_broker`` (the local stack
 does the same). This module reads ``os.environ`` for the commands it runs and hands the mapping on.
@@ -177,7 +177,7 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from devstack.checkconfig import main as check_config
 
-    return check_config(args.source)
+    return check_config(args.source, validate=args.validate)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -282,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the Envoy settings of a rendered overlay (what the pods check at start)",
     )
     check.add_argument("source", help="rendered manifests (kubectl kustomize ...), or - for stdin")
+    check.add_argument(
+        "--validate",
+        action="store_true",
+        help="also run envoy --mode validate on each rendered configuration (needs envoy)",
+    )
     check.set_defaults(func=cmd_check_config)
     return parser
 

@@ -22,6 +22,7 @@ from envoyconf.settings import EnvoySettings, settings_for
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
+EXIT_WRITE = 1
 
 
 def render_settings(env: Mapping[str, str], profile: str = "k8s") -> tuple[EnvoySettings, str]:
@@ -61,7 +62,11 @@ def main(
         return EXIT_CONFIG
     out = Path(args.out)
     partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(text)
-    partial.replace(out)
+    try:
+        partial.write_text(text)
+        partial.replace(out)
+    except OSError as exc:
+        print(f"envoy settings: cannot write {out}: {exc.strerror}", file=err)
+        return EXIT_WRITE
     print(f"envoy settings: rendered {out}: {_summary(settings)}", file=err)
     return EXIT_OK

@@ -176,3 +176,10 @@ def test_the_docs_list_every_setting_with_its_base_value(doc: str) -> None:
         if key.startswith("ENVOY_")
     }
     assert documented == expected
+
+
+def test_render_names_an_unwritable_destination(tmp_path: Path) -> None:
+    err = io.StringIO()
+    out = tmp_path / "no-such-dir" / "envoy.yaml"
+    assert main(["render", "--out", str(out)], env={}, stderr=err) == 1
+    assert f"cannot write {out}" in err.getvalue()

@@ -158,3 +158,29 @@ def test_the_pod_refuses_the_same_values_at_start(broken: str, tmp_path: Path) -
         "CORS_ALLOWED_ORIGINS",
     }
     assert not out.exists()
+
+
+def test_validate_runs_envoy_on_each_rendering() -> None:
+    """``--validate``: the pod's second init container, offline (the real Envoy)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "playback-drm"), "check-config", "--validate", "-"],
+        input=yaml.safe_dump_all(render_overlay("prod")),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK, validated by envoy --mode validate" in result.stdout
+
+
+def test_envoys_refusal_is_reported_against_the_workload(tmp_path: Path) -> None:
+    """What Envoy's validation says reaches the report (an Envoy that refuses everything)."""
+    refusing = tmp_path / "envoy"
+    refusing.write_text("#!/bin/sh\necho 'error initializing configuration: no way' >&2\nexit 1\n")
+    refusing.chmod(0o755)
+    pods, findings = checkconfig.check(render_overlay("prod"))
+    assert findings == []
+    (finding,) = checkconfig.envoy_validate_findings(pods, str(refusing), tmp_path)
+    assert (finding.obj, finding.field) == ("Deployment/playback-edge", "envoy --mode validate")
+    assert "no way" in finding.message
