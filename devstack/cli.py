@@ -4,8 +4,11 @@
     playback-drm token --sub alice       print a development JWT
     playback-drm events [--follow]       print recorded events, one CloudEvent per line
     playback-drm serve EMULATOR          run an emulator (auth, billing, DRM), the origin or site
-    playback-drm envoy-config --profile local|k8s [--out FILE]    (reads CORS_ALLOWED_ORIGINS,
-                                         CORS_MAX_AGE; --all renders envoy/ from the defaults)
+    playback-drm envoy-config --profile local|k8s [--out FILE]    (reads the ENVOY_* and CORS_*
+                                         settings, as a pod does; --all renders envoy/ from the
+                                         defaults)
+    playback-drm check-config [--validate] FILE|-   check the Envoy settings of a rendered
+                                         overlay (`kubectl kustomize k8s/overlays/prod | ... -`)
 
 The services themselves start with ``python -m authz|extproc|license_broker`` (the local stack
 does the same). This module reads ``os.environ`` for the commands it runs and hands the mapping on.
@@ -150,28 +153,31 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from envoyconf import RENDERED_FILES, CorsSettings, render, settings_for
+    from envoyconf import RENDERED_FILES, render, settings_for, settings_from_env
+    from envoyconf.environment import is_envoy_key
 
     env = dict(os.environ)
     if args.all:
         # the committed files are the profiles' defaults, whatever this shell sets
-        ignored = [name for name in ("CORS_ALLOWED_ORIGINS", "CORS_MAX_AGE") if env.get(name)]
+        ignored = sorted(name for name in env if is_envoy_key(name))
         if ignored:
             print(f"--all ignores {', '.join(ignored)}", file=sys.stderr)
         for path, profile in RENDERED_FILES.items():
             Path(path).write_text(render(settings_for(profile)))
             print(f"wrote {path}")
         return 0
-    settings = settings_for(args.profile)
-    cors = CorsSettings.from_env(env, settings.cors)
-    text = render(dataclasses.replace(settings, cors=cors))
+    text = render(settings_from_env(env, settings_for(args.profile)))
     if args.out:
         Path(args.out).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from devstack.checkconfig import main as check_config
+
+    return check_config(args.source, validate=args.validate)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -270,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--out")
     envoy.add_argument("--all", action="store_true", help="rewrite every file under envoy/")
     envoy.set_defaults(func=cmd_envoy_config)
+
+    check = sub.add_parser(
+        "check-config",
+        help="check the Envoy settings of a rendered overlay (what the pods check at start)",
+    )
+    check.add_argument("source", help="rendered manifests (kubectl kustomize ...), or - for stdin")
+    check.add_argument(
+        "--validate",
+        action="store_true",
+        help="also run envoy --mode validate on each rendered configuration (needs envoy)",
+    )
+    check.set_defaults(func=cmd_check_config)
     return parser
 
 

@@ -1,10 +1,13 @@
-"""The Envoy configuration, built from typed settings (build-time tooling: no service imports it).
+"""The Envoy configuration, built from typed settings. No service imports it; in the image, only
+the edge pod's init container runs it (``python -m envoyconf render``), before Envoy starts.
 
 One builder serves every deployment: ``profile="local"`` (the ``make run`` stack: a gateway
 listener that plays the API gateway and forwards over mutual TLS to the sidecar listener) and
 ``profile="k8s"`` (the pod's sidecar: mTLS listener, plain probe listener, stats listener).
-The files in ``envoy/`` are rendered by ``playback-drm envoy-config`` and checked by the tests
-(``envoy --mode validate`` and byte equality with a fresh rendering).
+A pod renders its configuration at start from the ``playback-envoy`` ConfigMap's ``ENVOY_*`` /
+``CORS_*`` values (``environment``); the files in ``envoy/`` are the profiles' defaults, rendered
+by ``playback-drm envoy-config --all`` and checked by the tests (``envoy --mode validate`` and
+byte equality with a fresh rendering).
 
 Modules, each building one part of the bootstrap:
     settings   EnvoySettings (what differs between deployments) and the rendered profiles.
@@ -15,6 +18,8 @@ Modules, each building one part of the bootstrap:
     clusters   upstreams.
     replies    Envoy's own replies as problem+json.
     bootstrap  the whole document (``build``) and its YAML (``render``).
+    environment  EnvoySettings from ``ENVOY_*`` / ``CORS_*`` keys (a ConfigMap), strictly checked.
+    entrypoint ``python -m envoyconf render --out FILE``: what a pod's init container runs.
 
 It imports the core (``playback_drm``: the identity headers, the Envoy/service contract, problem
 details) and never a service.
@@ -22,6 +27,14 @@ details) and never a service.
 
 from envoyconf.bootstrap import build, render
 from envoyconf.cors import CorsSettings
+from envoyconf.environment import (
+    SETTINGS,
+    Problem,
+    Setting,
+    SettingsError,
+    settings_from_env,
+    settings_to_env,
+)
 from envoyconf.settings import (
     RENDERED_FILES,
     Endpoint,
@@ -36,10 +49,14 @@ from envoyconf.settings import (
 
 __all__ = [
     "RENDERED_FILES",
+    "SETTINGS",
     "CorsSettings",
     "Endpoint",
     "EnvoySettings",
+    "Problem",
     "Profile",
+    "Setting",
+    "SettingsError",
     "TlsFiles",
     "build",
     "k8s_settings",
@@ -47,4 +64,6 @@ __all__ = [
     "local_example_settings",
     "render",
     "settings_for",
+    "settings_from_env",
+    "settings_to_env",
 ]

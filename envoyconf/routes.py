@@ -32,7 +32,7 @@ MANIFEST_ROUTE_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
 MEDIA_MANIFEST_REGEX = r"^/media/[^/]+/.+[.](m3u8|mpd)$"
 
 
-def _template_to_rewrite(template: str) -> str:
+def template_to_rewrite(template: str) -> str:
     """``{videoId}/master.m3u8`` -> ``/\\1/master.m3u8`` for a regex_rewrite substitution."""
     if "{videoId}" not in template:
         raise ValueError("origin path template must contain {videoId}")
@@ -43,8 +43,8 @@ def _template_to_rewrite(template: str) -> str:
 
 
 def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
-    hls_rewrite = _template_to_rewrite(s.hls_path_template)
-    dash_rewrite = _template_to_rewrite(s.dash_path_template)
+    hls_rewrite = template_to_rewrite(s.hls_path_template)
+    dash_rewrite = template_to_rewrite(s.dash_path_template)
     origin_route: dict[str, Any] = {"cluster": "origin", "timeout": "15s"}
     if s.origin_host_header:
         origin_route["host_rewrite_literal"] = s.origin_host_header

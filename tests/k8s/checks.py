@@ -2,10 +2,11 @@
 
 Every check returns a list of messages, each starting with the object it is about
 (``Deployment/playback-edge: ...``), so a failing test says where to look. The checks know the
-conventions of these manifests (an ``envoy`` container whose ``-c`` file comes from a mounted
-ConfigMap, ``*_ADDR`` variables holding listen addresses) and otherwise follow Kubernetes'
-semantics: a named ``targetPort`` or probe port must be a container port of that name, selectors
-match labels (``matchLabels`` and ``matchExpressions``), ``optional`` references may be missing.
+conventions of these manifests (an ``envoy`` container whose ``-c`` file an init container
+renders from the ``playback-envoy`` ConfigMap, ``*_ADDR`` variables holding listen addresses) and
+otherwise follow Kubernetes' semantics: a named ``targetPort`` or probe port must be a container
+port of that name, selectors match labels (``matchLabels`` and ``matchExpressions``), ``optional``
+references may be missing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
 import yaml
 
+from devstack import checkconfig
+from envoyconf import render
 from tests.k8s.crd_schemas import CRD_SCHEMAS
 from tests.k8s.crds import vendored_schema
 from tests.k8s.render import Obj, ref
@@ -359,6 +362,7 @@ def workload_errors(index: Index) -> list[str]:
                     f"{where}: topologySpreadConstraint on {tsc.get('topologyKey')} does not "
                     "select the Deployment's own pods"
                 )
+        init_names = {c["name"] for c in spec.get("initContainers") or []}
         for c in containers(template):
             cname = f"container {c['name']}"
             sc = c.get("securityContext") or {}
@@ -381,6 +385,10 @@ def workload_errors(index: Index) -> list[str]:
             ports = container_ports(c)
             for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
                 probe = c.get(probe_name)
+                if c["name"] in init_names:
+                    if probe is not None:  # the API server refuses probes on init containers
+                        errors.append(f"{where}: init {cname} has a {probe_name}")
+                    continue
                 if probe is None:
                     # Istio's injected gateway proxy (`image: auto`) has no liveness endpoint
                     # that ignores istiod: an istiod outage must not restart gateways.
@@ -608,24 +616,30 @@ class EnvoyPod:
 
 
 def envoy_pods(index: Index) -> tuple[list[EnvoyPod], list[str]]:
-    """The Envoy configuration each pod with an ``envoy`` container really gets."""
+    """The Envoy configuration each pod with an ``envoy`` container really gets: rendered from its
+    render init container's settings, as that container does (``python -m envoyconf render``),
+    after every check ``playback-drm check-config`` makes."""
     pods: list[EnvoyPod] = []
-    errors: list[str] = []
+    rendered, findings = checkconfig.check(index.objs)
+    errors = [str(f) for f in findings]
+    by_workload = {id(p.workload): p for p in rendered}
     for dep, template in index.workloads():
         for c in template.get("spec", {}).get("containers") or []:
             if c["name"] != "envoy":
                 continue
-            args = [str(a) for a in c.get("args") or []]
-            path = arg_value(args, "-c") or arg_value(args, "--config-path")
-            if path is None:
-                errors.append(f"{ref(dep)}: envoy container has no -c config path")
+            pod = by_workload.get(id(dep))
+            if pod is None:
+                errors.append(
+                    f"{ref(dep)}: envoy container, but no init container renders its "
+                    "configuration (python -m envoyconf render)"
+                )
                 continue
+            if pod.settings is None:
+                continue  # the findings name the bad settings
+            text = render(pod.settings)
             files, _ = mounted_files(index, template, c)
-            text = files.get(path)
-            if text is None:
-                errors.append(f"{ref(dep)}: envoy config {path} is not a mounted ConfigMap file")
-                continue
-            pods.append(EnvoyPod(dep, template, c, path, text, files))
+            files[pod.out_path] = text
+            pods.append(EnvoyPod(dep, template, c, pod.out_path, text, files))
     return pods, errors
 
 

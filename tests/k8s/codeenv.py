@@ -5,9 +5,9 @@ read, per the house rules) is scanned for calls whose first argument is the ``en
 whose second is a literal variable name (``env_str(env, "JWKS_URL")``, ``_hex(env, "X", 32)``),
 for ``env["X"]`` / ``env.get("X")``, and for loops feeding literal names to such calls
 (``for name, default in (("A", "1"), ("B", "2")): env_str(env, name, default)``). ``envoyconf``
-counts too: its settings (``CORS_ALLOWED_ORIGINS``) are read when the Envoy configuration is
-rendered. The emulators, the demo and the local stack (``playback-drm up``) are not deployed and
-are left out.
+counts too: its settings (``ENVOY_*``, ``CORS_*``, the table ``envoyconf.environment.SETTINGS``)
+are read by the edge pod's init container when it renders the Envoy configuration. The emulators,
+the demo and the local stack (``playback-drm up``) are not deployed and are left out.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import functools
 import re
 from pathlib import Path
 
+from envoyconf.environment import SETTINGS
 from tests.k8s.render import REPO_ROOT
 
 # What the production image runs, and the Envoy configuration it is deployed with; devstack/ (the
@@ -98,6 +99,8 @@ def env_reads() -> dict[str, tuple[str, ...]]:
                 ):
                     for name in _reads(node):
                         found.setdefault(name, set()).add(rel)
+    for setting in SETTINGS:  # read through the table, not by literal name
+        found.setdefault(setting.key, set()).add("envoyconf/environment.py")
     return {name: tuple(sorted(modules)) for name, modules in sorted(found.items())}
 
 

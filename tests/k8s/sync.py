@@ -1,12 +1,12 @@
-"""Keep the copies under k8s/ in step with their sources (kustomize cannot read outside k8s/).
+"""Keep the copy under k8s/ in step with its source (kustomize cannot read outside k8s/).
 
-- ``k8s/base/envoy/envoy.yaml`` is a byte-for-byte copy of ``envoy/sidecar-k8s.yaml``
-  (rendered by ``playback-drm envoy-config --profile k8s``).
-- ``k8s/base/monitoring/prometheusrule.yaml`` wraps ``observability/prometheus/alerts.yaml`` (a
-  Prometheus rules file) in a ``PrometheusRule``: the rules file, indented, is its ``spec``.
+``k8s/base/monitoring/prometheusrule.yaml`` wraps ``observability/prometheus/alerts.yaml`` (a
+Prometheus rules file) in a ``PrometheusRule``: the rules file, indented, is its ``spec``.
 
-``python -m tests.k8s.sync`` rewrites both copies; ``--check`` only reports (exit 1 when stale).
-tests/k8s/test_sync.py fails, naming this command, while a copy is stale.
+``python -m tests.k8s.sync`` rewrites the copy; ``--check`` only reports (exit 1 when stale).
+tests/k8s/test_sync.py fails, naming this command, while the copy is stale. (The Envoy
+configuration has no copy here: the edge pod renders it at start from the ``playback-envoy``
+ConfigMap.)
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ENVOY_SOURCE = REPO_ROOT / "envoy" / "sidecar-k8s.yaml"
-ENVOY_COPY = REPO_ROOT / "k8s" / "base" / "envoy" / "envoy.yaml"
 ALERTS_SOURCE = REPO_ROOT / "observability" / "prometheus" / "alerts.yaml"
 RULE_COPY = REPO_ROOT / "k8s" / "base" / "monitoring" / "prometheusrule.yaml"
 SYNC_COMMAND = "python -m tests.k8s.sync"
@@ -60,12 +58,8 @@ class Copy:
 
 
 def copies() -> list[Copy]:
-    envoy = ENVOY_SOURCE.read_text() if ENVOY_SOURCE.exists() else None
     alerts = ALERTS_SOURCE.read_text() if ALERTS_SOURCE.exists() else None
-    return [
-        Copy(ENVOY_SOURCE, ENVOY_COPY, envoy),
-        Copy(ALERTS_SOURCE, RULE_COPY, render_prometheus_rule(alerts) if alerts else None),
-    ]
+    return [Copy(ALERTS_SOURCE, RULE_COPY, render_prometheus_rule(alerts) if alerts else None)]
 
 
 def main(argv: list[str] | None = None) -> int:

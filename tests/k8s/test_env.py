@@ -34,10 +34,11 @@ OPERATOR_SAMPLES = {
 DOCS = (REPO_ROOT / "docs" / "DEPLOYMENT.md", REPO_ROOT / "README.md")
 
 
-def _containers(overlay: str) -> Iterator[tuple[Index, Obj, Obj]]:
+def _containers(overlay: str, *, init: bool = False) -> Iterator[tuple[Index, Obj, Obj]]:
     index = Index(render_overlay(overlay))
     for dep, template in index.workloads():
-        for c in template["spec"]["containers"]:
+        inits = template["spec"].get("initContainers") or [] if init else []
+        for c in inits + template["spec"]["containers"]:
             yield index, dep, c
 
 
@@ -61,7 +62,7 @@ def _app_containers() -> list[Any]:
 def test_every_variable_the_manifests_set_is_read_by_the_code(overlay: str) -> None:
     read = env_reads()
     unknown = []
-    for index, dep, c in _containers(overlay):
+    for index, dep, c in _containers(overlay, init=True):
         env, errors = container_env(index, c)
         assert errors == []
         unknown += [

@@ -1,4 +1,5 @@
-"""The Envoy configuration each overlay mounts into the sidecar passes ``envoy --mode validate``."""
+"""The Envoy configuration each overlay's pods render at start (from the playback-envoy ConfigMap,
+as their init container does) passes ``envoy --mode validate``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from envoyconf import SETTINGS, k8s_settings, render, settings_from_env, settings_to_env
 from tests.k8s.checks import EnvoyPod, Index, envoy_pods
-from tests.k8s.render import OVERLAYS, render_overlay
+from tests.k8s.render import K8S_DIR, OVERLAYS, REPO_ROOT, render_overlay
 from tests.support.servers import envoy_validate
 
 MOUNTED_TLS_FILES = ("tls.crt", "tls.key", "ca.crt")
@@ -57,7 +59,7 @@ def _sidecar(overlay: str) -> EnvoyPod:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_mounted_envoy_config_passes_envoy_validate(
+def test_rendered_envoy_config_passes_envoy_validate(
     overlay: str, throwaway_tls: Path, tmp_path: Path
 ) -> None:
     pod = _sidecar(overlay)
@@ -86,3 +88,40 @@ def test_validation_rejects_a_broken_config(throwaway_tls: Path, tmp_path: Path)
     config = tmp_path / "envoy.yaml"
     config.write_text(text)
     assert envoy_validate(config).returncode != 0
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as kustomize's ``envs`` reads them (comments and blank lines skipped)."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value
+    return pairs
+
+
+def test_the_base_configmap_lists_every_setting_with_the_k8s_defaults() -> None:
+    """k8s/base/config/envoy.env is the complete list a platform engineer reads, with the values
+    the k8s profile renders (envoy/sidecar-k8s.yaml is its rendering)."""
+    env = _env_file(K8S_DIR / "base" / "config" / "envoy.env")
+    assert sorted(env) == sorted(s.key for s in SETTINGS)
+    assert env == settings_to_env(k8s_settings())
+    assert (
+        render(settings_from_env(env, k8s_settings()))
+        == (REPO_ROOT / "envoy" / "sidecar-k8s.yaml").read_text()
+    )
+
+
+def test_the_pods_render_what_the_overlay_sets() -> None:
+    """The checks above validate the overlay's own values, not the defaults: a value merged by
+    an overlay reaches the configuration they validate."""
+    pod = _sidecar("prod")
+    (envoy_map,) = [
+        o
+        for o in render_overlay("prod")
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("playback-envoy-")
+    ]
+    settings = settings_from_env(envoy_map["data"], k8s_settings())
+    assert pod.config_text == render(settings)
+    for principal in settings.license_principals:
+        assert f"exact: {principal}" in pod.config_text

@@ -143,6 +143,28 @@ def test_dockerignore_sends_only_the_sources(stages: list[Stage]) -> None:
         assert ignored(unwanted), f"{unwanted} would be sent to the Docker daemon"
 
 
+def test_the_app_image_holds_every_module_its_containers_run(stages: list[Stage]) -> None:
+    """`python -m X` in a container of the app image (the init container's envoyconf too): X is
+    copied into the build, so the wheel the image installs has it."""
+    copied = {
+        part.rstrip("/")
+        for stage in stages
+        for i in stage.of("COPY")
+        if "--from=" not in i.args
+        for part in i.args.split()[:-1]
+        if part.endswith("/")
+    }
+    run: set[str] = set()
+    for _, template in Index(render_overlay("prod")).workloads():
+        spec = template["spec"]
+        for c in (spec.get("initContainers") or []) + spec["containers"]:
+            argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            if "playback-drm-envoy" not in c["image"] and argv[:2] == ["python", "-m"]:
+                run.add(argv[2])
+    assert "envoyconf" in run, "the edge pod's init container renders with envoyconf"
+    assert run <= copied, f"the app image lacks {sorted(run - copied)}"
+
+
 def test_dockerignore_matching_follows_docker_semantics() -> None:
     patterns = ["*", "!src/", "**/__pycache__"]
     assert ignored("README.md", patterns)

@@ -128,8 +128,9 @@ def test_generated_config_names_carry_a_content_hash_and_references_follow() -> 
     objs = render_overlay("dev")
     maps = {o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap"}
     (envoy_map,) = [m for m in maps if m.startswith("playback-envoy-")]
-    volume = _by_ref(objs, "Deployment", "playback-edge")["spec"]["template"]["spec"]["volumes"][0]
-    assert volume["projected"]["sources"][0]["configMap"]["name"] == envoy_map
+    spec = _by_ref(objs, "Deployment", "playback-edge")["spec"]["template"]["spec"]
+    (render,) = [c for c in spec["initContainers"] if c["name"] == "render-envoy-config"]
+    assert render["envFrom"] == [{"configMapRef": {"name": envoy_map}}]
 
 
 # ----------------------------------------------------------------- broken manifests are caught
