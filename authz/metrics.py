@@ -38,3 +38,17 @@ SESSIONS_ACTIVE = Gauge(
     "reports the same cluster-wide count: aggregate with max, not sum",
     ["plan"],
 )
+# Long sessions (authz.service): what became of session URLs whose token had expired, and
+# entitlements found gone at a playlist refresh.
+RENEWALS = Counter(
+    "playback_session_renewals_total",
+    "Expired session-bound playlist, license and heartbeat URLs: accepted (the session alive and "
+    "its viewer still entitled), refused (the session over or the entitlement gone)",
+    ["result"],
+)
+REVALIDATIONS = Counter(
+    "playback_session_revalidations_total",
+    "Entitlement re-checks at a live session's playlist refresh: held, revoked (the session "
+    "ended), unchecked (Billing unreachable: the session plays on)",
+    ["result"],
+)

@@ -5,7 +5,8 @@ around the pure decision code, one flow per check mode (``playback_drm.contract`
 ``session_start``        entry manifests: JWT + entitlement, then a new playback session whose id
                          the manifest signer binds into every URL it signs
 ``signed_url``           a signed media URL; when bound to a session, a sign of life of it, and the
-                         identity headers come from the session
+                         identity headers come from the session; on a playlist the viewer's
+                         entitlement is re-checked (cached), and a revoked one ends the session
 ``key``                  a session's signed HLS key URL: entitlement re-checked, a stream slot taken
 ``license``              the session's signed license URL (as ``key``), or a viewer JWT (the
                          JWT-only rule of ``authz.sessions``); a Widevine release ends the session
@@ -13,6 +14,12 @@ around the pure decision code, one flow per check mode (``playback_drm.contract`
 ``session_heartbeat``    the session's signed heartbeat URL: a sign of life
 ``jwt``, ``jwt_only``    JWT (+ entitlement for ``jwt``), no session
 =======================  ===========================================================================
+
+Long sessions: a session-bound playlist, license or heartbeat URL (what a player re-fetches for
+as long as it plays) whose token has expired is accepted while its session is alive and its
+viewer still entitled (docs/ARCHITECTURE.md, "Long sessions"), so no lifetime setting ever
+stops an entitled viewer; segments and keys need unexpired tokens (each playlist refresh signs
+them anew).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from authz.challenges import LicenseMessage, license_message
 from authz.decision import Allow, CheckInput, Decision, Deny
 from authz.entitlement import Entitlement, EntitlementCache
 from authz.errors import (
+    BillingUnavailable,
+    NotEntitled,
     SessionEnded,
     SessionRequired,
     SessionsUnavailable,
@@ -38,6 +47,7 @@ from authz.sessions import Kind, SessionFacts, jwt_label
 from authz.tokens import Identity, TokenVerifier
 from playback_drm import contract, identity, tracing
 from playback_drm.problem import PlaybackError
+from playback_drm.urlsign import UrlTokenExpired
 
 log = logging.getLogger(__name__)
 _TOKEN_HIT = metrics.CACHE.labels("tokens", "hit")
@@ -45,9 +55,18 @@ _TOKEN_MISS = metrics.CACHE.labels("tokens", "miss")
 _ENTITLEMENT_HIT = metrics.CACHE.labels("entitlements", "hit")
 _ENTITLEMENT_MISS = metrics.CACHE.labels("entitlements", "miss")
 _URL_TOKEN_ONLY: Final = ("pdt",)
+_LICENSE_SCOPE: Final = contract.LICENSE_PATH + "/"  # the JSON form's license URLs
 # An end URL ends its session whenever it comes: ending is harmless, and the signature still has
 # to verify. (Heartbeats, keys and licenses need an unexpired token.)
 END_URL_LEEWAY: Final = 30 * 86400
+# How long past its expiry a session URL a player re-fetches (playlist, license, heartbeat) may
+# still be accepted, given its session is alive and its viewer entitled: as long as anyone plays.
+RENEWAL_LEEWAY: Final = 30 * 86400
+_ACCEPTED = metrics.RENEWALS.labels("accepted")
+_REFUSED = metrics.RENEWALS.labels("refused")
+_HELD = metrics.REVALIDATIONS.labels("held")
+_REVOKED = metrics.REVALIDATIONS.labels("revoked")
+_UNCHECKED = metrics.REVALIDATIONS.labels("unchecked")
 
 
 class UrlVerifier(Protocol):
@@ -161,26 +180,92 @@ class Authorizer:
         return Allow(_headers(ident.sub, ent, facts.sid), removed)
 
     async def _session_of(
-        self, inp: CheckInput, who: _Who, *, leeway: int = 0
+        self, inp: CheckInput, who: _Who, *, leeway: int = 0, renewable: bool = False
     ) -> tuple[str, SessionFacts | None]:
         """The session a signed URL is bound to (raises :class:`SessionRequired` for a URL
-        bound to none) and its facts (None: the store cannot be asked, see the registry)."""
-        verified = self._url_verifier(inp.path, inp.query, inp.client_ip, leeway)
+        bound to none) and its facts (None: the store cannot be asked, see the registry).
+        ``renewable``: an expired token is accepted while the session is alive and its viewer
+        entitled (:meth:`_renew`)."""
+        if renewable:
+            verified, expired = self._verify_renewable(inp)
+        else:
+            verified, expired = (
+                self._url_verifier(inp.path, inp.query, inp.client_ip, leeway),
+                False,
+            )
         sid = getattr(verified, "session_id", None)
         if not isinstance(sid, str) or not sid:
             raise SessionRequired("this URL must be signed for a playback session")
         facts = await self.sessions.lookup(sid)
         if facts is not None:
             who.user, who.video = facts.user, who.video or facts.video
+        if expired:
+            await self._renew(facts, who.video or (facts.video if facts else ""))
         return sid, facts
+
+    def _verify_renewable(self, inp: CheckInput) -> tuple[Any, bool]:
+        """The verified token of a URL a player re-fetches, and whether it had expired: an
+        expired token counts only when it is bound to a session and is the URL's own (per-URL,
+        or the session's license scope), never a segment token's video-wide prefix."""
+        try:
+            return self._url_verifier(inp.path, inp.query, inp.client_ip), False
+        except UrlTokenExpired:
+            verified = self._url_verifier(inp.path, inp.query, inp.client_ip, RENEWAL_LEEWAY)
+            scope = getattr(verified, "scope", None)
+            if not getattr(verified, "session_id", None) or scope not in (None, _LICENSE_SCOPE):
+                _REFUSED.inc()
+                raise
+            return verified, True
+
+    async def _renew(self, facts: SessionFacts | None, video: str) -> None:
+        """An expired session URL: accepted while the session is alive (the store says so) and
+        its viewer entitled (Billing, through the cache); else the token's expiry stands."""
+        if facts is None:  # the store is away: nobody can say the session is alive
+            _REFUSED.inc()
+            raise SessionsUnavailable("the playback session cannot be looked up; retry")
+        limit = self.sessions.limits.limit_for(facts.plan, facts.max_streams)
+        try:
+            outcome = await self.sessions.check(facts, limit, Kind.LIFE)
+            if outcome is None:
+                raise SessionsUnavailable("the playback session cannot be looked up; retry")
+            await self._entitlement(facts.user, video)
+        except PlaybackError as exc:
+            _REFUSED.inc()
+            if isinstance(exc, NotEntitled):
+                _REVOKED.inc()
+                await self.sessions.end(facts)
+            raise
+        _ACCEPTED.inc()
+
+    async def _revalidate(self, facts: SessionFacts, video: str) -> None:
+        """A playlist refresh of a session: the viewer must still be entitled (the cache in
+        front of Billing decides how soon a revocation shows). A revoked viewer's session ends
+        at once, so its segment and key URLs stop too. Billing unreachable: the session plays
+        on (it was entitled when it started; revocations wait until Billing answers)."""
+        try:
+            await self._entitlement(facts.user, video)
+        except NotEntitled:
+            _REVOKED.inc()
+            await self.sessions.end(facts)
+            raise
+        except BillingUnavailable:
+            _UNCHECKED.inc()
+            return
+        _HELD.inc()
 
     async def _check_signed_url(self, inp: CheckInput, who: _Who) -> Decision:
         video = who.video = decision.video_for(inp)
-        verified = self._url_verifier(inp.path, inp.query, inp.client_ip)
+        playlist = contract.is_media_manifest(inp.path)
+        if playlist:
+            verified, expired = self._verify_renewable(inp)
+        else:
+            verified, expired = self._url_verifier(inp.path, inp.query, inp.client_ip), False
         sid = getattr(verified, "session_id", None)
         if not isinstance(sid, str) or not sid:  # a bearer or IP-bound URL: what it proves
             return Allow(((identity.VIDEO_HEADER, video),), _URL_TOKEN_ONLY)
         facts = await self.sessions.lookup(sid)
+        if expired:
+            await self._renew(facts, video)
         if facts is None:  # the store is away and the session unknown here: the token alone
             return Allow(
                 ((identity.VIDEO_HEADER, video), (identity.SESSION_HEADER, sid)), _URL_TOKEN_ONLY
@@ -188,6 +273,8 @@ class Authorizer:
         who.user = facts.user
         limit = self.sessions.limits.limit_for(facts.plan, facts.max_streams)
         await self.sessions.check(facts, limit, Kind.LIFE)
+        if playlist and not expired:  # (_renew checked the entitlement already)
+            await self._revalidate(facts, video)
         headers = decision.viewer_headers(facts.user, facts.plan, video, facts.entitlement, sid)
         return Allow(headers, _URL_TOKEN_ONLY)
 
@@ -209,7 +296,7 @@ class Authorizer:
         if not decision.has_url_token(inp.query):
             return await self._license_by_jwt(inp, who, message)
         # The session's signed license URL: its session decides (a JWT beside it is not read).
-        _sid, facts = await self._session_of(inp, who)
+        _sid, facts = await self._session_of(inp, who, renewable=True)
         if facts is None:
             raise SessionsUnavailable("the playback session cannot be looked up; retry")
         if message is LicenseMessage.RELEASE:
@@ -251,7 +338,7 @@ class Authorizer:
         return Allow(((identity.USER_HEADER, facts.user),), _URL_TOKEN_ONLY)
 
     async def _session_heartbeat(self, inp: CheckInput, who: _Who) -> Decision:
-        _sid, facts = await self._session_of(inp, who)
+        _sid, facts = await self._session_of(inp, who, renewable=True)
         if facts is None:
             return Allow((), _URL_TOKEN_ONLY)
         limit = self.sessions.limits.limit_for(facts.plan, facts.max_streams)

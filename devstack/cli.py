@@ -84,9 +84,11 @@ def _token_issuer(env: Mapping[str, str]) -> Callable[[str, int], str] | None:
 
 async def _serve_origin(env: Mapping[str, str]) -> None:
     from devstack.emulators.origin import OriginSettings, build_app
+    from devstack.live import LiveSettings
 
     settings = OriginSettings(
         media_dir=Path(env.get("ORIGIN_DIR") or ".local/media/origin"),
+        live=LiveSettings.from_env(env),
         node_modules=Path(env["NODE_MODULES_DIR"]) if env.get("NODE_MODULES_DIR") else None,
         events_log=Path(env["EVENTS_LOG_PATH"]) if env.get("EVENTS_LOG_PATH") else None,
         issue_token=_token_issuer(env),

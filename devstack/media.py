@@ -19,6 +19,8 @@ Layout under ``out_dir`` (default ``.local/media``)::
     origin/            the demo origin's document root (ORIGIN_DIR)
         demo/manifest.mpd  demo/dash/...  demo/master.m3u8  demo/hls/...
         demo-uhd/...
+                       (``live-demo`` is not on disk: the origin derives it from ``demo``,
+                       ``devstack.live``; keys.json lists its keys)
 
 Keys are derived with HMAC-SHA256 from a fixed, public demo seed, so every run produces the same
 keys: they protect nothing but this synthetic video. Binaries (ffmpeg, Shaka Packager) come from the
@@ -48,7 +50,9 @@ from playback_drm.problem import PlaybackError
 
 __all__ = [
     "DEFAULT_MEDIA_DIR",
+    "LIVE_CHANNELS",
     "ContentKey",
+    "LiveSpec",
     "MediaGenerationError",
     "MediaManifest",
     "Rendition",
@@ -57,6 +61,7 @@ __all__ = [
     "derive_keys",
     "generate",
     "keys_document",
+    "live_rotation_keys",
     "load_keys_into_vault",
     "main",
 ]
@@ -144,6 +149,20 @@ SPECS: Final[tuple[VideoSpec, ...]] = (
 
 
 @dataclass(frozen=True, slots=True)
+class LiveSpec:
+    """A live channel the demo origin simulates from a generated video (``devstack.live``): its
+    DASH segments are the source's (same CENC keys), its HLS segments are the source's
+    re-encrypted on the fly under ``rotation_keys`` AES-128 keys used in turn."""
+
+    video_id: str
+    source: str
+    rotation_keys: int = 8
+
+
+LIVE_CHANNELS: Final[tuple[LiveSpec, ...]] = (LiveSpec(video_id="live-demo", source="demo"),)
+
+
+@dataclass(frozen=True, slots=True)
 class ContentKey:
     """A content key: 16-byte ``kid`` and ``key`` as 32 lowercase hex digits; ``iv`` for HLS."""
 
@@ -222,18 +241,45 @@ def derive_keys(spec: VideoSpec) -> tuple[ContentKey, ...]:
     return (video, audio)
 
 
+def live_rotation_keys(spec: LiveSpec) -> tuple[ContentKey, ...]:
+    """The AES-128 keys a live channel's HLS segments rotate through (deterministic)."""
+    return tuple(
+        ContentKey(
+            kid=_derive(spec.video_id, f"ROTATION{index}", "kid"),
+            key=_derive(spec.video_id, f"ROTATION{index}", "key"),
+            track="SD",
+        )
+        for index in range(spec.rotation_keys)
+    )
+
+
 def keys_document(videos: Mapping[str, VideoContent]) -> dict[str, Any]:
     """The key-store file (``KEYS_FILE``) the license broker loads.
 
     ``{"videos": {"<videoId>": {"tier": "basic", "keys": [{"kid", "key", "track", "iv"?}]}}}``
-    with ``kid``/``key``/``iv`` as 32 lowercase hex digits.
+    with ``kid``/``key``/``iv`` as 32 lowercase hex digits. A live channel has its source's keys
+    (its DASH segments are the source's) and its HLS rotation keys.
     """
-    return {
-        "videos": {
-            vid: {"tier": v.tier, "keys": [k.to_dict() for k in v.keys]}
-            for vid, v in videos.items()
-        }
+    doc: dict[str, Any] = {
+        vid: {"tier": v.tier, "keys": [k.to_dict() for k in v.keys]} for vid, v in videos.items()
     }
+    for live in LIVE_CHANNELS:
+        source = videos.get(live.source)
+        if source is not None:
+            keys = (*source.keys, *live_rotation_keys(live))
+            doc[live.video_id] = {"tier": source.tier, "keys": [k.to_dict() for k in keys]}
+    return {"videos": doc}
+
+
+def _keys_text(videos: Mapping[str, VideoContent]) -> str:
+    return json.dumps(keys_document(videos), indent=2) + "\n"
+
+
+def _write_keys(path: Path, videos: Mapping[str, VideoContent]) -> None:
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(_keys_text(videos))
+    staged.chmod(0o600)
+    staged.replace(path)
 
 
 def load_keys_into_vault(
@@ -484,6 +530,9 @@ def generate(out_dir: Path = DEFAULT_MEDIA_DIR, *, force: bool = False) -> Media
 
     with _locked(root):
         if not force and _complete(root, stamp, videos):
+            keys_file = root / "keys.json"
+            if keys_file.read_text() != _keys_text(videos):  # e.g. a live channel added since
+                _write_keys(keys_file, videos)
             return result(False)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
         try:
@@ -497,9 +546,7 @@ def generate(out_dir: Path = DEFAULT_MEDIA_DIR, *, force: bool = False) -> Media
                 _package_dash(bins, spec, content, mezz)
                 _package_hls(bins, spec, content, mezz, work)
             shutil.rmtree(staging / "work")
-            keys = json.dumps(keys_document(videos), indent=2) + "\n"
-            (staging / "keys.json").write_text(keys)
-            (staging / "keys.json").chmod(0o600)
+            _write_keys(staging / "keys.json", videos)
             stamp_doc = {"stamp": stamp, "generator": GENERATOR_VERSION, "binaries": bins.version}
             (staging / "stamp.json").write_text(json.dumps(stamp_doc, indent=2) + "\n")
             if root.exists():

@@ -4,6 +4,9 @@ integration tests start on free ports.
 
 Embedded defaults: in-memory caches and key store, events to a local JSON-lines log. Set
 ``REDIS_URL``, ``NATS_URL``, ``VAULT_ADDR``/``VAULT_TOKEN`` or ``ORIGIN_URL`` to use real ones.
+Every other setting in the environment ``playback-drm up`` runs in reaches the processes, over
+the stack's own defaults (``URL_TOKEN_TTL=10 URL_TOKEN_PLAYLIST_TTL=20 make run``), except the
+addresses and paths the processes and Envoy's configuration must agree on (:data:`WIRING`).
 ``CORS_ALLOWED_ORIGINS`` (and ``CORS_MAX_AGE``) replace the origins Envoy allows, by default the
 demo page's (the gateway's) and the site's (the player pages on an origin of their own).
 """
@@ -31,6 +34,7 @@ from devstack.emulators.auth import (
 from devstack.emulators.drm import provider_env
 from devstack.supervise import ManagedProcess, binary, free_port, http_probe
 from envoyconf import CorsSettings, Endpoint, EnvoySettings, TlsFiles, local_cors, render
+from playback_drm.settings import ConfigError
 
 # the services start the way the production image starts them
 SERVICE_MODULES = {"authz": "authz", "extproc": "extproc", "broker": "license_broker"}
@@ -46,6 +50,40 @@ COMPONENTS = (
     "broker",
     "envoy",
 )
+
+
+# What the stack decides itself, whatever the environment says: where each process listens and
+# finds the others (Envoy's configuration is rendered from the same ports), and its files.
+WIRING = frozenset(
+    {
+        "AUTHZ_GRPC_ADDR",
+        "AUTHZ_HTTP_ADDR",
+        "EXTPROC_GRPC_ADDR",
+        "EXTPROC_HTTP_ADDR",
+        "BROKER_HOST",
+        "BROKER_PORT",
+        "AUTH_EMULATOR_ADDR",
+        "BILLING_EMULATOR_ADDR",
+        "DRM_EMULATOR_ADDR",
+        "DRM_EMULATOR_URL",
+        "ORIGIN_ADDR",
+        "ORIGIN_DIR",
+        "SITE_ADDR",
+        "SITE_GATEWAY_URL",
+        "NODE_MODULES_DIR",
+        "JWT_SIGNING_KEY_FILE",
+        "PYTHONUNBUFFERED",
+    }
+)
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +127,20 @@ class StackSettings:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     # more public base URLs of the same services (another proxy in front of them, as in tests/mesh)
     extra_public_base_urls: tuple[str, ...] = ()
+    # the environment the stack was started from: its settings win over the stack's defaults
+    environment: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str], root: Path, ports: StackPorts | None = None
     ) -> StackSettings:
+        """Raises :class:`~playback_drm.settings.ConfigError` naming a malformed setting the
+        stack itself reads."""
         ports = ports or StackPorts()
         return cls(
+            environment={k: v for k, v in env.items() if k not in WIRING},
+            url_token_ttl=_positive_int(env, "URL_TOKEN_TTL", 300),
+            per_user_rps=_positive_int(env, "RATE_LIMIT_PER_USER", 200),
             root=root,
             ports=ports,
             redis_url=env.get("REDIS_URL") or None,
@@ -278,6 +323,7 @@ class Stack:
             "VAULT_TOKEN": self.settings.vault_token,
         }
         env.update({k: v for k, v in optional.items() if v})
+        env.update(self.settings.environment)
         env.update(self.settings.extra_env)
         return env
 

@@ -16,6 +16,7 @@ from envoyconf.settings import EnvoySettings
 from playback_drm.contract import (
     KEY_PATH_PREFIX,
     LICENSE_PATH,
+    MEDIA_MANIFEST_REGEX,
     MODE_KEY,
     MODE_LICENSE,
     MODE_SESSION_END,
@@ -27,9 +28,6 @@ from playback_drm.contract import (
 )
 
 MANIFEST_ROUTE_REGEX = r"^/playback/([A-Za-z0-9_.-]+)/manifest$"
-
-
-MEDIA_MANIFEST_REGEX = r"^/media/[^/]+/.+[.](m3u8|mpd)$"
 
 
 def template_to_rewrite(template: str) -> str:

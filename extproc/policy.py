@@ -4,6 +4,10 @@ URI of a manifest becomes. Pure logic: no gRPC, no I/O.
 Each URI the rewriter offers is resolved against the manifest's origin URL and its DASH
 ``BaseURL`` chain, then:
 
+0. time sources (``UTCTiming@value`` of a DASH MPD) are never signed, wherever they are: a clock
+   protects nothing, players fetch it with no token of their own (dash.js and Shaka ask it before
+   anything else and again while playing), and a token there would only leak the session's
+   binding to whoever serves the time (counted as ``time_source``);
 1. kinds configured as unsigned (``URL_TOKEN_UNSIGNED_KINDS``, default none) stay as they are;
 2. our origin (relative URIs, absolute URIs on the ``ORIGIN_URL`` host):
 
@@ -75,6 +79,7 @@ from playback_drm.contract import (
 )
 
 __all__ = [
+    "NEVER_SIGNED_KINDS",
     "REFRESH_KINDS",
     "ManifestUriMapper",
     "SessionUrls",
@@ -94,6 +99,8 @@ REFRESH_KINDS: Final = frozenset(
         UriKind.STEERING,
     }
 )
+# Time sources: a clock needs no token (rule 0 of the module docstring).
+NEVER_SIGNED_KINDS: Final = frozenset({UriKind.DASH_UTC_TIMING})
 _VIDEO_ID_FIRST: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _VIDEO_ID_CHARS: Final = _VIDEO_ID_FIRST | frozenset("_.-")
 _MISS: Final = object()
@@ -161,7 +168,11 @@ class SigningPolicy:
         self._origin_path = parts.path
         self.refresh_ttl = config.playlist_ttl or config.ttl
         self.public_hosts = config.public_hosts
-        signed = [kind for kind in UriKind if kind not in config.unsigned_kinds]
+        signed = [
+            kind
+            for kind in UriKind
+            if kind not in config.unsigned_kinds and kind not in NEVER_SIGNED_KINDS
+        ]
         # [without, with] a separate playlist TTL: the kinds a mapper's fast path may sign.
         self.fast_kinds = (
             tuple(signed),
@@ -314,7 +325,8 @@ class SigningPolicy:
 class ManifestUriMapper:
     """The :class:`~extproc.manifest.UriMapper` for one manifest response (not thread-safe; one
     per rewrite). ``stats`` counts decisions (``signed``, ``in_place``, ``cdn:<name>``,
-    ``third_party``, ``unsigned_kind``, ``unmappable``, ``cdn_refused``) for metrics."""
+    ``third_party``, ``unsigned_kind``, ``time_source``, ``unmappable``, ``cdn_refused``) for
+    metrics."""
 
     __slots__ = (
         "_bases",
@@ -507,6 +519,9 @@ class ManifestUriMapper:
     def _map(self, ref: UriRef) -> str | None:
         raw, kind, is_template, bases = ref
         config = self._policy.config
+        if kind in NEVER_SIGNED_KINDS:
+            self._count("time_source")
+            return None
         if kind in config.unsigned_kinds:
             self._count("unsigned_kind")
             return None

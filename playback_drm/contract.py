@@ -64,6 +64,17 @@ LICENSE_KEY_SYSTEMS: Final = (
 
 MEDIA_PATH_PREFIX: Final = "/media/"
 _ENTRY_MANIFEST: Final = re.compile(r"/playback/[^/]+/manifest")
+# A manifest under /media/ (a child playlist, a refreshed MPD): extproc rewrites it, and authz
+# re-checks the viewer's entitlement on it (envoyconf's media_manifest route is the same rule).
+MEDIA_MANIFEST_REGEX: Final = r"^/media/[^/]+/.+[.](m3u8|mpd)$"
+_MEDIA_MANIFEST: Final = re.compile(MEDIA_MANIFEST_REGEX)
+
+
+def is_media_manifest(path: str) -> bool:
+    """Whether ``path`` (without the query) is a manifest under ``/media/``: what a player
+    fetches again and again during a live session."""
+    return _MEDIA_MANIFEST.match(path) is not None
+
 
 # The request headers authz reads (besides the pseudo-headers): what an ext_authz filter that can
 # restrict them (our sidecar, Envoy Gateway's ``headersToExtAuth``) sends and nothing more.
@@ -187,6 +198,7 @@ __all__ = [
     "KEY_PATH_PREFIX",
     "LICENSE_KEY_SYSTEMS",
     "LICENSE_PATH",
+    "MEDIA_MANIFEST_REGEX",
     "MEDIA_PATH_PREFIX",
     "MODE_JWT",
     "MODE_JWT_ONLY",
@@ -208,4 +220,5 @@ __all__ = [
     "USER_ATTRIBUTE",
     "VIDEO_ATTRIBUTE",
     "authz_mode_for_path",
+    "is_media_manifest",
 ]

@@ -10,7 +10,9 @@
     GET  /health
 
 Local defaults: alice (premium, entitled to all), bob (basic: `demo` yes, `demo-uhd` no),
-carol (no subscription). Videos: `demo` (tier HD, basic plan), `demo-uhd` (tier UHD, premium plan).
+carol (no subscription). Videos: `demo` (tier HD, basic plan), `demo-uhd` (tier UHD, premium plan),
+`live-demo` (the live channel; tier HD, basic plan). Taking a viewer's plan away (``PUT
+/admin/users/{userId} {"plan": null}``) revokes their entitlements, mid-playback too.
 
 Premium means premium: a video outside the catalog that the origin has (``ORIGIN_URL``: its HLS
 or DASH manifest answers 200) is a premium title (tier UHD), so premium viewers are entitled to
@@ -59,6 +61,7 @@ def default_catalog() -> dict[str, dict[str, str]]:
     return {
         "demo": {"tier": "HD", "plan": "basic"},
         "demo-uhd": {"tier": "UHD", "plan": "premium"},
+        "live-demo": {"tier": "HD", "plan": "basic"},
     }
 
 

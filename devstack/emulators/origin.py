@@ -2,12 +2,15 @@
 demo page and its development-only helpers.
 
     GET /{videoId}/master.m3u8, /{videoId}/manifest.mpd, /{videoId}/...   media (ORIGIN_DIR)
+    GET /live-demo/...              the live channel, simulated from ``demo`` (devstack.live)
     GET /_demo/                     the demo page (public at /demo/ through the gateway)
     GET /_demo/player.html?player=  one player alone, set up as a platform's page would
     GET /_demo/vendor/{package}/... player libraries from node_modules
     GET /_demo/api/config           where the page sends playback requests ("": its own origin)
     GET /_demo/api/token?sub=alice  a development JWT for any user name (local stack only)
     GET /_demo/api/events           the most recent analytics events (from the local event log)
+    GET /_demo/api/time             the time (ISO 8601, ms): the live MPD's UTCTiming source,
+                                    public at /demo/api/time; never needs a token
     GET /health
     GET /_origin/requests           what reached the origin (path, query, identity headers): lets
                                     tests prove tokens and forged headers never get this far
@@ -23,13 +26,17 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from devstack import media as demo_media
+from devstack.live import LiveChannel, LiveSettings, iso_time
 
 DEMO_PREFIX = "/_demo/"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -63,6 +70,16 @@ class DemoSettings:
 @dataclass(kw_only=True)
 class OriginSettings(DemoSettings):
     media_dir: Path
+    live: LiveSettings = field(default_factory=LiveSettings)
+
+
+def live_channels(settings: OriginSettings) -> dict[str, LiveChannel]:
+    """The live channels whose source video is in the media directory."""
+    return {
+        spec.video_id: LiveChannel(spec, settings.media_dir, settings.live)
+        for spec in demo_media.LIVE_CHANNELS
+        if (settings.media_dir / spec.source).is_dir()
+    }
 
 
 def _safe_file(root: Path, relative: str) -> Path | None:
@@ -134,12 +151,26 @@ def build_app(settings: OriginSettings) -> web.Application:
     async def recorded(_: web.Request) -> web.Response:
         return web.json_response(list(seen))
 
+    channels = live_channels(settings)
+
     async def media(request: web.Request) -> web.StreamResponse:
-        path = _safe_file(media_root, request.match_info["path"])
-        if path is None:
-            return _not_found()
-        manifest = path.suffix in (".m3u8", ".mpd")
-        response = _file_response(path, cache="no-cache" if manifest else "public, max-age=86400")
+        relative = request.match_info["path"]
+        video, _, rest = relative.partition("/")
+        channel = channels.get(video)
+        response: web.StreamResponse
+        if channel is not None:
+            answer = channel.respond(rest)
+            if answer is None:
+                return _not_found()
+            headers = {"Content-Type": answer.content_type, "Cache-Control": answer.cache_control}
+            response = web.Response(body=answer.body, headers=headers)
+        else:
+            path = _safe_file(media_root, relative)
+            if path is None:
+                return _not_found()
+            manifest = path.suffix in (".m3u8", ".mpd")
+            cache = "no-cache" if manifest else "public, max-age=86400"
+            response = _file_response(path, cache=cache)
         if "Origin" in request.headers:
             response.headers["Access-Control-Allow-Origin"] = "*"
         return response
@@ -203,7 +234,16 @@ def add_demo_routes(app: web.Application, prefix: str, settings: DemoSettings) -
             tail_events(settings.events_log), headers={"Cache-Control": "no-store"}
         )
 
+    async def now(_: web.Request) -> web.Response:
+        # a public time source (like time.akamai.com): any page may read it, nothing to protect
+        return web.Response(
+            text=iso_time(time.time()),
+            content_type="text/plain",
+            headers={"Cache-Control": "no-store", "Access-Control-Allow-Origin": "*"},
+        )
+
     app.router.add_get(f"{prefix}api/config", config)
+    app.router.add_get(f"{prefix}api/time", now)
     app.router.add_get(f"{prefix}api/token", token)
     app.router.add_get(f"{prefix}api/events", events)
     app.router.add_get(prefix + "vendor/{package}/{path:.+}", vendor)

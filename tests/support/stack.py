@@ -106,3 +106,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     set_viewer(started, "alice", "premium", max_streams=0)
     yield started
     stop_and_audit(started)
+
+
+# The live stack (tests/integration/test_long_sessions.py, tests/e2e/test_live.py): short token
+# lifetimes, so a test sees tokens expire under a playing session within seconds, and a short
+# entitlement cache, so a revocation shows within seconds too.
+LIVE_TOKEN_TTL = 6
+LIVE_PLAYLIST_TTL = 10
+LIVE_ENTITLEMENT_TTL = 2
+LIVE_SESSION_CHECK = 1.0
+LIVE_ENV = {
+    "URL_TOKEN_TTL": str(LIVE_TOKEN_TTL),
+    "URL_TOKEN_PLAYLIST_TTL": str(LIVE_PLAYLIST_TTL),
+    "URL_TOKEN_WINDOW": "1",
+    "ENTITLEMENT_TTL_SECONDS": str(LIVE_ENTITLEMENT_TTL),
+    "ENTITLEMENT_DENY_TTL_SECONDS": "1",
+    "SESSION_CHECK_SECONDS": str(LIVE_SESSION_CHECK),
+    "LIVE_KEY_ROTATION_SEGMENTS": "3",
+}
+
+
+@pytest.fixture(scope="session")
+def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second stack with :data:`LIVE_ENV` (every setting reaches its service through the
+    environment, as with ``make run``)."""
+    started = start_stack(tmp_path_factory.mktemp("live-stack"), extra_env=LIVE_ENV)
+    yield started
+    stop_and_audit(started)

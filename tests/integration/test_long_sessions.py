@@ -1,0 +1,164 @@
+"""Issue 15 through the real stack (Envoy, authz, extproc, the broker, the live origin), with token
+lifetimes of seconds (``tests.support.stack.LIVE_ENV``): a live session keeps playing long after
+its playlist URLs' tokens expired, and a revoked viewer is cut off within the stated bound.
+The rules themselves: tests/authz/test_long_sessions.py; the players: tests/e2e/test_live.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+import uuid
+from typing import Any
+
+import pytest
+
+from devstack.stack import Stack
+from tests.support.stack import (
+    LIVE_ENTITLEMENT_TTL,
+    LIVE_PLAYLIST_TTL,
+    LIVE_SESSION_CHECK,
+    Reply,
+    http,
+    set_viewer,
+)
+
+pytestmark = pytest.mark.integration
+
+REFRESH_S = 2.0  # the channel's target duration and minimumUpdatePeriod
+# A revoked viewer's next playlist request is refused once the entitlement cache lets Billing's
+# answer through: at most ENTITLEMENT_TTL_SECONDS after the revocation, plus one refresh.
+REVOCATION_BOUND_S = LIVE_ENTITLEMENT_TTL + REFRESH_S
+
+
+def _viewer(stack: Stack) -> str:
+    user = f"live-{uuid.uuid4().hex[:8]}"
+    set_viewer(stack, user, "basic", 0)
+    return user
+
+
+def _start(stack: Stack, user: str, fmt: str) -> dict[str, Any]:
+    query = "?format=dash" if fmt == "dash" else ""
+    reply = http(
+        f"{stack.gateway}/playback/live-demo/manifest{query}",
+        headers={"Authorization": f"Bearer {stack.token(user)}", "Accept": "application/json"},
+    )
+    assert reply.status == 200, reply.body
+    doc: dict[str, Any] = reply.json()
+    return doc
+
+
+def _ok(url: str) -> Reply:
+    reply = http(url)
+    assert reply.status == 200, (url[:120], reply.status, reply.body[:300])
+    return reply
+
+
+def _expiry(url: str) -> int:
+    token = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["pdt"]
+    return int(token.split(".")[1])
+
+
+def _variant(stack: Stack, session: dict[str, Any]) -> str:
+    master = _ok(session["url"]).body.decode()
+    variant = next(line for line in master.splitlines() if line and not line.startswith("#"))
+    return urllib.parse.urljoin(session["url"], variant)
+
+
+def _hls_refresh(url: str) -> tuple[int, list[str], list[str]]:
+    """(media sequence, segment URLs, key URLs) of one playlist refresh."""
+    body = _ok(url).body.decode()
+    assert "#EXT-X-ENDLIST" not in body
+    sequence = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", body).group(1))  # type: ignore[union-attr]
+    segments = [
+        urllib.parse.urljoin(url, line)
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    ]
+    keys = [urllib.parse.urljoin(url, k) for k in re.findall(r'URI="([^"]+)"', body)]
+    return sequence, segments, keys
+
+
+def test_live_sessions_outlive_every_token_lifetime(live_stack: Stack) -> None:
+    """HLS re-fetches one media playlist URL for the whole session; DASH follows the MPD's
+    Location, re-signed at every refresh. Both play on for more than twice the playlist lifetime
+    and every refresh's segments and keys are served."""
+    user = _viewer(live_stack)
+    variant = _variant(live_stack, _start(live_stack, user, "hls"))
+    mpd_url = _start(live_stack, user, "dash")["url"]
+    started = time.time()
+    sequences: list[int] = []
+    keys_seen: set[str] = set()
+    mpd_tokens: set[int] = set()
+    while time.time() - started < 2 * LIVE_PLAYLIST_TTL + 3:
+        sequence, segments, keys = _hls_refresh(variant)
+        sequences.append(sequence)
+        assert _ok(segments[-1]).headers["content-type"] == "video/mp2t"
+        for key in keys:
+            if key.split("?")[0] not in keys_seen:
+                assert len(_ok(key).body) == 16
+                keys_seen.add(key.split("?")[0])
+        mpd = _ok(mpd_url).body.decode()
+        location = re.search(r"<Location>([^<]+)</Location>", mpd)
+        assert location is not None, mpd[:300]
+        mpd_url = urllib.parse.urljoin(mpd_url, location.group(1).replace("&amp;", "&"))
+        mpd_tokens.add(_expiry(mpd_url))
+        template = re.search(r'media="([^"]+)"', mpd)
+        assert template is not None
+        number = re.search(r'startNumber="(\d+)"', mpd)
+        assert number is not None
+        segment = template.group(1).replace("&amp;", "&").replace("$Number$", number.group(1))
+        _ok(urllib.parse.urljoin(mpd_url, segment))
+        time.sleep(REFRESH_S)
+    # the playlist URL's token expired long ago, and it is still served
+    assert time.time() > _expiry(variant) + LIVE_PLAYLIST_TTL
+    assert sequences == sorted(sequences)
+    assert sequences[-1] - sequences[0] >= LIVE_PLAYLIST_TTL // REFRESH_S
+    assert len(keys_seen) >= 3  # a key every 3 segments
+    assert len(mpd_tokens) >= 3  # each MPD refresh named a fresh MPD URL
+
+
+def _events(stack: Stack, user: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in stack.events()
+        if str(e.get("type", "")).endswith(".playback.error.v1")
+        and isinstance(e.get("data"), dict)
+        and e["data"].get("userId") == user
+    ]
+
+
+def test_a_revoked_viewer_is_cut_off_within_the_bound(live_stack: Stack) -> None:
+    user = _viewer(live_stack)
+    variant = _variant(live_stack, _start(live_stack, user, "hls"))
+    _sequence, segments, _keys = _hls_refresh(variant)
+    set_viewer(live_stack, user, None)  # Billing: the subscription ends mid-match
+    revoked = time.time()
+    while True:
+        reply = http(variant)
+        if reply.status != 200:
+            break
+        assert time.time() - revoked < REVOCATION_BOUND_S + 1, "still served"
+        segments = [
+            urllib.parse.urljoin(variant, line)
+            for line in reply.body.decode().splitlines()
+            if line and not line.startswith("#")
+        ]
+        time.sleep(0.25)
+    cut_off = time.time() - revoked
+    assert reply.status == 403, reply.body
+    assert reply.json()["code"] == "not_entitled"
+    assert cut_off <= REVOCATION_BOUND_S, cut_off
+    # the session ended with it: segments listed a moment ago are refused too (the same
+    # replica at once, others within SESSION_CHECK_SECONDS)
+    time.sleep(LIVE_SESSION_CHECK)
+    segment = http(segments[-1])
+    assert segment.status == 403, segment.status
+    assert segment.json()["code"] == "playback_session_ended"
+    deadline = time.time() + 5
+    while not any(e["data"].get("code") == "not_entitled" for e in _events(live_stack, user)):
+        assert time.time() < deadline, "no PlaybackError event"
+        time.sleep(0.2)
+    event = next(e for e in _events(live_stack, user) if e["data"]["code"] == "not_entitled")
+    assert event["data"]["videoId"] == "live-demo"
