@@ -38,7 +38,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.connection import parse_url as redis_parse_url
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
@@ -49,6 +51,13 @@ RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 
 Shape = Literal["single", "sentinel", "cluster"]
 
+CLUSTER_RETRIES: Final = 1
+"""A cluster command that failed (a node gone, the cluster down while a replica takes over) is
+tried once more, at once, after the slot map is read again. redis-py's default (ten tries with
+backoff, and a quarter second before each after CLUSTERDOWN) held a request for longer than
+Envoy waits for authz (0.5 s), so a failover turned into 503s where a miss would do: each user
+already treats a failed command as a miss or fails open. (A primary's client, plain or Sentinel,
+does not retry a command; a Sentinel-managed connection asks the sentinels again on reconnect.)"""
 SENTINEL_PORT: Final = 26379
 REDIS_PORT: Final = 6379
 
@@ -338,6 +347,7 @@ def open_redis(target: RedisTarget, options: RedisOptions | None = None) -> Shar
         startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
         max_connections=opts.max_connections,
         gate=_Gate(opts.max_connections, opts.pool_timeout),
+        retry=Retry(NoBackoff(), CLUSTER_RETRIES),
         **auth,
         **common,
         **tls,
