@@ -18,7 +18,7 @@
 | BILLING_TIMEOUT_SECONDS | 0.3 | per request (under Envoy's 0.5 s for authz), then 503 |
 | ENTITLEMENT_TTL_SECONDS | 60 | cache lifetime of a grant |
 | ENTITLEMENT_DENY_TTL_SECONDS | 10 | cache lifetime of a denial |
-| REDIS_URL | (unset) | shared entitlement cache and rate-limit state; in-memory when unset |
+| REDIS_URL | (unset) | entitlements, rate limits, sessions; in memory when unset (redisconn) |
 | URL_SIGNING_KEYS | (required) | `kid:base64secret,...` keys that verify signed media URLs |
 | RATE_LIMIT_PER_USER | 200 | requests per window per user (rate limit service) |
 | RATE_LIMIT_WINDOW_SECONDS | 1 | sliding window length |

@@ -29,7 +29,7 @@ Licenses and policy
 
 | variable | default | meaning |
 | --- | --- | --- |
-| REDIS_URL | (unset) | license cache; in-memory when unset |
+| REDIS_URL | (unset) | license cache; in-memory when unset; any shape of playback_drm.redisconn |
 | REDIS_MAX_CONNECTIONS | 64 | connection pool size |
 | REDIS_TIMEOUT | 0.25 | seconds per Redis command (a slow Redis is a cache miss) |
 | LICENSE_CACHE_TTL | 300 | seconds an issued license answers identical retries |
