@@ -24,7 +24,6 @@ import redis
 from redis.crc import key_slot
 
 from tests.support.procs import ManagedProcess, binary, free_port
-from tests.support.servers import _redis_ping
 
 SERVICE = "pdrm"
 SLOTS = 16384
@@ -35,9 +34,10 @@ FAILURE_MS = 1000  # sentinel down-after-milliseconds, cluster-node-timeout
 class RedisNode:
     process: ManagedProcess
     port: int
+    password: str | None = None
 
-    def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, **kwargs)  # type: ignore[arg-type]
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=2)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to replicas or sentinels, as when a machine dies."""
@@ -71,10 +71,26 @@ def _cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+def _answers(port: int) -> bool:
+    """The server is up: PONG, or a refusal for want of a password."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
 def _start_node(
-    log_dir: Path, *extra: str, name: str = "redis", port: int | None = None
+    log_dir: Path,
+    *extra: str,
+    name: str = "redis",
+    port: int | None = None,
+    password: str | None = None,
 ) -> RedisNode:
     port = port or free_port()
+    if password:
+        extra = (*extra, "--requirepass", password, "--masterauth", password)
     workdir = log_dir / f"{name}-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -92,9 +108,9 @@ def _start_node(
         *extra,
     ]
     proc = ManagedProcess(
-        f"{name}-{port}", argv, log_dir=log_dir, ready=lambda: _redis_ping(port)
+        f"{name}-{port}", argv, log_dir=log_dir, ready=functools.partial(_answers, port)
     ).start()
-    return RedisNode(proc, port)
+    return RedisNode(proc, port, password)
 
 
 # -------------------------------------------------------------------------------- Sentinel
@@ -109,7 +125,10 @@ class SentinelSet:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}"
+        auth = f":{self.servers[0].password}@" if self.servers[0].password else ""
+        secret = self.sentinels[0].password
+        query = f"?sentinel_password={secret}" if secret else ""
+        return f"redis+sentinel://{auth}{hosts}/{self.service}{query}"
 
     def primary_port(self) -> int:
         """The primary as a sentinel that still answers names it."""
@@ -152,15 +171,28 @@ class SentinelSet:
             node.process.stop()
 
 
-def start_sentinel_set(log_dir: Path, replicas: int = 2, sentinels: int = 3) -> SentinelSet:
+def start_sentinel_set(
+    log_dir: Path,
+    replicas: int = 2,
+    sentinels: int = 3,
+    *,
+    password: str | None = None,
+    sentinel_password: str | None = None,
+) -> SentinelSet:
+    """``password``: the data nodes require one; ``sentinel_password``: the sentinels do."""
     started: list[RedisNode] = []
     try:
-        primary = _start_node(log_dir, name="sentinel-primary")
+        primary = _start_node(log_dir, name="sentinel-primary", password=password)
         started.append(primary)
         for _ in range(replicas):
             started.append(
                 _start_node(
-                    log_dir, "--replicaof", "127.0.0.1", str(primary.port), name="sentinel-replica"
+                    log_dir,
+                    "--replicaof",
+                    "127.0.0.1",
+                    str(primary.port),
+                    name="sentinel-replica",
+                    password=password,
                 )
             )
         with primary.client() as client:
@@ -178,15 +210,21 @@ def start_sentinel_set(log_dir: Path, replicas: int = 2, sentinels: int = 3) -> 
                 f"sentinel down-after-milliseconds {SERVICE} {FAILURE_MS}\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
+                + (f"sentinel auth-pass {SERVICE} {password}\n" if password else "")
+                + (
+                    f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
+                    if sentinel_password
+                    else ""
+                )
             )
             argv = [binary("redis-server"), str(conf), "--sentinel"]
             proc = ManagedProcess(
                 f"sentinel-{port}",
                 argv,
                 log_dir=log_dir,
-                ready=functools.partial(_redis_ping, port),
+                ready=functools.partial(_answers, port),
             ).start()
-            watchers.append(RedisNode(proc, port))
+            watchers.append(RedisNode(proc, port, sentinel_password))
         found = SentinelSet(started, watchers)
 
         def every_sentinel_sees_everyone() -> bool:
@@ -224,7 +262,8 @@ class RedisClusterSet:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.masters)
-        return f"redis+cluster://{hosts}"
+        auth = f":{self.masters[0].password}@" if self.masters[0].password else ""
+        return f"redis+cluster://{auth}{hosts}"
 
     def _any_live(self) -> RedisNode:
         return next(n for n in self.nodes if n.process.running)
@@ -264,7 +303,9 @@ class RedisClusterSet:
             node.process.stop()
 
 
-def start_cluster(log_dir: Path, masters: int = 3, replicas_each: int = 1) -> RedisClusterSet:
+def start_cluster(
+    log_dir: Path, masters: int = 3, replicas_each: int = 1, *, password: str | None = None
+) -> RedisClusterSet:
     flags = [
         "--cluster-enabled",
         "yes",
@@ -287,6 +328,7 @@ def start_cluster(log_dir: Path, masters: int = 3, replicas_each: int = 1) -> Re
                     str(conf),
                     name=f"cluster-{'m' if i < masters else 'r'}",
                     port=port,
+                    password=password,
                 )
             )
         found = RedisClusterSet(nodes[:masters], nodes[masters:])
