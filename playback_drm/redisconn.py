@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -236,17 +236,18 @@ class _Gate:
         self._turns = asyncio.Semaphore(size)
         self._wait = wait
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    async def enter(self) -> None:
+        if not self._turns.locked():  # a free turn: no timer to arm
+            await self._turns.acquire()
+            return
         try:
             async with asyncio.timeout(self._wait):
                 await self._turns.acquire()
         except TimeoutError:
             raise RedisConnectionError("No connection available.") from None
-        try:
-            yield
-        finally:
-            self._turns.release()
+
+    def leave(self) -> None:
+        self._turns.release()
 
 
 class _GatedPipeline(ClusterPipeline):
@@ -255,8 +256,11 @@ class _GatedPipeline(ClusterPipeline):
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
-        async with self._gate.turn():
+        await self._gate.enter()
+        try:
             return await super().execute(raise_on_error, allow_redirections)
+        finally:
+            self._gate.leave()
 
 
 class _GatedCluster(RedisCluster):
@@ -270,8 +274,11 @@ class _GatedCluster(RedisCluster):
         self._gate = gate
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._gate.turn():
+        await self._gate.enter()
+        try:
             return await super().execute_command(*args, **kwargs)
+        finally:
+            self._gate.leave()
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
         if shard_hint:

@@ -131,13 +131,16 @@ async def test_a_burst_beyond_the_pool_is_counted_not_failed(any_redis_url: str)
     With a non-blocking pool the surplus raised, and Envoy (failure_mode_deny: false) admitted
     those requests."""
     client = redis_client(any_redis_url)
-    # The pool's connections open first (a cluster client's start-up lock would serialise a cold
-    # burst, and each new Sentinel-managed connection first asks a sentinel for the primary):
-    # what is tested is the overflow of a warm pool.
-    assert all(await asyncio.gather(*(client.client.ping() for _ in range(64))))
     # a window far longer than the burst takes, however busy the machine: exactly 200 admitted
     window = RedisSlidingWindow(client.client, 200, 120.0)
-    key = f"user=burst-{uuid.uuid4().hex}"
+    tag = uuid.uuid4().hex
+    key, warm = f"user={{{tag}}}", f"user={{{tag}}}:warm-up"  # one cluster slot, one node
+    # What is tested is the overflow of a warm pool: its connections to the key's node open
+    # first (each new Sentinel-managed connection first asks a sentinel for the primary; a
+    # cluster client's nodes each have a pool), and the script is loaded (else every call of a
+    # cold burst loads it again).
+    await asyncio.gather(*(client.client.exists("playback:rl:" + warm) for _ in range(64)))
+    assert (await window.hit(warm)).allowed
     outcomes = await asyncio.gather(*(window.hit(key) for _ in range(300)))
     assert sum(o.allowed for o in outcomes) == 200
     await client.aclose()
