@@ -51,13 +51,13 @@ RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 
 Shape = Literal["single", "sentinel", "cluster"]
 
-CLUSTER_RETRIES: Final = 1
-"""A cluster command that failed (a node gone, the cluster down while a replica takes over) is
-tried once more, at once, after the slot map is read again. redis-py's default (ten tries with
-backoff, and a quarter second before each after CLUSTERDOWN) held a request for longer than
-Envoy waits for authz (0.5 s), so a failover turned into 503s where a miss would do: each user
-already treats a failed command as a miss or fails open. (A primary's client, plain or Sentinel,
-does not retry a command; a Sentinel-managed connection asks the sentinels again on reconnect.)"""
+CLUSTER_RETRIES: Final = 0
+"""A cluster command that failed (a node gone, the cluster down while a replica takes over) is not
+tried again, as a primary's client (plain or Sentinel) does not: each user already treats a failed
+command as a miss or fails open, and the slot map is read again before the next command. redis-py's
+default (ten tries with backoff, and a quarter second before each after CLUSTERDOWN) held a
+request for longer than Envoy waits for authz (0.5 s): a failover turned into 503s where a miss
+would do. Redirections (MOVED, ASK) are followed all the same: they are not retries."""
 SENTINEL_PORT: Final = 26379
 REDIS_PORT: Final = 6379
 
