@@ -6,6 +6,8 @@ The rules themselves: tests/authz/test_long_sessions.py; the players: tests/e2e/
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 import urllib.parse
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 from devstack.stack import Stack
+from tests.authz.test_sessions import widevine_request
 from tests.support.stack import (
     LIVE_ENTITLEMENT_TTL,
     LIVE_PLAYLIST_TTL,
@@ -26,6 +29,7 @@ from tests.support.stack import (
 
 pytestmark = pytest.mark.integration
 
+WIDEVINE = "com.widevine.alpha"
 REFRESH_S = 2.0  # the channel's target duration and minimumUpdatePeriod
 # A revoked viewer's next playlist request is refused once the entitlement cache lets Billing's
 # answer through: at most ENTITLEMENT_TTL_SECONDS after the revocation, plus one refresh.
@@ -162,3 +166,43 @@ def test_a_revoked_viewer_is_cut_off_within_the_bound(live_stack: Stack) -> None
         time.sleep(0.2)
     event = next(e for e in _events(live_stack, user) if e["data"]["code"] == "not_entitled")
     assert event["data"]["videoId"] == "live-demo"
+
+
+def _widevine_received(stack: Stack) -> list[dict[str, Any]]:
+    reply = http(f"http://127.0.0.1:{stack.ports.drm}/control/widevine/received")
+    assert reply.status == 200
+    received: list[dict[str, Any]] = reply.json()
+    return received
+
+
+def _overrides(entry: dict[str, Any]) -> dict[str, Any]:
+    outer = json.loads(base64.b64decode(entry["body"]))
+    inner = json.loads(base64.b64decode(outer["request"]))
+    overrides: dict[str, Any] = inner["policy_overrides"]
+    return overrides
+
+
+def test_live_widevine_licenses_are_renewed_only_while_entitled(live_stack: Stack) -> None:
+    """The session's Widevine license URL: the first license of a live video asks the CDM to
+    renew (the broker's live policy), a renewal passes through the adapter while the viewer is
+    entitled, and is refused once Billing revoked them."""
+    user = _viewer(live_stack)
+    session = _start(live_stack, user, "dash")
+    url = session["licenseUrls"][WIDEVINE]
+    first = http(url, method="POST", body=widevine_request(1))
+    assert first.status == 200, first.body
+    overrides = _overrides(_widevine_received(live_stack)[-1])
+    assert overrides["can_renew"] is True
+    assert overrides["can_persist"] is False
+    assert overrides["license_duration_seconds"] == 600
+    assert overrides["renewal_delay_seconds"] == 300
+    seen = len(_widevine_received(live_stack))
+    renewal = http(url, method="POST", body=widevine_request(2))
+    assert renewal.status == 200, renewal.body
+    assert len(_widevine_received(live_stack)) == seen + 1  # the provider saw the renewal
+    set_viewer(live_stack, user, None)
+    time.sleep(LIVE_ENTITLEMENT_TTL + 0.5)
+    refused = http(url, method="POST", body=widevine_request(2))
+    assert refused.status == 403, refused.body
+    assert refused.json()["code"] == "not_entitled"
+    assert len(_widevine_received(live_stack)) == seen + 1  # never reached the provider
