@@ -206,3 +206,27 @@ def test_live_widevine_licenses_are_renewed_only_while_entitled(live_stack: Stac
     assert refused.status == 403, refused.body
     assert refused.json()["code"] == "not_entitled"
     assert len(_widevine_received(live_stack)) == seen + 1  # never reached the provider
+
+
+def test_a_second_live_session_over_the_limit_is_refused(live_stack: Stack) -> None:
+    """One stream allowed: the second live session is refused its first key (what decrypts),
+    with the event, while the first plays on."""
+    user = f"live-{uuid.uuid4().hex[:8]}"
+    set_viewer(live_stack, user, "basic", 1)
+    keys = []
+    for _ in range(2):
+        _sequence, _segments, found = _hls_refresh(
+            _variant(live_stack, _start(live_stack, user, "hls"))
+        )
+        keys.append(found[-1])
+    assert _ok(keys[0]).body
+    refused = http(keys[1])
+    assert refused.status == 403, refused.body
+    assert refused.json()["code"] == "stream_limit_reached"
+    assert len(_ok(keys[0]).body) == 16
+    deadline = time.time() + 5
+    while not any(
+        e["data"].get("code") == "stream_limit_reached" for e in _events(live_stack, user)
+    ):
+        assert time.time() < deadline, "no PlaybackError event"
+        time.sleep(0.2)
