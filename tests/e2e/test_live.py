@@ -192,6 +192,8 @@ def test_live_plays_past_every_token_lifetime_then_stops_on_revocation(
             user,
             events[-5:],
         )
+    for page in pages.values():  # (players of revoked viewers keep retrying: stop them)
+        live_pages.close(page)
 
 
 def test_the_demo_page_lists_and_plays_the_live_channel(
