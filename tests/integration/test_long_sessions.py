@@ -12,6 +12,7 @@ import re
 import time
 import urllib.parse
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -230,3 +231,17 @@ def test_a_second_live_session_over_the_limit_is_refused(live_stack: Stack) -> N
     ):
         assert time.time() < deadline, "no PlaybackError event"
         time.sleep(0.2)
+
+
+def test_the_live_mpd_time_source_is_reachable_without_a_token(live_stack: Stack) -> None:
+    mpd = _ok(_start(live_stack, _viewer(live_stack), "dash")["url"]).body.decode()
+    timing = re.search(r'<UTCTiming schemeIdUri="([^"]+)" value="([^"]+)"', mpd)
+    assert timing is not None, mpd[:400]
+    assert timing.groups() == ("urn:mpeg:dash:utc:http-iso:2014", "/demo/api/time")  # no pdt
+    reply = http(
+        f"{live_stack.gateway}{timing.group(2)}", headers={"Origin": "http://elsewhere.example"}
+    )
+    assert reply.status == 200
+    assert reply.headers["access-control-allow-origin"] == "*"  # any page's player may ask
+    stamp = datetime.strptime(reply.body.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(stamp.timestamp() - time.time()) < 2
