@@ -10,7 +10,7 @@ NODE_STAMP := node_modules/.installed
 TOOLS_STAMP := .local/.tools-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint setup setup-python setup-node setup-tools e2e unit bench profile envoy-config clean
+.PHONY: run test lint setup setup-python setup-node setup-tools e2e unit bench bench-faults profile envoy-config clean
 
 $(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ e2e: setup
 bench: setup-python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/edge.py all
+
+bench-faults: setup-python
+	$(BIN)/python bench/faults.py
 
 # Where the license path's CPU goes (py-spy on authz and the broker under load).
 profile: setup-python

@@ -264,13 +264,14 @@ class Authorizer:
         if not isinstance(sid, str) or not sid:  # a bearer or IP-bound URL: what it proves
             return Allow(((identity.VIDEO_HEADER, video),), _URL_TOKEN_ONLY)
         facts = await self.sessions.lookup(sid)
+        if facts is not None:
+            who.user = facts.user  # (before anything that may refuse: the event names them)
         if expired:
             await self._renew(facts, video)
         if facts is None:  # the store is away and the session unknown here: the token alone
             return Allow(
                 ((identity.VIDEO_HEADER, video), (identity.SESSION_HEADER, sid)), _URL_TOKEN_ONLY
             )
-        who.user = facts.user
         limit = self.sessions.limits.limit_for(facts.plan, facts.max_streams)
         await self.sessions.check(facts, limit, Kind.LIFE)
         if playlist and not expired:  # (_renew checked the entitlement already)

@@ -6,6 +6,9 @@
                                     #          each request a new playback session (issue 21)
     python bench/edge.py license    # issue 4: license requests through the sidecar (mTLS, authz,
                                     #          broker, Redis, Vault-cached keys) vs Envoy alone
+    python bench/edge.py live       # issue 15: 1,000 live sessions each refreshing its HLS media
+                                    #          playlist every 2 s (500 req/s): authz (session,
+                                    #          entitlement re-check) + ext_proc vs Envoy alone
     python bench/edge.py all
 
 Options: --seconds N (per run, default 10). Prints p50/p99 latency, throughput and CPU µs per
@@ -33,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,7 +46,13 @@ from devstack import media
 from devstack.stack import Stack, StackPorts, StackSettings
 from devstack.supervise import ManagedProcess, binary, free_port, port_open
 from envoyconf.filters import authz_mode
-from playback_drm.contract import EXTPROC_ATTRIBUTES, EXTPROC_PROCESSING_MODE, MODE_SESSION_START
+from playback_drm.contract import (
+    EXTPROC_ATTRIBUTES,
+    EXTPROC_PROCESSING_MODE,
+    MEDIA_MANIFEST_REGEX,
+    MODE_SESSION_START,
+    MODE_SIGNED_URL,
+)
 
 T_HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -620,10 +630,152 @@ async def _license_runs(
     return results
 
 
+# ------------------------------------------------------------------------------------ live
+
+LIVE_SESSIONS = 1000
+LIVE_USERS = 50  # 20 sessions each (a viewer keeps at most 100 live sessions)
+LIVE_REFRESH_S = 2.0
+LIVE_VARIANT = "/media/live-demo/hls/360p/playlist.m3u8"
+
+
+def _live_routes(*, full: bool) -> list[dict[str, Any]]:
+    """Entry manifests (a session start) and /media/ playlists (a session's refresh), as the
+    sidecar routes them; ``full`` adds the filters' per-route modes."""
+    media: dict[str, Any] = {
+        "match": {"safe_regex": {"regex": MEDIA_MANIFEST_REGEX}},
+        "route": {
+            "cluster": "origin",
+            "regex_rewrite": {"pattern": {"regex": "^/media/"}, "substitution": "/"},
+        },
+    }
+    if full:
+        media["typed_per_filter_config"] = {
+            "envoy.filters.http.ext_authz": authz_mode(MODE_SIGNED_URL)
+        }
+    return [*_manifest_routes("origin", authz=full), media]
+
+
+def start_live_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[str, int]]:
+    ports = {k: free_port() for k in ("admin", "live_alone", "live_full")}
+    config = {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports["admin"]}}
+        },
+        "static_resources": {
+            "listeners": [
+                _listener("live_alone", ports["live_alone"], _live_routes(full=False), []),
+                _listener(
+                    "live_full",
+                    ports["live_full"],
+                    _live_routes(full=True),
+                    [AUTHZ_FILTER, EXTPROC_FILTER],
+                ),
+            ],
+            "clusters": [
+                _cluster("origin", stack.ports.origin),
+                _cluster("authz", stack.ports.authz_grpc, http2=True),
+                _cluster("extproc", stack.ports.extproc_grpc, http2=True),
+            ],
+        },
+    }
+    path = root / "live-envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = ManagedProcess(
+        "live-envoy",
+        [
+            binary("envoy"),
+            "-c",
+            str(path),
+            "--log-level",
+            "error",
+            "--concurrency",
+            "1",
+            "--base-id",
+            str(ports["admin"]),
+        ],
+        log_dir=root / "logs",
+        ready=lambda: port_open(ports["live_full"]),
+    ).start()
+    return proc, ports
+
+
+async def start_live_sessions(stack: Stack, port: int) -> list[str]:
+    """:data:`LIVE_SESSIONS` playback sessions of the live channel (entry manifest with a JWT,
+    as a player starts), each one's signed media playlist URL."""
+    users = [f"live-bench-{i}" for i in range(LIVE_USERS)]
+    for user in users:
+        _put_json(
+            f"http://127.0.0.1:{stack.ports.billing}/admin/users/{user}",
+            {"plan": "basic", "maxStreams": 0},
+        )
+    tokens = [stack.token(user) for user in users]
+    gate = asyncio.Semaphore(16)
+
+    async def start(client: aiohttp.ClientSession, i: int) -> str:
+        url = f"http://127.0.0.1:{port}/playback/live-demo/manifest"
+        headers = {"Authorization": f"Bearer {tokens[i % LIVE_USERS]}"}
+        async with gate, client.get(url, headers=headers) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                raise RuntimeError(f"session start: HTTP {resp.status}: {body[:200]}")
+        variant = next(line for line in body.splitlines() if line and not line.startswith("#"))
+        return f"http://127.0.0.1:{port}{variant}"
+
+    async with aiohttp.ClientSession() as client:
+        return list(await asyncio.gather(*(start(client, i) for i in range(LIVE_SESSIONS))))
+
+
+async def scenario_live(seconds: float) -> list[RunResult]:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
+        root = Path(tmp)
+        generated = media.generate(Path(".local/test-media"))
+        stack = Stack(
+            StackSettings(
+                root=root,
+                ports=StackPorts.free(),
+                media_dir=generated.root,
+                envoy_access_log=False,
+            )
+        )
+        stack.start(["auth-emulator", "billing-emulator", "origin", "authz", "extproc"])
+        cleanup.callback(stack.stop)
+        envoy, ports = start_live_envoy(root, stack)
+        cleanup.callback(envoy.stop)
+        sessions = await start_live_sessions(stack, ports["live_full"])
+        processes = pids(stack, envoy, ("authz", "extproc", "origin"))
+        alone = f"http://127.0.0.1:{ports['live_alone']}{LIVE_VARIANT}"
+        results = []
+        # 400 sessions (200 req/s), then all 1,000 (500 req/s), each refreshing every 2 s
+        for rate in (200.0, LIVE_SESSIONS / LIVE_REFRESH_S):
+            count = int(rate * LIVE_REFRESH_S)
+            results.append(
+                await run_open_loop(
+                    "live_alone",
+                    lambda _i: Request("GET", alone),
+                    rate=rate,
+                    seconds=seconds,
+                    processes=processes,
+                )
+            )
+            # session i's signed playlist URL: authz (a sign of life of the session, the
+            # entitlement re-check), extproc (the rewrite of a document new every segment)
+            results.append(
+                await run_open_loop(
+                    "live_full",
+                    lambda i, count=count: Request("GET", sessions[i % count]),
+                    rate=rate,
+                    seconds=seconds,
+                    processes=processes,
+                )
+            )
+        return results
+
+
 SCENARIOS = {
     "authz": (scenario_authz, "envoy_alone"),
     "manifest": (scenario_manifest, None),
     "license": (scenario_license, "sidecar_alone"),
+    "live": (scenario_live, "live_alone"),
 }
 
 

@@ -229,6 +229,8 @@ def _banner(stack: object, seconds: float) -> str:
 playback-drm is ready in {seconds:.1f}s
 
   demo page      {gw}/demo/
+  live channel   {gw}/demo/?video=live-demo   (URL_TOKEN_TTL=10 URL_TOKEN_PLAYLIST_TTL=20 to
+                 watch it outlive its tokens)
   same, cross-origin  {stack.site}/demo/   (the platform's web site: CORS_ALLOWED_ORIGINS)
   gateway        {gw}            (plays the API gateway; forwards over mTLS)
   sidecar        {stack.sidecar}   (mutual TLS; what a pod exposes)

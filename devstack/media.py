@@ -267,7 +267,11 @@ def keys_document(videos: Mapping[str, VideoContent]) -> dict[str, Any]:
         source = videos.get(live.source)
         if source is not None:
             keys = (*source.keys, *live_rotation_keys(live))
-            doc[live.video_id] = {"tier": source.tier, "keys": [k.to_dict() for k in keys]}
+            doc[live.video_id] = {
+                "tier": source.tier,
+                "live": True,  # the broker's live license policy: short licenses, renewed
+                "keys": [k.to_dict() for k in keys],
+            }
     return {"videos": doc}
 
 

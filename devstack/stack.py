@@ -198,6 +198,10 @@ class Stack:
     def sidecar(self) -> str:
         return f"https://127.0.0.1:{self.ports.sidecar}"
 
+    def _per_instance(self, name: str) -> str:
+        instance = self.settings.instance
+        return name if instance == "main" else f"{name}-{instance}"
+
     def url_signing_keys(self) -> str:
         path = self.url_keys_path
         if not path.exists():
@@ -286,7 +290,8 @@ class Stack:
             "ORIGIN_DIR": str(self.media_dir / "origin"),
             "KEYS_FILE": str(self.media_dir / "keys.json"),
             "EVENTS_LOG_PATH": str(self.events_log),
-            "EVENTS_SPILL_DIR": str(self.root / "events-spill"),
+            # one spill buffer per process (each locks its own): a replica has folders of its own
+            "EVENTS_SPILL_DIR": str(self.root / self._per_instance("events-spill")),
             "AUTHZ_GRPC_ADDR": f"127.0.0.1:{p.authz_grpc}",
             "AUTHZ_HTTP_ADDR": f"127.0.0.1:{p.authz_http}",
             "EXTPROC_GRPC_ADDR": f"127.0.0.1:{p.extproc_grpc}",

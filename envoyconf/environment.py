@@ -380,6 +380,18 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         MILLISECONDS,
         "ext_proc (manifest signing) timeout",
     ),
+    Setting(
+        "ENVOY_ORIGIN_TIMEOUT_MS",
+        "origin_timeout_ms",
+        MILLISECONDS,
+        "route timeout of manifest and media requests to the origin",
+    ),
+    Setting(
+        "ENVOY_LICENSE_TIMEOUT_MS",
+        "license_timeout_ms",
+        MILLISECONDS,
+        "route timeout of /drm/license* (the broker and its DRM provider)",
+    ),
     Setting("ENVOY_ORIGIN_ADDR", "origin", ENDPOINT, "the origin (manifests and media)"),
     Setting("ENVOY_ORIGIN_TLS", "origin_tls", BOOL, "TLS to the origin"),
     Setting(

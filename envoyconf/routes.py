@@ -40,10 +40,14 @@ def template_to_rewrite(template: str) -> str:
     return "/" + cleaned.replace("{videoId}", r"\1")
 
 
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g}s"
+
+
 def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
     hls_rewrite = template_to_rewrite(s.hls_path_template)
     dash_rewrite = template_to_rewrite(s.dash_path_template)
-    origin_route: dict[str, Any] = {"cluster": "origin", "timeout": "15s"}
+    origin_route: dict[str, Any] = {"cluster": "origin", "timeout": _seconds(s.origin_timeout_ms)}
     if s.origin_host_header:
         origin_route["host_rewrite_literal"] = s.origin_host_header
     # The signer handles gzip and deflate (and answers in the same encoding), but identity is
@@ -197,7 +201,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": "license",
             "match": {"prefix": LICENSE_PATH},
-            "route": {"cluster": "license_broker", "timeout": "10s"},
+            "route": {"cluster": "license_broker", "timeout": _seconds(s.license_timeout_ms)},
             "typed_per_filter_config": {
                 "envoy.filters.http.ext_authz": authz_mode(MODE_LICENSE),
                 "envoy.filters.http.rbac": license_rbac(s),

@@ -74,6 +74,8 @@ class EnvoySettings:
     cors: CorsSettings = field(default_factory=local_cors)
     authz_timeout_ms: int = 500
     extproc_timeout_ms: int = 2000
+    origin_timeout_ms: int = 15_000  # a manifest or media request to the origin
+    license_timeout_ms: int = 10_000  # a license request to the broker (and its DRM provider)
     max_heap_bytes: int = 512 * 1024 * 1024
     max_connections: int = 50_000
     access_log: bool = True

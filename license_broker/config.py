@@ -36,6 +36,8 @@ Licenses and policy
 | LICENSE_CACHE_MAX_ENTRIES | 10000 | in-memory cache size |
 | LICENSE_CACHE_L1_TTL | 10 | with Redis: seconds an in-process copy answers first (0: off) |
 | PLAN_POLICIES | (built-in) | JSON overlay on plan profiles (``policy.parse_plan_profiles``) |
+| LIVE_LICENSE_DURATION_SECONDS | 600 | longest license of a live video (``"live": true``) |
+| LIVE_LICENSE_RENEWAL_SECONDS | 300 | a live license is renewed this long after it was issued |
 | HLS_KEY_REQUIRE_USER | false | /drm/key/* also needs x-playback-user (not just authz's mark) |
 | HLS_KEY_ANONYMOUS_MAX_TRACK | HD | highest track a /drm/key/* request without plan facts gets |
 
@@ -237,6 +239,8 @@ class BrokerConfig:
     axinom: AxinomSettings = field(default_factory=AxinomSettings)
     calls: ProviderCallSettings = field(default_factory=ProviderCallSettings)
     certificate_cache_ttl: float = 3600.0
+    live_license_duration: int = 600
+    live_license_renewal: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BrokerConfig:
@@ -342,12 +346,19 @@ class BrokerConfig:
             axinom=axinom,
             calls=calls,
             certificate_cache_ttl=env_float(env, "CERTIFICATE_CACHE_TTL", 3600.0, minimum=0.0),
+            live_license_duration=env_int(env, "LIVE_LICENSE_DURATION_SECONDS", 600, minimum=60),
+            live_license_renewal=env_int(env, "LIVE_LICENSE_RENEWAL_SECONDS", 300, minimum=10),
         )
         config.validate()
         return config
 
     def validate(self) -> None:
         """Fail fast on adapters configured without what they need (names the variable)."""
+        if self.live_license_renewal * 2 > self.live_license_duration:
+            raise ConfigError(
+                "LIVE_LICENSE_RENEWAL_SECONDS must be at most half of LIVE_LICENSE_DURATION_SECONDS"
+                " (a renewal that fails once must have time to be retried)"
+            )
         wv = self.widevine
         if wv.adapter != "none" and not wv.license_url:
             raise ConfigError("WIDEVINE_LICENSE_URL is required when WIDEVINE_PROVIDER is set")

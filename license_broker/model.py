@@ -6,7 +6,9 @@ key file (``KEYS_FILE``) and by each Vault secret::
 
     {"keys": [{"kid": "<hex|uuid|base64>", "key": "<hex|base64>", "track": "HD", "iv": "<hex>"}]}
 
-A key without ``track`` is an ``HD`` key. Keys are never part of a ``repr``.
+A key without ``track`` is an ``HD`` key. ``"live": true`` beside ``keys`` marks a live stream:
+its licenses get the live duration and renewals (:func:`license_broker.policy.for_live`). Keys
+are never part of a ``repr``.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ class VideoKeys:
     video_id: str
     keys: tuple[ContentKey, ...]
     by_kid: Mapping[bytes, ContentKey] = field(repr=False, compare=False, default_factory=dict)
+    live: bool = False
 
     @staticmethod
-    def of(video_id: str, keys: tuple[ContentKey, ...]) -> VideoKeys:
-        return VideoKeys(video_id, keys, {k.kid: k for k in keys})
+    def of(video_id: str, keys: tuple[ContentKey, ...], *, live: bool = False) -> VideoKeys:
+        return VideoKeys(video_id, keys, {k.kid: k for k in keys}, live)
 
 
 def _parse_key(entry: Mapping[str, Any], kid_raw: str, key_raw: str) -> ContentKey:
@@ -91,6 +94,7 @@ def parse_video_keys(video_id: str, doc: Any) -> VideoKeys:
     ``bao kv put ... keys=@file.json``). Raises ``ValueError`` naming the problem, never the key.
     """
     entries: Any = doc.get("keys") if isinstance(doc, Mapping) else doc
+    live = isinstance(doc, Mapping) and doc.get("live") is True
     if isinstance(entries, str):
         entries = json.loads(entries)
     if not isinstance(entries, list) or not entries:
@@ -107,4 +111,4 @@ def parse_video_keys(video_id: str, doc: Any) -> VideoKeys:
             keys.append(_parse_key(entry, kid_raw, key_raw))
         except ValueError as exc:
             raise ValueError(f"video {video_id!r}: key #{index}: {exc}") from None
-    return VideoKeys.of(video_id, tuple(keys))
+    return VideoKeys.of(video_id, tuple(keys), live=live)

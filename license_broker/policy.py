@@ -226,6 +226,7 @@ class LicensePolicy:
     playback_duration_s: int
     hdcp: str
     security_level: int
+    renewal_interval_s: int = 0  # 0: no renewals (the license lasts license_duration_s)
 
     def allows(self, track: Track) -> bool:
         return track <= self.max_track
@@ -246,7 +247,7 @@ class LicensePolicy:
         return (
             f"{self.plan}/{self.max_track.name}/{int(self.can_persist)}/{self.license_duration_s}"
             f"/{self.rental_duration_s}/{self.playback_duration_s}/{self.hdcp}"
-            f"/{self.security_level}"
+            f"/{self.security_level}/{self.renewal_interval_s}"
         )
 
 
@@ -278,6 +279,21 @@ def decide(ent: Entitlement, profiles: Mapping[str, PlanProfile]) -> LicensePoli
         playback_duration_s=ent.playback_window_s or 0,
         hdcp=ent.hdcp or profile.hdcp,
         security_level=ent.security_level or profile.security_level,
+    )
+
+
+def for_live(policy: LicensePolicy, duration_s: int, renewal_s: int) -> LicensePolicy:
+    """The policy of a live video's license: at most ``duration_s`` long (never persistent),
+    renewed every ``renewal_s``. A renewal is a license request of its own (Widevine's renewal
+    message, a new PlayReady acquisition): authz lets it through only while the viewer is
+    entitled, so a revoked viewer's keys stop at most ``duration_s`` after the revocation, and
+    usually at the next renewal. (``LIVE_LICENSE_DURATION_SECONDS``,
+    ``LIVE_LICENSE_RENEWAL_SECONDS``.)"""
+    return replace(
+        policy,
+        can_persist=False,
+        license_duration_s=min(policy.license_duration_s, duration_s),
+        renewal_interval_s=renewal_s,
     )
 
 

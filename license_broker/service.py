@@ -51,6 +51,7 @@ from license_broker.policy import (
     Identity,
     LicensePolicy,
     decide,
+    for_live,
     parse_entitlement,
     select_keys,
 )
@@ -191,6 +192,10 @@ class LicenseService:
         parsed = self._parse(ks, challenge, headers)
         policy = self.policy_for(identity)
         video = await self.keys.fetch(video_id)
+        if video.live:
+            policy = for_live(
+                policy, self._config.live_license_duration, self._config.live_license_renewal
+            )
         granted = select_keys(policy, video, parsed.kids)
         if parsed.clearkey is not None and parsed.clearkey.persistent and not policy.can_persist:
             raise PersistenceNotAllowed(f"plan {policy.plan!r} does not allow persistent licenses")

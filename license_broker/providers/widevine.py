@@ -126,9 +126,15 @@ def policy_overrides(policy: LicensePolicy) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "can_play": True,
         "can_persist": policy.can_persist,
-        "can_renew": False,
+        "can_renew": policy.renewal_interval_s > 0,
         "license_duration_seconds": policy.license_duration_s,
     }
+    if policy.renewal_interval_s:  # a live license: the CDM asks again before it runs out
+        overrides["renewal_delay_seconds"] = policy.renewal_interval_s
+        overrides["renewal_retry_interval_seconds"] = min(30, policy.renewal_interval_s)
+        overrides["renewal_recovery_duration_seconds"] = max(
+            policy.license_duration_s - policy.renewal_interval_s, 0
+        )
     if policy.rental_duration_s:
         overrides["rental_duration_seconds"] = policy.rental_duration_s
     if policy.playback_duration_s:

@@ -136,7 +136,8 @@ async def test_an_expired_url_of_a_revoked_viewer_is_refused(world: LiveWorld) -
     playlist = world.url(PLAYLIST, sid, ttl=5)
     world.billing.revoked.add("bob")
     world.clock.now += ENTITLEMENT_TTL + 2
-    denied(await world.get(PLAYLIST, playlist), "not_entitled")
+    refused = denied(await world.get(PLAYLIST, playlist), "not_entitled")
+    assert (refused.user, refused.video) == ("bob", "live-demo")  # the PlaybackError event's
     denied(await world.get(SEGMENT, world.url(SEGMENT, sid, ttl=6)), "playback_session_ended")
 
 

@@ -37,10 +37,11 @@ PLAY_S = 3 * max(LIVE_TOKEN_TTL, LIVE_PLAYLIST_TTL) + 2
 SAMPLE_S = 2.0
 REFRESH_S = 2.0
 # requests refused at most this long after the revocation (ENTITLEMENT_TTL + one refresh +
-# another replica's view), and the picture stops once the buffer (the live delay: about three
-# segments) has played out
+# another replica's view), and the picture stops once the buffer has played out: the live delay
+# (Shaka: suggestedPresentationDelay, three segments; hls.js: three target durations) and the
+# segment being fetched, noticed STALLED_S later, with a margin for this shared machine
 CUT_OFF_S = LIVE_ENTITLEMENT_TTL + REFRESH_S + LIVE_SESSION_CHECK
-STOPPED_BOUND_S = CUT_OFF_S + 3 * 2 + 4
+STOPPED_BOUND_S = CUT_OFF_S + 4 * 2 + 2 + 3
 STALLED_S = 2.0  # nothing to play this long: the picture stopped
 
 
@@ -127,10 +128,13 @@ def test_live_plays_past_every_token_lifetime_then_stops_on_revocation(
         last = now
     for name, page in pages.items():
         assert last[name] - first[name] >= PLAY_S - 2 * SAMPLE_S, _describe(page)
+        # never refused (a 4xx); a 503 of a dependency slow on this shared box is retried by the
+        # player and is no refusal
         refused = [
             (r.method, _path(r), _status(r))
             for r in page.requests
-            if _path(r).startswith(("/media/", "/drm/", "/playback/")) and (_status(r) or 0) >= 400
+            if _path(r).startswith(("/media/", "/drm/", "/playback/"))
+            and 400 <= (_status(r) or 0) < 500
         ]
         assert refused == [], refused
 
@@ -170,9 +174,10 @@ def test_live_plays_past_every_token_lifetime_then_stops_on_revocation(
             if page.state().get("error") or (
                 ready <= 2 and time.time() - starved.setdefault(name, time.time()) >= STALLED_S
             ):
-                stopped[name] = time.time() - revoked
+                stopped[name] = round(time.time() - revoked, 1)
             elif ready > 2:
                 starved.pop(name, None)
+    cut_offs = {}
     for name, page in pages.items():
         refused = [(_path(r), _status(r)) for r in page.requests if (_status(r) or 0) in (403,)]
         assert refused, (name, _describe(page))
@@ -180,6 +185,9 @@ def test_live_plays_past_every_token_lifetime_then_stops_on_revocation(
             min(r.timing["startTime"] for r in page.requests if _status(r) == 403) / 1000
         )  # ms since the epoch, in the browser's clock (this machine's)
         assert first_refusal - revoked <= CUT_OFF_S + 1, (name, first_refusal - revoked)
+        cut_offs[name] = round(first_refusal - revoked, 1)
+    # the figures (pytest -s): seconds from Billing's change to the first 403 and to a still picture
+    print(f"live revocation: first 403 {cut_offs} s, picture stopped {stopped} s")
     events = [
         e["data"]
         for e in live_stack.events()
@@ -192,6 +200,8 @@ def test_live_plays_past_every_token_lifetime_then_stops_on_revocation(
             user,
             events[-5:],
         )
+    for page in pages.values():  # (players of revoked viewers keep retrying: stop them)
+        live_pages.close(page)
 
 
 def test_the_demo_page_lists_and_plays_the_live_channel(

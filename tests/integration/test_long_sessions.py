@@ -6,15 +6,19 @@ The rules themselves: tests/authz/test_long_sessions.py; the players: tests/e2e/
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 import urllib.parse
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from devstack.stack import Stack
+from tests.authz.test_sessions import widevine_request
 from tests.support.stack import (
     LIVE_ENTITLEMENT_TTL,
     LIVE_PLAYLIST_TTL,
@@ -26,6 +30,7 @@ from tests.support.stack import (
 
 pytestmark = pytest.mark.integration
 
+WIDEVINE = "com.widevine.alpha"
 REFRESH_S = 2.0  # the channel's target duration and minimumUpdatePeriod
 # A revoked viewer's next playlist request is refused once the entitlement cache lets Billing's
 # answer through: at most ENTITLEMENT_TTL_SECONDS after the revocation, plus one refresh.
@@ -162,3 +167,81 @@ def test_a_revoked_viewer_is_cut_off_within_the_bound(live_stack: Stack) -> None
         time.sleep(0.2)
     event = next(e for e in _events(live_stack, user) if e["data"]["code"] == "not_entitled")
     assert event["data"]["videoId"] == "live-demo"
+
+
+def _widevine_received(stack: Stack) -> list[dict[str, Any]]:
+    reply = http(f"http://127.0.0.1:{stack.ports.drm}/control/widevine/received")
+    assert reply.status == 200
+    received: list[dict[str, Any]] = reply.json()
+    return received
+
+
+def _overrides(entry: dict[str, Any]) -> dict[str, Any]:
+    outer = json.loads(base64.b64decode(entry["body"]))
+    inner = json.loads(base64.b64decode(outer["request"]))
+    overrides: dict[str, Any] = inner["policy_overrides"]
+    return overrides
+
+
+def test_live_widevine_licenses_are_renewed_only_while_entitled(live_stack: Stack) -> None:
+    """The session's Widevine license URL: the first license of a live video asks the CDM to
+    renew (the broker's live policy), a renewal passes through the adapter while the viewer is
+    entitled, and is refused once Billing revoked them."""
+    user = _viewer(live_stack)
+    session = _start(live_stack, user, "dash")
+    url = session["licenseUrls"][WIDEVINE]
+    first = http(url, method="POST", body=widevine_request(1))
+    assert first.status == 200, first.body
+    overrides = _overrides(_widevine_received(live_stack)[-1])
+    assert overrides["can_renew"] is True
+    assert overrides["can_persist"] is False
+    assert overrides["license_duration_seconds"] == 600
+    assert overrides["renewal_delay_seconds"] == 300
+    seen = len(_widevine_received(live_stack))
+    renewal = http(url, method="POST", body=widevine_request(2))
+    assert renewal.status == 200, renewal.body
+    assert len(_widevine_received(live_stack)) == seen + 1  # the provider saw the renewal
+    set_viewer(live_stack, user, None)
+    time.sleep(LIVE_ENTITLEMENT_TTL + 0.5)
+    refused = http(url, method="POST", body=widevine_request(2))
+    assert refused.status == 403, refused.body
+    assert refused.json()["code"] == "not_entitled"
+    assert len(_widevine_received(live_stack)) == seen + 1  # never reached the provider
+
+
+def test_a_second_live_session_over_the_limit_is_refused(live_stack: Stack) -> None:
+    """One stream allowed: the second live session is refused its first key (what decrypts),
+    with the event, while the first plays on."""
+    user = f"live-{uuid.uuid4().hex[:8]}"
+    set_viewer(live_stack, user, "basic", 1)
+    keys = []
+    for _ in range(2):
+        _sequence, _segments, found = _hls_refresh(
+            _variant(live_stack, _start(live_stack, user, "hls"))
+        )
+        keys.append(found[-1])
+    assert _ok(keys[0]).body
+    refused = http(keys[1])
+    assert refused.status == 403, refused.body
+    assert refused.json()["code"] == "stream_limit_reached"
+    assert len(_ok(keys[0]).body) == 16
+    deadline = time.time() + 5
+    while not any(
+        e["data"].get("code") == "stream_limit_reached" for e in _events(live_stack, user)
+    ):
+        assert time.time() < deadline, "no PlaybackError event"
+        time.sleep(0.2)
+
+
+def test_the_live_mpd_time_source_is_reachable_without_a_token(live_stack: Stack) -> None:
+    mpd = _ok(_start(live_stack, _viewer(live_stack), "dash")["url"]).body.decode()
+    timing = re.search(r'<UTCTiming schemeIdUri="([^"]+)" value="([^"]+)"', mpd)
+    assert timing is not None, mpd[:400]
+    assert timing.groups() == ("urn:mpeg:dash:utc:http-iso:2014", "/demo/api/time")  # no pdt
+    reply = http(
+        f"{live_stack.gateway}{timing.group(2)}", headers={"Origin": "http://elsewhere.example"}
+    )
+    assert reply.status == 200
+    assert reply.headers["access-control-allow-origin"] == "*"  # any page's player may ask
+    stamp = datetime.strptime(reply.body.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(stamp.timestamp() - time.time()) < 2

@@ -8,6 +8,7 @@ content stamp matches).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import ssl
 import urllib.error
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from devstack.stack import COMPONENTS, Stack, StackPorts, StackSettings
+from devstack.supervise import free_port
 from tests.support.secrets_audit import audit_logs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +66,8 @@ def add_subscriber(
 
 
 def start_stack(root: Path, **settings: Any) -> Stack:
-    stack = Stack(
-        StackSettings(root=root, ports=StackPorts.free(), media_dir=TEST_MEDIA, **settings)
-    )
+    settings.setdefault("media_dir", TEST_MEDIA)
+    stack = Stack(StackSettings(root=root, ports=StackPorts.free(), **settings))
     stack.ensure_media()
     try:
         stack.start(COMPONENTS)
@@ -74,6 +75,41 @@ def start_stack(root: Path, **settings: Any) -> Stack:
         stack.stop()
         raise
     return stack
+
+
+# What each replica (a pod: Envoy beside authz, extproc and the broker) has of its own; the
+# emulators, the origin and the stores are shared.
+REPLICA_PORTS = (
+    "gateway",
+    "sidecar",
+    "admin",
+    "authz_grpc",
+    "authz_http",
+    "extproc_grpc",
+    "extproc_http",
+    "broker",
+)
+
+
+def start_replica(
+    first: Stack,
+    instance: str,
+    components: tuple[str, ...] = ("authz", "extproc", "broker", "envoy"),
+) -> Stack:
+    """Another replica of ``first``'s services (same root, settings and shared dependencies,
+    ports, logs and spill buffers of its own), started."""
+    ports = dataclasses.replace(first.ports, **{name: free_port() for name in REPLICA_PORTS})
+    replica = Stack(
+        dataclasses.replace(
+            first.settings, ports=ports, instance=instance, media_dir=first.media_dir
+        )
+    )
+    try:
+        replica.start(components)
+    except BaseException:
+        replica.stop()
+        raise
+    return replica
 
 
 def stop_and_audit(stack: Stack) -> None:
