@@ -191,7 +191,11 @@ async def test_keys_load_into_vault_where_the_broker_reads_them(
     written = await asyncio.to_thread(
         media.load_keys_into_vault, content, url=vault_server.url, token=vault_server.token
     )
-    assert written == ["secret/playback/keys/demo", "secret/playback/keys/demo-uhd"]
+    assert written == [
+        "secret/playback/keys/demo",
+        "secret/playback/keys/demo-uhd",
+        "secret/playback/keys/live-demo",  # the live channel's rotating AES-128 keys
+    ]
     store = VaultKeyStore(
         vault_server.url,
         vault_server.token,
