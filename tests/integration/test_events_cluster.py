@@ -51,7 +51,8 @@ async def _stream_ids(servers: list[str], stream: str) -> tuple[list[str], int]:
         sub = await js.subscribe("playback.events.>", ordered_consumer=True)
         ids = []
         for _ in range(info.state.messages):
-            msg = await sub.next_msg(timeout=5)
+            # generous: right after a failover a loaded machine took over 5 s for a message
+            msg = await sub.next_msg(timeout=20)
             ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
         await sub.unsubscribe()
         return ids, int(info.config.num_replicas or 1)
