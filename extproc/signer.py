@@ -15,11 +15,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
+from xml.sax.saxutils import escape as xml_escape
 
 from extproc.config import Binding, ExtprocConfig
 from extproc.manifest import ManifestKind, decode_body, detect, rewrite
 from extproc.policy import SigningPolicy
-from extproc.uri import ManifestLimits, UriMapper
+from extproc.uri import ManifestLimits, UriKind, UriMapper, UriRef
 from playback_drm import contract, identity, urlsign
 
 
@@ -129,6 +130,42 @@ def presentation_seconds(kind: ManifestKind, body: bytes) -> float:
             value_end = tag.find(quote, at + len(marker))
             return _iso_duration_seconds(tag[at + len(marker) : value_end])
     return 0.0
+
+
+_MPD_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?MPD[\s>]")
+_LOCATION_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Location[\s>]")
+
+
+def with_location(body: bytes, public_path: str, mapper: UriMapper) -> bytes:
+    """A dynamic MPD served at the entry route (``/playback/{id}/manifest?format=dash``, the URL
+    that carries the viewer's JWT) without a ``Location`` of its own gets one: the MPD's own
+    signed ``/media/`` URL, per URL and bound to the playback session like a playlist. Players
+    (Shaka, dash.js) refresh from ``Location``, so the JWT travels on the first request only and
+    each refresh does not start a session of its own. The element goes first inside ``MPD``
+    (players read it by name; the MPD is otherwise byte for byte what the rewriter made)."""
+    head = body[:8192]
+    tag = _MPD_TAG.search(head)
+    if tag is None:
+        return body
+    tag_end = head.find(b">", tag.start())
+    if tag_end < 0 or head[tag_end - 1 : tag_end] == b"/":
+        return body
+    root = head[tag.start() : tag_end]
+    if b'type="dynamic"' not in root and b"type='dynamic'" not in root:
+        return body
+    if _LOCATION_TAG.search(body) is not None:
+        return body
+    prefix = root[1 : root.find(b"MPD")]  # a namespace prefix on the root, if any
+    document = public_path.rsplit("/", 1)[-1]
+    url = mapper(UriRef(document, UriKind.DASH_LOCATION))
+    if not url:
+        return body
+    element = b"<%bLocation>%b</%bLocation>" % (
+        prefix,
+        xml_escape(url).encode(),
+        prefix,
+    )
+    return body[: tag_end + 1] + element + body[tag_end + 1 :]
 
 
 def context_from_request(
@@ -252,7 +289,10 @@ class ManifestSigner:
         if self._config.vod_extension_max:
             now += min(presentation_seconds(kind, decoded), self._config.vod_extension_max)
         expires_at = self.expires_at(now)
-        signed = rewrite(kind, decoded, self._factory(ctx, now), self._limits)
+        mapper = self._factory(ctx, now)
+        signed = rewrite(kind, decoded, mapper, self._limits)
+        if kind is ManifestKind.DASH and ctx.entry:
+            signed = with_location(signed, ctx.public_path, mapper)
         size = len(decoded) + len(signed)
         if self._cache_entries and size <= self._cache_budget // 4:
             self._cache[key] = (signed, kind, expires_at, size)

@@ -27,6 +27,7 @@ from extproc.signer import (
     mapper_factory,
     presentation_seconds,
 )
+from playback_drm import urlsign
 from playback_drm.events import MemorySink
 from playback_drm.identity import SESSION_HEADER
 
@@ -553,3 +554,50 @@ async def test_facts_read_from_the_request_headers_phase() -> None:
     bare = ep.ProcessingRequest(response_headers=_headers(colon_status="404"))
     replies = await _run(proc, request_headers, bare, body)
     assert replies[2] == ep.ProcessingResponse(response_body=ep.BodyResponse())
+
+
+LIVE_MPD = (
+    b'<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic"'
+    b' availabilityStartTime="2026-01-01T00:00:00Z" minimumUpdatePeriod="PT2S">'
+    b'<Period id="p" start="PT0S"><AdaptationSet><Representation id="v" bandwidth="1">'
+    b'<SegmentTemplate media="v/$Number$.m4s" initialization="v/init.mp4" duration="2"/>'
+    b"</Representation></AdaptationSet></Period></MPD>"
+)
+
+
+def test_a_dynamic_mpd_at_the_entry_route_names_its_signed_url_for_refreshes() -> None:
+    """Players refresh a dynamic MPD from its Location: without one, every refresh would go back
+    to the entry URL with the viewer's JWT and start a playback session of its own."""
+    clock = [1_000_000.0]
+    sign = signer(clock, URL_TOKEN_BINDING="session", URL_TOKEN_PLAYLIST_TTL="600")
+    headers = {SESSION_HEADER: "SSSSSSSSSSSSSSSSSSSSSS"}
+    entry = context_from_request(config(), "/playback/live/manifest?format=dash", headers)
+    assert entry is not None
+    signed = sign.sign(entry, "application/dash+xml", None, LIVE_MPD)
+    assert signed is not None
+    body = signed.body.decode()
+    start = body.index("<Location>") + len("<Location>")
+    location = body[start : body.index("</Location>")]
+    assert body.index("<Location>") < body.index("<Period")
+    assert location.startswith("/media/live/manifest.mpd?pdt=")
+    path, _, query = location.partition("?")
+    verified = urlsign.verify(
+        urlsign.KeyRing.from_spec(KEYS), path, query, now=clock[0] + 500, client_ip=None
+    )
+    assert verified.scope is None  # its own per-URL token, with the playlist lifetime
+    assert verified.session_id == "SSSSSSSSSSSSSSSSSSSSSS"
+    # not for a static MPD, not twice, not on the refresh itself (the /media/ URL)
+    static = LIVE_MPD.replace(b'type="dynamic"', b'type="static"')
+    plain = sign.sign(entry, "application/dash+xml", None, static)
+    assert plain is not None
+    assert b"<Location>" not in plain.body
+    own = LIVE_MPD.replace(b"<Period", b"<Location>elsewhere.mpd</Location><Period")
+    kept = sign.sign(entry, "application/dash+xml", None, own)
+    assert kept is not None
+    assert kept.body.count(b"<Location>") == 1
+    assert b"/media/live/elsewhere.mpd?pdt=" in kept.body
+    refresh = context_from_request(config(), "/media/live/manifest.mpd", headers)
+    assert refresh is not None
+    again = sign.sign(refresh, "application/dash+xml", None, LIVE_MPD)
+    assert again is not None
+    assert b"<Location>" not in again.body
