@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -66,6 +68,25 @@ async def connect(
         logger.debug("NATS connection error: %s", exc)
 
     nc = NATS()
+    try:
+        await _connect(nc, config, client_name, disconnected, reconnected, error)
+    except BaseException:
+        # a failed or cancelled first attempt (a sink closed while still connecting) leaves its
+        # socket open in the client: close it, or it outlives the event loop
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
+        raise
+    return nc, nc.jetstream(timeout=config.ack_timeout_s)
+
+
+async def _connect(
+    nc: NATS,
+    config: EventsConfig,
+    client_name: str,
+    disconnected: Callback,
+    reconnected: Callback,
+    error: Callable[[Exception], Awaitable[None]],
+) -> None:
     await nc.connect(
         servers=config.nats_servers,
         name=client_name,
@@ -80,7 +101,6 @@ async def connect(
         reconnected_cb=reconnected,
         error_cb=error,
     )
-    return nc, nc.jetstream(timeout=config.ack_timeout_s)
 
 
 def stream_config(config: EventsConfig) -> js_api.StreamConfig:

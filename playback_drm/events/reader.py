@@ -54,6 +54,10 @@ async def read_stream(config: EventsConfig, follow: bool) -> AsyncIterator[dict[
             error_cb=quiet,
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
+        # the failed attempt's socket is still open in the client: close it, or it outlives the
+        # loop (an unclosed transport)
+        with contextlib.suppress(Exception):
+            await nc.close()
         raise EventsUnavailable(f"cannot reach NATS at {config.nats_url}: {exc}") from exc
     try:
         js = nc.jetstream()
