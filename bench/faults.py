@@ -3,8 +3,11 @@ while, in turn, a dependency fails.
 
     python bench/faults.py                       # 200 req/s, 10 s per fault + 10 s after it
     python bench/faults.py --rate 100 --window 3 --after 3 --faults nats_node,vault_stop
+    python bench/faults.py --redis sentinel      # the same on Redis Sentinel, plus its failover
+    python bench/faults.py --redis cluster       # on Redis Cluster, plus a master's failover
 
-The rig: Redis (one server: Sentinel and Cluster faults are issue 14's Redis part), a 3-node NATS
+The rig: Redis (one server by default; ``--redis sentinel``: a primary, 2 replicas and 3
+sentinels; ``--redis cluster``: 3 masters with a replica each), a 3-node NATS
 JetStream cluster (stream replicas 3), OpenBao with the content keys, the emulators (Auth,
 Billing, DRM providers, origin), and two replicas, each Envoy + authz + extproc + broker, the way
 two pods run. Traffic alternates between the two gateways, open loop (request i leaves at
@@ -26,6 +29,9 @@ Faults, each for ``--window`` seconds, then ``--after`` seconds of recovery:
     vault_stop       OpenBao stopped (SIGSTOP: connections hang) for the window
     provider_slow    the DRM provider emulator answers Widevine in 2 s
     provider_errors  the DRM provider emulator answers Widevine with HTTP 500
+    redis_failover   (Sentinel, Cluster) SIGKILL the Redis primary, or the cluster master
+                     holding alice's keys (``{u:alice}``); a replica takes over, the killed node
+                     stays dead for the rest of the run
 
 Per fault: requests, errors by code, wrong allows (a denied viewer got a 200: must be 0), the
 LicenseIssued events every 200 license answer stands for against the stream's, by license id
@@ -65,6 +71,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from devstack import media
 from devstack.emulators.auth import load_or_create_key, sign_token
 from devstack.stack import Stack
+from tests.support.ha import (
+    RedisClusterSet,
+    SentinelSet,
+    start_cluster,
+    start_sentinel_set,
+)
 from tests.support.servers import (
     NatsCluster,
     RedisServer,
@@ -82,6 +94,9 @@ FAULTS: Final = (
     "provider_slow",
     "provider_errors",
 )
+# what a Redis of several nodes adds (``--redis sentinel`` or ``cluster``)
+REDIS_FAULTS: Final = ("redis_failover",)
+REDIS_SHAPES: Final = ("single", "sentinel", "cluster")
 # one cycle of the mix; the kinds in DENIED must never be answered 200
 MIX: Final = (
     ("manifest", 6),
@@ -100,6 +115,7 @@ FAST: Final = 1.0  # seconds: what "fail fast" means
 # The media requests' sessions belong to a viewer of their own: alice starts sessions all along,
 # and a viewer's least recently seen sessions end beyond 100 (authz.sessions).
 MEDIA_VIEWER: Final = "dave"
+ALICE_KEYS: Final = "{u:alice}"  # the hash tag of alice's sessions and slots (authz.sessionstore)
 
 
 # ------------------------------------------------------------------------------------- the rig
@@ -108,7 +124,7 @@ MEDIA_VIEWER: Final = "dave"
 @dataclass
 class Rig:
     root: Path
-    redis: RedisServer
+    redis: RedisServer | SentinelSet | RedisClusterSet
     nats: NatsCluster
     vault: VaultServer
     replicas: list[Stack]
@@ -154,11 +170,21 @@ def _cold_keys_into_vault(rig_vault: VaultServer, keys: dict[str, Any], cold: in
 
 
 @contextlib.contextmanager
-def rig(root: Path, *, cold_videos: int) -> Iterator[Rig]:
+def rig(root: Path, *, cold_videos: int, redis_shape: str = "single") -> Iterator[Rig]:
     """Every server of the rig, started; all stopped on the way out, whatever failed."""
     with contextlib.ExitStack() as cleanup:
-        redis = start_redis(root)
-        cleanup.callback(redis.process.stop)
+        redis: RedisServer | SentinelSet | RedisClusterSet
+        if redis_shape == "sentinel":
+            redis = start_sentinel_set(root / "redis-sentinel")
+            cleanup.callback(redis.stop)
+        elif redis_shape == "cluster":
+            redis = start_cluster(root / "redis-cluster")
+            cleanup.callback(redis.stop)
+        elif redis_shape == "single":
+            redis = start_redis(root)
+            cleanup.callback(redis.process.stop)
+        else:
+            raise ValueError(f"unknown Redis shape {redis_shape!r}; known: {REDIS_SHAPES}")
         nats = start_nats_cluster(root)
         cleanup.callback(nats.stop)
         vault = start_vault(root)
@@ -455,6 +481,18 @@ class Injector:
         if name == "provider_errors":
             _http_json(f"{drm}/control/widevine", "POST", {"failStatus": 500})
             return "Widevine answers HTTP 500"
+        if name == "redis_failover":
+            if isinstance(rig.redis, SentinelSet):
+                port = rig.redis.primary_port()
+                took = rig.redis.kill_primary()
+                return f"killed primary :{port}; a replica promoted in {took:.1f} s"
+            if isinstance(rig.redis, RedisClusterSet):
+                port = rig.redis.owner_of(ALICE_KEYS).port
+                took = rig.redis.kill_master_of(ALICE_KEYS)
+                return (
+                    f"killed master :{port} ({ALICE_KEYS}); its replica took over in {took:.1f} s"
+                )
+            raise ValueError("redis_failover needs --redis sentinel or cluster")
         raise ValueError(f"unknown fault {name!r}")
 
     def clear(self, name: str) -> None:
@@ -724,18 +762,23 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=10.0, help="seconds watched after it")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds not measured")
     parser.add_argument("--baseline", type=float, default=5.0)
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--faults", help="comma list (default: all that apply to --redis)")
+    parser.add_argument("--redis", choices=REDIS_SHAPES, default="single")
     parser.add_argument("--records", type=Path, help="write every request's record (JSON lines)")
     args = parser.parse_args()
-    faults = [f for f in args.faults.split(",") if f]
-    unknown = sorted(set(faults) - set(FAULTS))
+    known = FAULTS if args.redis == "single" else FAULTS + REDIS_FAULTS
+    faults = [f for f in (args.faults or ",".join(known)).split(",") if f]
+    unknown = sorted(set(faults) - set(known))
     if unknown:
-        parser.error(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
+        parser.error(f"unknown faults {unknown} with --redis {args.redis}; known: {known}")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     seconds = args.warmup + args.baseline + len(faults) * (args.window + args.after) + 10
     cold = int(COLD_VIDEOS_PER_SECOND * seconds * args.rate / 200) + 10
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp, rig(Path(tmp), cold_videos=cold) as built:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        rig(Path(tmp), cold_videos=cold, redis_shape=args.redis) as built,
+    ):
         print(f"rig ready in {time.monotonic() - started:.0f} s", flush=True)
         report = asyncio.run(
             run(
@@ -758,7 +801,7 @@ def main() -> int:
     return 0 if ok else 1
 
 
-__all__ = ["FAULTS", "Rig", "RunReport", "format_report", "rig", "run"]
+__all__ = ["FAULTS", "REDIS_FAULTS", "Rig", "RunReport", "format_report", "rig", "run"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
