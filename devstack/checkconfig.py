@@ -42,6 +42,7 @@ from envoyconf.environment import (
     lenient_settings,
     settings_from_env,
 )
+from envoyconf.sds import render_sds
 from envoyconf.settings import EnvoySettings, TlsFiles, k8s_settings
 
 Obj = dict[str, Any]
@@ -506,11 +507,16 @@ def envoy_validate_findings(pods: Sequence[EnvoyPod], envoy: str, work: Path) ->
     for number, pod in enumerate(pods):
         if pod.settings is None:
             continue  # already refused by name
+        sds_dir = work / f"sds-{number}"
+        sds_dir.mkdir(exist_ok=True)
         settings = dataclasses.replace(
             pod.settings,
             sidecar_tls=TlsFiles(str(pki.server_cert), str(pki.server_key), ""),
             client_ca=str(pki.ca_cert),
+            sds_dir=str(sds_dir),
         )
+        for path, sds_text in render_sds(settings).items():
+            Path(path).write_text(sds_text)
         config = work / f"envoy-{number}.yaml"
         config.write_text(render(settings))
         result = subprocess.run(

@@ -93,19 +93,20 @@ def _issue(
     return key, cert
 
 
-def ensure_dev_pki(directory: Path) -> DevPki:
-    """Create the CA and certificates once; later calls reuse them."""
+def ensure_dev_pki(directory: Path, ca_name: str = "playback-drm dev CA") -> DevPki:
+    """Create the CA and certificates once; later calls reuse them. Two PKIs trusted side by
+    side (a CA bundle during a CA rollover) need CA names of their own."""
     pki = DevPki(directory)
     if pki.other_key.exists():
         return pki
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "playback-drm dev CA")])
+    ca_x509_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
+        .subject_name(ca_x509_name)
+        .issuer_name(ca_x509_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -150,7 +151,7 @@ def ensure_dev_pki(directory: Path) -> DevPki:
         ),
     }
     for name, (cn, sans, usage) in issued.items():
-        key, cert = _issue(ca_key, ca_name, cn, sans, usage, now)
+        key, cert = _issue(ca_key, ca_x509_name, cn, sans, usage, now)
         (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         write_private_key(key, directory / f"{name}.key")
     return pki

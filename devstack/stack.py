@@ -33,7 +33,15 @@ from devstack.emulators.auth import (
 )
 from devstack.emulators.drm import provider_env
 from devstack.supervise import ManagedProcess, binary, free_port, http_probe
-from envoyconf import CorsSettings, Endpoint, EnvoySettings, TlsFiles, local_cors, render
+from envoyconf import (
+    CorsSettings,
+    Endpoint,
+    EnvoySettings,
+    TlsFiles,
+    local_cors,
+    render,
+    render_sds,
+)
 from playback_drm.settings import ConfigError
 
 # the services start the way the production image starts them
@@ -218,7 +226,13 @@ class Stack:
         self.pki = ensure_dev_pki(self.root / "pki")
         load_or_create_key(self.jwt_key_path)
         self.url_signing_keys()
-        self.envoy_config_path.write_text(render(self.envoy_settings()))
+        settings = self.envoy_settings()
+        # TLS material through SDS (envoyconf.sds): the files naming the PEM files, beside the
+        # configuration; Envoy reads the certificates again when dev_pki renews them.
+        Path(settings.sds_dir).mkdir(parents=True, exist_ok=True)
+        for path, text in render_sds(settings).items():
+            Path(path).write_text(text)
+        self.envoy_config_path.write_text(render(settings))
 
     def ensure_media(self) -> None:
         media.generate(self.media_dir)
@@ -254,6 +268,7 @@ class Stack:
             gateway_client_tls=TlsFiles(
                 str(self.pki.gateway_cert), str(self.pki.gateway_key), str(self.pki.ca_cert)
             ),
+            sds_dir=str(self.root / f"sds-{self.settings.instance}"),
             per_user_rps=self.settings.per_user_rps,
             per_user_burst=self.settings.per_user_burst,
             use_rate_limit_service=self.settings.redis_url is not None,

@@ -18,6 +18,7 @@ Modules, each building one part of the bootstrap:
     clusters   upstreams.
     replies    Envoy's own replies as problem+json.
     bootstrap  the whole document (``build``) and its YAML (``render``).
+    sds        the TLS material through SDS from files (renewed certificates without a restart).
     environment  EnvoySettings from ``ENVOY_*`` / ``CORS_*`` keys (a ConfigMap), strictly checked.
     entrypoint ``python -m envoyconf render --out FILE``: what a pod's init container runs.
 
@@ -35,6 +36,7 @@ from envoyconf.environment import (
     settings_from_env,
     settings_to_env,
 )
+from envoyconf.sds import render_sds
 from envoyconf.settings import (
     RENDERED_FILES,
     Endpoint,
@@ -63,6 +65,7 @@ __all__ = [
     "local_cors",
     "local_example_settings",
     "render",
+    "render_sds",
     "settings_for",
     "settings_from_env",
     "settings_to_env",

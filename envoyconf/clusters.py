@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoyconf.sds import GATEWAY_CERT, secret_ref
 from envoyconf.settings import Endpoint, EnvoySettings
 from envoyconf.typeurls import T_HTTP_OPTS, T_TLS_UP
 
@@ -96,12 +97,7 @@ def clusters(s: EnvoySettings) -> list[dict[str, Any]]:
                 tls={
                     "sni": s.sidecar_sni,
                     "common_tls_context": {
-                        "tls_certificates": [
-                            {
-                                "certificate_chain": {"filename": gw.cert},
-                                "private_key": {"filename": gw.key},
-                            }
-                        ],
+                        "tls_certificate_sds_secret_configs": [secret_ref(s, GATEWAY_CERT)],
                         "validation_context": {
                             "trusted_ca": {"filename": gw.ca},
                             "match_typed_subject_alt_names": [

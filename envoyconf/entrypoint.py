@@ -4,12 +4,14 @@ start from the ``ENVOY_*`` / ``CORS_*`` variables (the ``playback-envoy`` Config
 
 A bad or unknown setting prints one line per problem, each naming its key, and exits 2: the pod
 stops at ``Init:Error`` with those lines as the container's termination message, before Envoy
-serves anything. Nothing is written then; on success the file is replaced atomically.
+serves anything. Nothing is written then; on success the file is replaced atomically, after the
+SDS files it reads the TLS certificates through (``sds-*.yaml``, written beside it).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -18,6 +20,7 @@ from typing import TextIO
 
 from envoyconf.bootstrap import render
 from envoyconf.environment import SettingsError, settings_from_env
+from envoyconf.sds import render_sds
 from envoyconf.settings import EnvoySettings, settings_for
 
 EXIT_OK = 0
@@ -61,10 +64,16 @@ def main(
             print(f"  {problem}", file=err)
         return EXIT_CONFIG
     out = Path(args.out)
-    partial = out.with_name(f".{out.name}.partial")
+    # The certificates come through SDS files (envoyconf.sds), rendered next to the configuration.
+    settings = dataclasses.replace(settings, sds_dir=str(out.parent))
+    text = render(settings)
+    files = {Path(path): sds_text for path, sds_text in render_sds(settings).items()}
+    files[out] = text  # last: Envoy's configuration names the others
     try:
-        partial.write_text(text)
-        partial.replace(out)
+        for path, content in files.items():
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_text(content)
+            partial.replace(path)
     except OSError as exc:
         print(f"envoy settings: cannot write {out}: {exc.strerror}", file=err)
         return EXIT_WRITE

@@ -9,6 +9,7 @@ from envoyconf.cors import UPSTREAM_HEADERS_DROPPED, envoy_cors_policy, vary_on_
 from envoyconf.filters import sidecar_filters
 from envoyconf.replies import local_reply_config
 from envoyconf.routes import sidecar_routes
+from envoyconf.sds import CLIENT_CA, SIDECAR_CERT, secret_ref
 from envoyconf.settings import EnvoySettings
 from envoyconf.typeurls import (
     T_HCM,
@@ -152,13 +153,9 @@ def sidecar_listener(s: EnvoySettings) -> dict[str, Any]:
                         "common_tls_context": {
                             "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
                             "alpn_protocols": ["h2", "http/1.1"],
-                            "tls_certificates": [
-                                {
-                                    "certificate_chain": {"filename": s.sidecar_tls.cert},
-                                    "private_key": {"filename": s.sidecar_tls.key},
-                                }
-                            ],
-                            "validation_context": {"trusted_ca": {"filename": s.client_ca}},
+                            # Through SDS from files: renewed certificates without a restart.
+                            "tls_certificate_sds_secret_configs": [secret_ref(s, SIDECAR_CERT)],
+                            "validation_context_sds_secret_config": secret_ref(s, CLIENT_CA),
                         },
                     },
                 },

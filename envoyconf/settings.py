@@ -59,6 +59,12 @@ class EnvoySettings:
     sidecar_tls: TlsFiles = TlsFiles("/etc/envoy/tls/tls.crt", "/etc/envoy/tls/tls.key", "")
     client_ca: str = "/etc/envoy/tls/ca.crt"
     gateway_client_tls: TlsFiles | None = None  # local profile: the gateway's client identity
+    # Envoy reads the TLS material above through SDS (envoyconf.sds): one small file per secret
+    # in sds_dir (where the configuration is rendered), and it reads the PEM files again when a
+    # file is moved into tls_watch_dir (None: each PEM file's own directory, which for a Secret
+    # volume is where the kubelet swaps its `..data` link on every update).
+    sds_dir: str = ".local/sds-main"
+    tls_watch_dir: str | None = None
     sidecar_sni: str = "sidecar.playback-drm.local"
     license_principals: tuple[str, ...] = ("spiffe://playback-drm.local/ns/edge/sa/gateway",)
     license_peer_cidrs: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
@@ -93,6 +99,7 @@ def local_example_settings() -> EnvoySettings:
         sidecar_tls=TlsFiles(f"{pki}/sidecar.crt", f"{pki}/sidecar.key", ""),
         client_ca=f"{pki}/ca.crt",
         gateway_client_tls=TlsFiles(f"{pki}/gateway.crt", f"{pki}/gateway.key", f"{pki}/ca.crt"),
+        sds_dir=".local/sds-main",
     )
 
 
@@ -119,6 +126,8 @@ def k8s_settings() -> EnvoySettings:
         cors=CorsSettings(origins=()),
         sidecar_tls=TlsFiles("/etc/envoy/tls/tls.crt", "/etc/envoy/tls/tls.key", ""),
         client_ca="/etc/envoy/tls/ca.crt",
+        # next to envoy.yaml, where the init container renders both (envoyconf.entrypoint)
+        sds_dir="/etc/envoy/rendered",
         license_peer_cidrs=("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"),
         use_rate_limit_service=True,
         access_log=True,

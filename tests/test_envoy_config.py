@@ -14,6 +14,7 @@ from envoyconf import (
     EnvoySettings,
     build,
     render,
+    render_sds,
     settings_for,
 )
 from playback_drm import contract
@@ -22,17 +23,31 @@ from tests.support.servers import envoy_validate
 
 
 def _certificates_for(config_text: str, tmp_path: Path) -> str:
-    """Point the TLS file references at freshly generated throwaway certificates."""
+    """Point the TLS file references at freshly generated throwaway certificates, and the SDS
+    files (envoyconf.sds) the configuration reads them through at copies in ``tmp_path``."""
     pki = ensure_dev_pki(tmp_path / "pki")
     replacements = {
-        "/etc/envoy/tls/tls.crt": pki.server_cert,
-        "/etc/envoy/tls/tls.key": pki.server_key,
-        "/etc/envoy/tls/ca.crt": pki.ca_cert,
+        "/etc/envoy/tls/tls.crt": str(pki.server_cert),
+        "/etc/envoy/tls/tls.key": str(pki.server_key),
+        "/etc/envoy/tls/ca.crt": str(pki.ca_cert),
         ".local/pki/": str(tmp_path / "pki") + "/",
     }
-    for old, new in replacements.items():
-        config_text = config_text.replace(old, str(new))
-    return config_text
+
+    def replace(text: str) -> str:
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        return text
+
+    sds_dir = tmp_path / "sds"
+    sds_dir.mkdir(exist_ok=True)
+    for settings in (settings_for("k8s"), settings_for("local")):
+        for path, text in render_sds(settings).items():
+            target = sds_dir / Path(path).name
+            # watched directories: the throwaway PKI's
+            watched = f"path: {pki.ca_cert.parent}\n"
+            target.write_text(replace(text.replace("path: /etc/envoy/tls\n", watched)))
+            config_text = config_text.replace(path, str(target))
+    return replace(config_text)
 
 
 @pytest.mark.parametrize("path", sorted(RENDERED_FILES))

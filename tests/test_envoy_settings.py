@@ -4,6 +4,7 @@ and ``python -m envoyconf render`` writes nothing when a setting is bad."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -131,7 +132,14 @@ def test_render_writes_the_configuration_the_settings_ask_for(tmp_path: Path) ->
     err = io.StringIO()
     env = {"ENVOY_LICENSE_PRINCIPALS": "spiffe://example.tv/ns/gw/sa/api"}
     assert main(["render", "--out", str(out)], env=env, stderr=err) == 0
-    assert out.read_text() == render(settings_from_env(env, DEFAULTS))
+    # the SDS files the certificates come through are rendered beside it (envoyconf.sds)
+    settings = dataclasses.replace(settings_from_env(env, DEFAULTS), sds_dir=str(tmp_path))
+    assert out.read_text() == render(settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "envoy.yaml",
+        "sds-client-ca.yaml",
+        "sds-sidecar-cert.yaml",
+    ]
     assert "spiffe://example.tv/ns/gw/sa/api" in out.read_text()
     assert "principals spiffe://example.tv/ns/gw/sa/api" in err.getvalue()
 

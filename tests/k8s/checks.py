@@ -12,6 +12,7 @@ references may be missing.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 import re
@@ -25,7 +26,7 @@ import kubernetes_validate
 import yaml
 
 from devstack import checkconfig
-from envoyconf import render
+from envoyconf import render, render_sds
 from tests.k8s.crd_schemas import CRD_SCHEMAS
 from tests.k8s.crds import vendored_schema
 from tests.k8s.render import Obj, ref
@@ -636,8 +637,13 @@ def envoy_pods(index: Index) -> tuple[list[EnvoyPod], list[str]]:
                 continue
             if pod.settings is None:
                 continue  # the findings name the bad settings
-            text = render(pod.settings)
+            # as the init container renders it: the SDS files next to the configuration
+            settings = dataclasses.replace(
+                pod.settings, sds_dir=str(PurePosixPath(pod.out_path).parent)
+            )
+            text = render(settings)
             files, _ = mounted_files(index, template, c)
+            files.update(render_sds(settings))
             files[pod.out_path] = text
             pods.append(EnvoyPod(dep, template, c, pod.out_path, text, files))
     return pods, errors
@@ -690,12 +696,44 @@ def envoy_errors(index: Index) -> list[str]:
                     f"{where}: Envoy listener on port {port} is not declared as an envoy "
                     "container port"
                 )
+        # The TLS material comes through SDS files (envoyconf/sds.py), themselves mounted
+        # ConfigMap files; each watches a directory for the kubelet's swap of `..data`.
+        documents: list[tuple[str, Any]] = [(pod.config_path, config)]
+        mount_paths = {m["mountPath"] for m in pod.container.get("volumeMounts") or []}
         for key, value in _walk(config):
-            if key == "filename" and isinstance(value, str) and value not in pod.files:
+            if key != "path_config_source":
+                continue
+            sds_path = value.get("path")
+            sds_text = pod.files.get(sds_path)
+            if sds_text is None:
                 errors.append(
-                    f"{where}: {pod.config_path} reads {value}, which no volume mounts into the "
-                    "envoy container"
+                    f"{where}: {pod.config_path} reads secrets from {sds_path}, which is not a "
+                    "file of the pod (rendered or mounted)"
                 )
+                continue
+            sds_doc = yaml.safe_load(sds_text)
+            documents.append((sds_path, sds_doc))
+            for secret in sds_doc.get("resources") or []:
+                for body in (secret.get("tls_certificate"), secret.get("validation_context")):
+                    if not body:
+                        continue
+                    watched = (body.get("watched_directory") or {}).get("path")
+                    files = [v for k, v in _walk(body) if k == "filename"]
+                    if watched not in mount_paths or not all(
+                        f.startswith(f"{watched}/") for f in files
+                    ):
+                        errors.append(
+                            f"{where}: {sds_path} watches {watched} for renewals of {files}: not "
+                            "the root of the volume they are mounted from (a renewed Secret "
+                            "would go unnoticed)"
+                        )
+        for name, document in documents:
+            for key, value in _walk(document):
+                if key == "filename" and isinstance(value, str) and value not in pod.files:
+                    errors.append(
+                        f"{where}: {name} reads {value}, which no volume mounts into the "
+                        "envoy container"
+                    )
         app_ports: set[int] = set()
         for c in pod.template["spec"]["containers"]:
             env, _ = container_env(index, c)

@@ -3,7 +3,9 @@ as their init container does) passes ``envoy --mode validate``."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -58,19 +60,46 @@ def _sidecar(overlay: str) -> EnvoyPod:
     return pod
 
 
+def _with_local_files(pod: EnvoyPod, throwaway_tls: Path, tmp_path: Path) -> Path:
+    """The pod's Envoy configuration and the SDS files it reads its certificates through
+    (rendered beside it), written to ``tmp_path`` with every path pointing at a local copy: the
+    Secret's files (and the directory watched for their renewal) at the throwaway certificate."""
+    secret_files = sorted(path for path, content in pod.files.items() if content is None)
+    assert sorted(Path(p).name for p in secret_files) == sorted(MOUNTED_TLS_FILES)
+    sds_files = {
+        path: content
+        for path, content in pod.files.items()
+        if content is not None and Path(path).name.startswith("sds-")
+    }
+    assert sds_files, "the Envoy configuration's SDS files are missing"
+    texts = {**sds_files, pod.config_path: pod.config_text}
+    for path in secret_files:
+        assert any(path in text for text in texts.values()), (
+            f"{path} is mounted but neither the Envoy config nor its SDS files use it"
+        )
+    written: dict[str, Path] = {}
+    for path, original in texts.items():
+        local_text = original
+        for secret_path in secret_files:
+            local_text = local_text.replace(
+                secret_path, str(throwaway_tls / Path(secret_path).name)
+            )
+        local_text = re.sub(
+            r"(watched_directory:\n\s+path: ).*", rf"\g<1>{throwaway_tls}", local_text
+        )
+        for sds_path, local in written.items():
+            local_text = local_text.replace(f"path: {sds_path}\n", f"path: {local}\n")
+        written[path] = tmp_path / Path(path).name
+        written[path].write_text(local_text)
+    return written[pod.config_path]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rendered_envoy_config_passes_envoy_validate(
     overlay: str, throwaway_tls: Path, tmp_path: Path
 ) -> None:
     pod = _sidecar(overlay)
-    text = pod.config_text
-    secret_files = sorted(path for path, content in pod.files.items() if content is None)
-    assert sorted(Path(p).name for p in secret_files) == sorted(MOUNTED_TLS_FILES)
-    for path in secret_files:
-        assert path in text, f"{path} is mounted but the Envoy config does not use it"
-        text = text.replace(path, str(throwaway_tls / Path(path).name))
-    config = tmp_path / "envoy.yaml"
-    config.write_text(text)
+    config = _with_local_files(pod, throwaway_tls, tmp_path)
     result = envoy_validate(config)
     assert result.returncode == 0, (
         f"Deployment/{pod.deployment['metadata']['name']}: {pod.config_path} from the "
@@ -83,10 +112,7 @@ def test_validation_rejects_a_broken_config(throwaway_tls: Path, tmp_path: Path)
     pod = _sidecar("dev")
     text = pod.config_text.replace("cluster: license_broker", "cluster: no_such_cluster", 1)
     assert text != pod.config_text
-    for path in pod.files:
-        text = text.replace(path, str(throwaway_tls / Path(path).name))
-    config = tmp_path / "envoy.yaml"
-    config.write_text(text)
+    config = _with_local_files(dataclasses.replace(pod, config_text=text), throwaway_tls, tmp_path)
     assert envoy_validate(config).returncode != 0
 
 

@@ -185,6 +185,12 @@ def _envoy_port_without_listener(objs: list[Obj]) -> None:
     _container(objs, "playback-edge", "envoy")["ports"][1]["containerPort"] = 8082
 
 
+def _tls_mounted_elsewhere(objs: list[Obj]) -> None:
+    for mount in _container(objs, "playback-edge", "envoy")["volumeMounts"]:
+        if mount["mountPath"] == "/etc/envoy/tls":
+            mount["mountPath"] = "/etc/envoy/certs"
+
+
 BROKEN: dict[str, tuple[Callable[[list[Obj]], None], tuple[str, ...]]] = {
     "wrong probe port": (
         _wrong_probe_port,
@@ -221,6 +227,10 @@ BROKEN: dict[str, tuple[Callable[[list[Obj]], None], tuple[str, ...]]] = {
     "security context": (
         _writable_root,
         ("Deployment/license-broker", "writable root filesystem"),
+    ),
+    "tls files for sds": (
+        _tls_mounted_elsewhere,
+        ("Deployment/playback-edge", "sds-sidecar-cert.yaml reads /etc/envoy/tls/tls.crt"),
     ),
     "envoy port": (
         _envoy_port_without_listener,

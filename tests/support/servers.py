@@ -239,7 +239,12 @@ class EnvoyServer:
         url = f"http://127.0.0.1:{self.admin_port}/stats?format=json"
         with urllib.request.urlopen(url, timeout=2) as resp:
             doc = json.load(resp)
-        return {s["name"]: int(s["value"]) for s in doc.get("stats", []) if "value" in s}
+        # counters and gauges; text readouts (an SDS secret's version hash, "") are left out
+        return {
+            s["name"]: int(s["value"])
+            for s in doc.get("stats", [])
+            if str(s.get("value", "")).isdigit()
+        }
 
 
 def start_envoy(
