@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
@@ -580,6 +581,150 @@ def network_policy_errors(index: Index) -> list[str]:
     return errors
 
 
+# The settings that name a service the container connects to (a URL or host:port; lists are
+# comma-separated). JWT_ISSUER, ORIGIN_URL and PUBLIC_BASE_URLS name hosts nobody connects to.
+CONNECTION_SETTINGS = (
+    "NATS_URL",
+    "REDIS_URL",
+    "JWKS_URL",
+    "BILLING_URL",
+    "VAULT_ADDR",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "WIDEVINE_LICENSE_URL",
+    "PLAYREADY_LICENSE_URL",
+    "FAIRPLAY_KSM_URL",
+    "FAIRPLAY_CERTIFICATE_URL",
+)
+DEFAULT_PORTS = {"http": 80, "https": 443, "nats": 4222, "tls": 4222, "redis": 6379, "rediss": 6379}
+
+
+def _destinations(value: str) -> list[tuple[str, int]]:
+    """host, port of each URL (or host:port) in a setting's value."""
+    found: list[tuple[str, int]] = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        parts = urlsplit(item if "://" in item else f"tcp://{item}")
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        if parts.hostname and port:
+            found.append((parts.hostname, port))
+    return found
+
+
+def _peer_allows(peer: Obj, namespace: str | None, index: Index, pods: list[str]) -> bool:
+    """Whether a NetworkPolicy peer admits a destination: a namespace's pods (namespace set),
+    our own pods (``pods``: Deployment names) or an address outside the cluster (neither)."""
+    if namespace is not None:
+        return "namespaceSelector" in peer and selector_matches(
+            peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}
+        )
+    if pods:
+        if "podSelector" not in peer or "namespaceSelector" in peer:
+            return False
+        selected = {d["metadata"]["name"] for d, _ in _selected_pods(index, peer["podSelector"])}
+        return set(pods) <= selected
+    return "ipBlock" in peer
+
+
+def _rule_allows(rule: Obj, port: int, protocol: str = "TCP") -> bool:
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    return any(
+        p.get("protocol", "TCP") == protocol and str(p.get("port")) == str(port) for p in ports
+    )
+
+
+def egress_errors(index: Index) -> list[str]:
+    """Every workload's egress is restricted, DNS is allowed, and so is each destination its
+    containers are configured with (settings and Envoy clusters)."""
+    errors: list[str] = []
+    policies = [
+        p for p in index.of("NetworkPolicy") if "Egress" in p["spec"].get("policyTypes", [])
+    ]
+    envoy = {ref(p.deployment): p for p in envoy_pods(index)[0]}
+    for dep, template in index.workloads():
+        where = ref(dep)
+        labels = pod_labels(template)
+        rules = [
+            rule
+            for pol in policies
+            if selector_matches(pol["spec"].get("podSelector"), labels)
+            for rule in pol["spec"].get("egress") or []
+        ]
+        if not any(selector_matches(p["spec"].get("podSelector"), labels) for p in policies):
+            if not _mesh_gateway(template):
+                errors.append(f"{where}: no egress NetworkPolicy selects its pods")
+            continue
+        dns = [
+            r
+            for r in rules
+            if _rule_allows(r, 53, "UDP")
+            and any(_peer_allows(peer, "kube-system", index, []) for peer in r.get("to") or [])
+        ]
+        if not dns:
+            errors.append(f"{where}: egress allows no DNS (UDP 53 to kube-system)")
+        wanted: list[tuple[str, str, int]] = []
+        for c in template["spec"]["containers"]:
+            env, _ = container_env(index, c)
+            for name in CONNECTION_SETTINGS:
+                if env.get(name):
+                    wanted += [(name, h, p) for h, p in _destinations(str(env[name]))]
+        if where in envoy:
+            config = yaml.safe_load(envoy[where].config_text)
+            for cluster in config.get("static_resources", {}).get("clusters") or []:
+                for key, value in _walk(cluster.get("load_assignment", {})):
+                    if key == "socket_address" and value["address"] not in LOOPBACK:
+                        what = f"Envoy cluster {cluster['name']}"
+                        wanted.append((what, value["address"], int(value["port_value"])))
+        for what, host, port in wanted:
+            if host in LOOPBACK:
+                continue
+            namespace, pods, target = _where_is(index, host, port)
+            allowed = any(
+                _rule_allows(rule, target)
+                and any(_peer_allows(peer, namespace, index, pods) for peer in rule.get("to") or [])
+                for rule in rules
+            )
+            if not allowed:
+                errors.append(
+                    f"{where}: {what} connects to {host}:{port}, which no egress rule allows"
+                )
+    return errors
+
+
+def _mesh_gateway(template: Obj) -> bool:
+    """Istio's injected gateway: its proxy's destinations are istiod's to decide."""
+    return any(c.get("image") == ISTIO_INJECTED_IMAGE for c in template["spec"]["containers"])
+
+
+def _where_is(index: Index, host: str, port: int) -> tuple[str | None, list[str], int]:
+    """A destination as NetworkPolicy sees it: (namespace of a cluster Service, our Deployments
+    behind a Service of our own, the port the pods listen on); (None, [], port) outside."""
+    labels = host.split(".")
+    if len(labels) == 1:
+        svc = index.get("Service", host)
+        if svc is None:
+            return None, [], port
+        spec = svc["spec"]
+        if spec.get("type") == "ExternalName":
+            return _where_is(index, spec["externalName"], port)
+        if not spec.get("selector"):
+            return None, [], port
+        pods = _selected_pods(index, {"matchLabels": spec["selector"]})
+        target = port
+        for p in spec.get("ports") or []:
+            if int(p["port"]) == port:
+                for _, tmpl in pods:
+                    resolved = resolve_port(p.get("targetPort", port), _pod_ports(tmpl))
+                    target = resolved if resolved is not None else target
+        return None, [d["metadata"]["name"] for d, _ in pods], target
+    if "svc" in labels:
+        return labels[labels.index("svc") - 1], [], port
+    return None, [], port
+
+
 def monitoring_errors(index: Index) -> list[str]:
     errors: list[str] = []
     for sm in index.of("ServiceMonitor"):
@@ -783,6 +928,7 @@ def reference_errors(objs: list[Obj]) -> list[str]:
         + scaling_errors(index)
         + service_errors(index)
         + network_policy_errors(index)
+        + egress_errors(index)
         + monitoring_errors(index)
         + envoy_errors(index)
     )

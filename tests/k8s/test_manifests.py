@@ -191,6 +191,15 @@ def _tls_mounted_elsewhere(objs: list[Obj]) -> None:
             mount["mountPath"] = "/etc/envoy/certs"
 
 
+def _egress_without_nats(objs: list[Obj]) -> None:
+    rule = _by_ref(objs, "NetworkPolicy", "license-broker-egress")["spec"]["egress"][1]
+    rule["ports"] = [p for p in rule["ports"] if p["port"] != 4222]
+
+
+def _egress_without_dns(objs: list[Obj]) -> None:
+    del _by_ref(objs, "NetworkPolicy", "playback-edge-egress")["spec"]["egress"][0]
+
+
 BROKEN: dict[str, tuple[Callable[[list[Obj]], None], tuple[str, ...]]] = {
     "wrong probe port": (
         _wrong_probe_port,
@@ -227,6 +236,14 @@ BROKEN: dict[str, tuple[Callable[[list[Obj]], None], tuple[str, ...]]] = {
     "security context": (
         _writable_root,
         ("Deployment/license-broker", "writable root filesystem"),
+    ),
+    "egress to a dependency": (
+        _egress_without_nats,
+        ("Deployment/license-broker", "NATS_URL connects to nats.playback-deps", "no egress rule"),
+    ),
+    "egress without dns": (
+        _egress_without_dns,
+        ("Deployment/playback-edge", "egress allows no DNS"),
     ),
     "tls files for sds": (
         _tls_mounted_elsewhere,
