@@ -80,10 +80,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH
 
+# (The official image ships pip in the system interpreter; Debian's python3, the base that
+# scripts/debian-base-image.sh builds where no registry can be reached, has none, only the wheels
+# `python -m venv` would install it from.)
 RUN groupadd --system --gid 10001 playback \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin playback \
-    && python -m pip uninstall --yes pip setuptools wheel
+    && if python -m pip --version >/dev/null 2>&1; then python -m pip uninstall --yes pip setuptools wheel; fi \
+    && rm -rf /usr/share/python-wheels
 
 # --------------------------------------------------------------------------------------------------
 # envoy: the sidecar proxy. In Kubernetes the pod's init container renders the configuration into

