@@ -11,8 +11,8 @@ TOOLS_STAMP := .local/.tools-installed
 PODMAN_STAMP := .local/.podman-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint setup setup-python setup-node setup-tools setup-podman images e2e unit bench \
-	bench-faults profile envoy-config clean
+.PHONY: run test lint setup setup-python setup-node setup-tools setup-podman images pods-test e2e \
+	unit bench bench-faults profile envoy-config clean
 
 $(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,7 @@ lint: setup-python
 
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) pods-test
 
 unit: setup-python
 	$(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)
@@ -78,6 +79,13 @@ profile: setup-python
 # when it is there, else podman (its layer cache makes an unchanged tree a few seconds' work).
 images: setup-podman
 	VERSION=dev bash scripts/build-image.sh build
+
+# The shipped images pushed to a loopback registry, pulled back by digest, and the dev overlay's
+# pods started from them with podman kube play (tests/pods; docs/DEPLOYMENT.md, "Run what we
+# ship"). Needs root (podman networks, hostPath volumes); fails, never skips, without podman.
+pods-test: setup-python images
+	PLAYBACK_PODS_TEST=1 $(BIN)/python -m pytest tests/pods -p no:cacheprovider --timeout 600 \
+	  $(PYTEST_ARGS)
 
 envoy-config: setup-python
 	$(BIN)/playback-drm envoy-config --all

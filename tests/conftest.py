@@ -29,6 +29,9 @@ pytest_plugins = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# tests/pods starts the shipped images' pods with podman (minutes, root, `make images` first):
+# `make pods-test` runs it, with PLAYBACK_PODS_TEST=1; a plain pytest run leaves it out.
+collect_ignore = [] if os.environ.get("PLAYBACK_PODS_TEST") else ["pods"]
 CORPUS_DIR = (REPO_ROOT.parent / "shared" / "corpus").resolve()
 
 
