@@ -136,9 +136,14 @@ def tls_secret(pki: DevPki) -> dict[str, bytes]:
     }
 
 
-def projected_files(
+def volume_files(
     objs: list[Obj], volume: Obj, secrets_: dict[str, dict[str, bytes]]
 ) -> dict[str, bytes]:
+    """The files the kubelet would write for a Secret (or projected) volume."""
+    if "secret" in volume:
+        secret = secrets_[volume["secret"]["secretName"]]
+        items = volume["secret"].get("items") or [{"key": k, "path": k} for k in secret]
+        return {item["path"]: secret[item["key"]] for item in items}
     files: dict[str, bytes] = {}
     maps = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
     for source in volume["projected"]["sources"]:
@@ -353,7 +358,7 @@ def shipped_cluster(base: Path) -> Iterator[Cluster]:
 
         def host_dir(pod: str, volume: Obj) -> str:
             path = root / "volumes" / pod / volume["name"]
-            _write_kubelet_volume(path, projected_files(rendered, volume, secrets_))
+            _write_kubelet_volume(path, volume_files(rendered, volume, secrets_))
             return str(path)
 
         def publish(pod: str, container: str, port: int) -> int:

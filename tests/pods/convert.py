@@ -26,9 +26,10 @@ ADAPTATIONS = {
     "there is no systemd here",
     "secrets": "env and envFrom from a Secret become literal values of the rendered Secret: "
     "podman 4.3 looks such references up in its own secret store, not in the YAML",
-    "projected volume": "the Envoy volume (ConfigMap files and the TLS Secret) becomes a hostPath "
-    "directory the test lays out the kubelet's way (..data link, renewed by swapping it): "
-    "podman 4.3 cannot mount projected volumes, and the test renews the Secret through it",
+    "secret volumes": "a Secret volume (the sidecar's TLS certificate) becomes a hostPath "
+    "directory the test lays out the kubelet's way (a ..data link, swapped on renewal): "
+    "podman 4.3 looks Secret volumes up in its own secret store, and the test renews the "
+    "certificate through that directory as cert-manager and the kubelet would",
     "emptyDir": "each emptyDir is renamed after its pod: podman 4.3 makes a named volume per "
     "emptyDir name, shared by every pod that uses the name (and ignores medium: Memory)",
     "services": "Services become DNS aliases on the test's podman network (every name form "
@@ -38,8 +39,11 @@ ADAPTATIONS = {
     "4.3 publishes a containerPort without hostPort on every host interface at the same number "
     "(two replicas collide, and nothing of a pod should listen beyond loopback); the test's "
     "client plays the API gateway through the edge's published https port",
-    "preStop": "podman ignores lifecycle hooks: a restart runs the preStop hook with podman "
-    "exec, then stops the container with the pod's grace period, as the kubelet does",
+    "init containers": "init containers run as podman's `always` kind (pod annotation "
+    "io.podman.annotations.init.container.type): its default `once` kind fails the pod's start "
+    "in podman 4.3 when it removes an init container that has not finished exiting",
+    "preStop": "podman ignores lifecycle hooks (kept in the pod as written): the test does "
+    "not restart pods yet, so no hook runs",
 }
 
 
@@ -108,8 +112,8 @@ def convert(
     publish: Callable[[str, str, int], int],
 ) -> list[PodPlan]:
     """One plan per pod: ``host_dir(pod, volume)`` names the directory standing in for a
-    projected volume; ``publish(pod, container, port)`` the loopback port a container port is
-    published on."""
+    Secret (or projected) volume; ``publish(pod, container, port)`` the loopback port a
+    container port is published on."""
     namespace = next(o["metadata"]["name"] for o in objs if o["kind"] == "Namespace")
     secrets = _secret_values(objs)
     config_maps = [o for o in objs if o["kind"] == "ConfigMap"]
@@ -137,7 +141,7 @@ def convert(
             )
             renamed: dict[str, str] = {}
             for volume in spec.get("volumes") or []:
-                if "projected" in volume:
+                if "projected" in volume or "secret" in volume:
                     volume_name = volume["name"]
                     path = host_dir(name, volume)
                     volume.clear()
@@ -145,6 +149,9 @@ def convert(
                 if "emptyDir" in volume:
                     renamed[volume["name"]] = f"{name}-{volume['name']}"
                     volume["name"] = renamed[volume["name"]]
+            for c in spec.get("initContainers") or []:
+                for mount in c.get("volumeMounts") or []:
+                    mount["name"] = renamed.get(mount["name"], mount["name"])
             for c in spec["containers"]:
                 ports = _container_ports(c)
                 for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -190,7 +197,10 @@ def convert(
                 "metadata": {
                     "name": name,
                     "labels": labels,
-                    "annotations": dict(template["metadata"].get("annotations") or {}),
+                    "annotations": {
+                        **(template["metadata"].get("annotations") or {}),
+                        "io.podman.annotations.init.container.type": "always",
+                    },
                 },
                 "spec": spec,
             }

@@ -63,6 +63,7 @@ def test_pods_run_the_pushed_images_by_digest(cluster: Cluster) -> None:
         for o in cluster.rendered
         if o["kind"] == "Deployment"
         for c in o["spec"]["template"]["spec"]["containers"]
+        + (o["spec"]["template"]["spec"].get("initContainers") or [])
     }
     assert rendered == set(cluster.images.values())
     for plan in cluster.plans:
@@ -192,23 +193,23 @@ def test_a_renewed_certificate_reaches_the_running_pod(cluster: Cluster, tmp_pat
     from cryptography import x509
 
     from devstack.devpki import ensure_dev_pki
-    from tests.pods.cluster import SNI, _write_kubelet_volume, projected_files, tls_secret
+    from tests.pods.cluster import SNI, _write_kubelet_volume, tls_secret, volume_files
 
     plan = cluster.pods("playback-edge")[0]
-    volume = next(v for v in plan.document["spec"]["volumes"] if v["name"] == "envoy")
+    volume = next(v for v in plan.document["spec"]["volumes"] if v["name"] == "envoy-tls")
     template_volume = next(
         v
         for o in cluster.rendered
         if o["kind"] == "Deployment" and o["metadata"]["name"] == "playback-edge"
         for v in o["spec"]["template"]["spec"]["volumes"]
-        if v["name"] == "envoy"
+        if v["name"] == "envoy-tls"
     )
     renewed = ensure_dev_pki(tmp_path / "renewed", "renewed CA")
     bundle = tls_secret(renewed)
     bundle["ca.crt"] = cluster.pki.ca_cert.read_bytes() + renewed.ca_cert.read_bytes()
     state: Any = cluster.podman.inspect(f"{plan.name}-envoy")["State"]
     started_at = (state["Pid"], state["StartedAt"])
-    files = projected_files(cluster.rendered, template_volume, {"playback-edge-tls": bundle})
+    files = volume_files(cluster.rendered, template_volume, {"playback-edge-tls": bundle})
     _write_kubelet_volume(Path(volume["hostPath"]["path"]), files)
 
     def served_serial() -> int:
@@ -235,7 +236,7 @@ def test_a_renewed_certificate_reaches_the_running_pod(cluster: Cluster, tmp_pat
     took = wait_for(renewed.server_cert)
     print(f"\nrenewed certificate served by the pod {took:.2f} s after the volume swap")
     # and back (the other tests trust the first CA only): a second renewal, same pod
-    original = projected_files(
+    original = volume_files(
         cluster.rendered, template_volume, {"playback-edge-tls": tls_secret(cluster.pki)}
     )
     _write_kubelet_volume(Path(volume["hostPath"]["path"]), original)
