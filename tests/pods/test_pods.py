@@ -27,6 +27,7 @@ from playback_drm.events import EventsConfig
 from playback_drm.events.reader import read_stream
 from tests.pods.cluster import Cluster, Reply, shipped_cluster
 from tests.pods.convert import ADAPTATIONS, PodPlan
+from tests.test_layout import DEV_ONLY
 
 VIEWER = "pods-viewer"
 
@@ -93,6 +94,22 @@ def test_containers_run_as_non_root_on_a_read_only_root(cluster: Cluster) -> Non
             assert write.returncode != 0, name
             assert "Read-only file system" in write.stderr, name
             assert cluster.podman.run("exec", name, "touch", "/tmp/x", check=False).returncode == 0
+
+
+def test_the_app_image_installs_no_dev_only_package(cluster: Cluster) -> None:
+    """The services' image carries the runtime set alone (issue 17; the wheel's own metadata is
+    checked in tests/test_layout.py): the distributions installed in a running container."""
+    [name, *_] = [
+        f"{plan.name}-{c['name']}"
+        for plan in cluster.plans
+        for c in plan.document["spec"]["containers"]
+        if c["name"] == "authz"
+    ]
+    code = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'])"
+    listed = cluster.podman.out("exec", name, "python", "-c", code).splitlines()
+    installed = {re.sub(r"[-_.]+", "-", n.strip()).lower() for n in listed if n.strip()}
+    assert {"playback-drm", "grpcio", "redis", "nats-py"} <= installed, sorted(installed)
+    assert installed & DEV_ONLY == set(), sorted(installed & DEV_ONLY)
 
 
 def test_every_readiness_and_liveness_endpoint_answers(cluster: Cluster) -> None:
