@@ -24,8 +24,8 @@ two pods run. Traffic alternates between the two gateways, open loop (request i 
 Faults, each for ``--window`` seconds, then ``--after`` seconds of recovery:
 
     nats_node        SIGKILL the NATS node most publishers are connected to (restarted after)
-    billing_restart  the Billing emulator stopped and started again (its state restored, as a
-                     real Billing keeps it)
+    billing_restart  the Billing emulator stopped, and started again after 1 s at least (its
+                     state restored, as a real Billing keeps it)
     vault_stop       OpenBao stopped (SIGSTOP: connections hang) for the window
     provider_slow    the DRM provider emulator answers Widevine in 2 s
     provider_errors  the DRM provider emulator answers Widevine with HTTP 500
@@ -450,9 +450,12 @@ def publishers_node(cluster: NatsCluster) -> tuple[int, int]:
 class Injector:
     """Starts and clears each fault (blocking calls: run them in a thread)."""
 
-    def __init__(self, rig: Rig, provider_delay: float = 2.0) -> None:
+    def __init__(self, rig: Rig, provider_delay: float = 2.0, billing_down: float = 1.0) -> None:
         self.rig = rig
         self.provider_delay = provider_delay
+        # Billing stays down at least this long: a fast machine restarts it in a fraction of a
+        # second, between two of the requests that need it
+        self.billing_down = billing_down
         self._killed: int | None = None
 
     def inject(self, name: str) -> str:
@@ -467,6 +470,7 @@ class Injector:
         if name == "billing_restart":
             started = time.monotonic()
             rig.first.stop_component("billing-emulator")
+            time.sleep(max(0.0, self.billing_down - (time.monotonic() - started)))
             rig.first.start_component("billing-emulator")
             rig.provision_billing()
             return f"down {time.monotonic() - started:.1f} s"
