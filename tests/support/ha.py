@@ -25,6 +25,7 @@ import redis
 from redis.crc import key_slot
 
 from tests.support.procs import ManagedProcess, binary, free_port
+from tests.support.servers import redis_argv
 
 SERVICE = "pdrm"
 SLOTS = 16384
@@ -94,20 +95,7 @@ def _start_node(
         extra = (*extra, "--requirepass", password, "--masterauth", password)
     workdir = log_dir / f"{name}-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        binary("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-        *extra,
-    ]
+    argv = redis_argv(port, workdir, *extra)
     proc = ManagedProcess(
         f"{name}-{port}", argv, log_dir=log_dir, ready=functools.partial(_answers, port)
     ).start()

@@ -39,23 +39,15 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
+def redis_argv(port: int, workdir: Path, *extra: str) -> list[str]:
+    """A redis-server on loopback ``port``, nothing persisted, files in ``workdir``."""
+    argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+    return [*argv, "--save", "", "--appendonly", "no", "--dir", str(workdir), *extra]
+
+
 def start_redis(log_dir: Path) -> RedisServer:
     port = free_port()
-    argv = [
-        binary("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "yes",
-        "--dir",
-        str(log_dir),
-    ]
+    argv = redis_argv(port, log_dir, "--protected-mode", "yes")
     proc = ManagedProcess(
         f"redis-{port}", argv, log_dir=log_dir, ready=lambda: _redis_ping(port)
     ).start()
@@ -78,22 +70,18 @@ class NatsServer:
         self.process.start()
 
 
+def nats_argv(port: int, monitor: int, store: Path, *extra: str) -> list[str]:
+    """A JetStream nats-server on loopback ``port`` (monitoring on ``monitor``), storing in
+    ``store``."""
+    argv = [binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port)]
+    return [*argv, "-m", str(monitor), "-sd", str(store), *extra]
+
+
 def start_nats(log_dir: Path) -> NatsServer:
     port, monitor = free_port(), free_port()
     store = log_dir / f"nats-{port}-store"
     store.mkdir(parents=True, exist_ok=True)
-    argv = [
-        binary("nats-server"),
-        "-js",
-        "-a",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-m",
-        str(monitor),
-        "-sd",
-        str(store),
-    ]
+    argv = nats_argv(port, monitor, store)
     proc = ManagedProcess(
         f"nats-{port}",
         argv,
@@ -145,17 +133,10 @@ def start_nats_cluster(log_dir: Path, size: int = 3) -> NatsCluster:
         store = log_dir / f"{name}-n{index}-store"
         store.mkdir(parents=True, exist_ok=True)
         routes = ",".join(f"nats://127.0.0.1:{c}" for _, _, c in ports if c != cluster_port)
-        argv = [
-            binary("nats-server"),
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-m",
-            str(monitor),
-            "-sd",
-            str(store),
+        argv = nats_argv(
+            port,
+            monitor,
+            store,
             "--server_name",
             f"{name}-n{index}",
             "--cluster_name",
@@ -164,7 +145,7 @@ def start_nats_cluster(log_dir: Path, size: int = 3) -> NatsCluster:
             f"nats://127.0.0.1:{cluster_port}",
             "--routes",
             routes,
-        ]
+        )
         proc = ManagedProcess(
             f"{name}-n{index}",
             argv,
