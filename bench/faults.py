@@ -77,6 +77,7 @@ from tests.support.ha import (
     start_cluster,
     start_sentinel_set,
 )
+from tests.support.protobuf import varint
 from tests.support.servers import (
     NatsCluster,
     RedisServer,
@@ -220,22 +221,13 @@ def rig(root: Path, *, cold_videos: int, redis_shape: str = "single") -> Iterato
 # ---------------------------------------------------------------------------------- traffic
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def widevine_challenge(n: int) -> bytes:
     """A Widevine SignedMessage{LICENSE_REQUEST, LicenseRequest{content_id, NEW, time}} whose
     content id is ``n``: a challenge of its own, so the provider is asked every time."""
     cid = f"content-{n}".encode()
-    nested = b"\x0a" + _varint(len(cid)) + cid
-    inner = b"\x12" + _varint(len(nested)) + nested + b"\x18\x01\x20" + _varint(1_700_000_000)
-    return b"\x08\x01\x12" + _varint(len(inner)) + inner + b"\x1a\x04sign"
+    nested = b"\x0a" + varint(len(cid)) + cid
+    inner = b"\x12" + varint(len(nested)) + nested + b"\x18\x01\x20" + varint(1_700_000_000)
+    return b"\x08\x01\x12" + varint(len(inner)) + inner + b"\x1a\x04sign"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from authz.sessions import (
 )
 from authz.sessionstore import MemorySessionStore, RedisSessionStore, SessionStore
 from tests.support.ha import REDIS_SHAPES
+from tests.support.protobuf import varint
 
 LIFE = Lifetimes(session_idle_ms=10_000, stream_idle_ms=3_000, max_sessions=3)
 T0 = 1_700_000_000_000
@@ -160,15 +161,6 @@ def test_signs_of_life_are_coalesced(view: View | None, age: float, kind: Kind, 
 # ------------------------------------------------------------------------------ challenges
 
 
-def _pb_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def widevine_request(request_type: int) -> bytes:
     """A Widevine SignedMessage{type: LICENSE_REQUEST, msg: LicenseRequest{type}} (with the
     fields around it a CDM sends: content id, request time, a signature)."""
@@ -176,11 +168,11 @@ def widevine_request(request_type: int) -> bytes:
         b"\x12\x06"
         + b"\x0a\x04abcd"  # content_id (nested)
         + b"\x18"
-        + _pb_varint(request_type)
+        + varint(request_type)
         + b"\x20"
-        + _pb_varint(1_700_000_000)  # request_time
+        + varint(1_700_000_000)  # request_time
     )
-    return b"\x08\x01" + b"\x12" + _pb_varint(len(inner)) + inner + b"\x1a\x04sign"
+    return b"\x08\x01" + b"\x12" + varint(len(inner)) + inner + b"\x1a\x04sign"
 
 
 @pytest.mark.parametrize(

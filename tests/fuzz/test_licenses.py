@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from license_broker.errors import BrokerError
 from tests.broker.conftest import KID_HD, KID_SD, Client, viewer
 from tests.fuzz import MemoryBound, fuzz_settings, json_values
+from tests.support.protobuf import varint
 
 
 def _subclasses(cls: type[BrokerError]) -> list[type[BrokerError]]:
@@ -76,15 +77,6 @@ clearkey = st.fixed_dictionaries(
 )
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 @st.composite
 def protobuf(draw: st.DrawFn) -> bytes:
     """Top-level protobuf fields, well formed or not (a Widevine SignedMessage has type 1, msg 2,
@@ -93,13 +85,13 @@ def protobuf(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(0, 5))):
         field = draw(st.sampled_from([1, 1, 2, 2, 3, 4, 0, 99, 2**29]))
         wire = draw(st.sampled_from([0, 2, 2, 1, 5, 3, 7]))
-        out += _varint(field << 3 | wire)
+        out += varint(field << 3 | wire)
         if wire == 0:
-            out += _varint(draw(st.sampled_from([1, 4, 2, 7, 9, 0, 2**64 - 1])))
+            out += varint(draw(st.sampled_from([1, 4, 2, 7, 9, 0, 2**64 - 1])))
         elif wire == 2:
             payload = draw(st.binary(max_size=40))
             length = draw(st.sampled_from([len(payload), len(payload) + 5, 2**40]))
-            out += _varint(length) + payload
+            out += varint(length) + payload
         elif wire == 1:
             out += draw(st.binary(min_size=0, max_size=8))
         elif wire == 5:
