@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -380,23 +381,27 @@ def start_bench_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[st
         except OSError:
             return False
 
-    proc = ManagedProcess(
-        "bench-envoy",
-        [
-            binary("envoy"),
-            "-c",
-            str(config),
-            "--log-level",
-            "error",
-            "--concurrency",
-            "1",
-            "--base-id",
-            str(ports["admin"]),
-        ],
-        log_dir=root / "logs",
-        ready=ready,
+    return _start_envoy("bench-envoy", config, root, ports["admin"], ready), ports
+
+
+def _get(url: str, headers: dict[str, str]) -> Callable[[int], Request]:
+    """The same GET every time."""
+    return lambda _i: Request("GET", url, headers)
+
+
+def _round_robin(urls: list[str]) -> Callable[[int], Request]:
+    """The i-th request: a GET of ``urls[i % len(urls)]``."""
+    return lambda i: Request("GET", urls[i % len(urls)])
+
+
+def _start_envoy(
+    name: str, config: Path, root: Path, admin: int, ready: Callable[[], bool]
+) -> ManagedProcess:
+    """A bench Envoy on one worker (the base id keeps it apart from the stack's Envoy)."""
+    argv = [binary("envoy"), "-c", str(config), "--log-level", "error", "--concurrency", "1"]
+    return ManagedProcess(
+        name, [*argv, "--base-id", str(admin)], log_dir=root / "logs", ready=ready
     ).start()
-    return proc, ports
 
 
 def start_grpcio_twins(
@@ -476,7 +481,7 @@ async def scenario_authz(seconds: float) -> list[RunResult]:
                 results.append(
                     await run_open_loop(
                         f"envoy_{name}",
-                        lambda _i, url=url: Request("GET", url, headers),
+                        _get(url, headers),
                         rate=rate,
                         seconds=seconds,
                         processes=processes,
@@ -511,7 +516,7 @@ async def scenario_manifest(seconds: float) -> list[RunResult]:
                 results.append(
                     await run_open_loop(
                         f"{label}_{name.split('_')[1]}",
-                        lambda _i, url=url: Request("GET", url, headers),
+                        _get(url, headers),
                         rate=200,
                         seconds=seconds,
                         processes=processes,
@@ -680,23 +685,8 @@ def start_live_envoy(root: Path, stack: Stack) -> tuple[ManagedProcess, dict[str
     }
     path = root / "live-envoy.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = ManagedProcess(
-        "live-envoy",
-        [
-            binary("envoy"),
-            "-c",
-            str(path),
-            "--log-level",
-            "error",
-            "--concurrency",
-            "1",
-            "--base-id",
-            str(ports["admin"]),
-        ],
-        log_dir=root / "logs",
-        ready=lambda: port_open(ports["live_full"]),
-    ).start()
-    return proc, ports
+    ready = functools.partial(port_open, ports["live_full"])
+    return _start_envoy("live-envoy", path, root, ports["admin"], ready), ports
 
 
 async def start_live_sessions(stack: Stack, port: int) -> list[str]:
@@ -762,7 +752,7 @@ async def scenario_live(seconds: float) -> list[RunResult]:
             results.append(
                 await run_open_loop(
                     "live_full",
-                    lambda i, count=count: Request("GET", sessions[i % count]),
+                    _round_robin(sessions[:count]),
                     rate=rate,
                     seconds=seconds,
                     processes=processes,
