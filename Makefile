@@ -11,7 +11,7 @@ TOOLS_STAMP := .local/.tools-installed
 PODMAN_STAMP := .local/.podman-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint setup setup-python setup-node setup-tools setup-podman images pods-test e2e \
+.PHONY: run test lint setup setup-python setup-node setup-tools setup-podman images pods-test pods-restart e2e \
 	unit bench bench-faults profile envoy-config clean
 
 $(PY_STAMP): pyproject.toml
@@ -86,6 +86,11 @@ images: setup-podman
 pods-test: setup-python images
 	PLAYBACK_PODS_TEST=1 $(BIN)/python -m pytest tests/pods -p no:cacheprovider --timeout 600 \
 	  $(PYTEST_ARGS)
+
+# Zero-downtime restarts of those pods under 100 req/s, measured (bench/pods_restart.py); not part
+# of `make test` until it passes on the shared machine (issue 12).
+pods-restart: setup-python images
+	$(BIN)/python bench/pods_restart.py
 
 envoy-config: setup-python
 	$(BIN)/playback-drm envoy-config --all

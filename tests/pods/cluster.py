@@ -9,6 +9,7 @@ servers' binaries and the repository's dev tooling mounted from the host.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -27,6 +28,8 @@ from devstack import media
 from devstack.devpki import DevPki, ensure_dev_pki
 from devstack.emulators.auth import load_or_create_key, sign_token
 from devstack.supervise import free_port
+from playback_drm.events import EventsConfig
+from playback_drm.events.reader import read_stream
 from tests.k8s.render import K8S_DIR, render
 from tests.pods.convert import Obj, PodPlan, convert, external_names, service_names
 from tests.pods.podman import REPO_ROOT, Podman, Registry, kube_play, push_and_pull
@@ -59,6 +62,15 @@ class Cluster:
     plans: list[PodPlan]
     deps: dict[str, int] = field(default_factory=dict)  # published loopback ports of deps
     ready_seconds: float = 0.0
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event in the pods' NATS JetStream stream, read once."""
+        config = EventsConfig.from_env({"NATS_URL": f"nats://127.0.0.1:{self.deps['nats']}"})
+
+        async def read() -> list[dict[str, Any]]:
+            return [doc async for doc in read_stream(config, follow=False)]
+
+        return asyncio.run(read())
 
     def pods(self, deployment: str) -> list[PodPlan]:
         return [p for p in self.plans if p.deployment == deployment]

@@ -43,8 +43,8 @@ ADAPTATIONS = {
     "io.podman.annotations.init.container.type): its default `once` kind fails the pod's start "
     "in podman 4.3 when it removes an init container that has not finished exiting",
     "preStop": "podman ignores lifecycle hooks (kept in the pod as written): the restart "
-    "test (PODS_RESTART_TEST=1, not passing yet) runs each hook with podman exec and stops each "
-    "container when its hook returns, within the grace period, as the kubelet does",
+    "measurement (make pods-restart, not passing yet) runs each hook with podman exec and stops "
+    "each container when its hook returns, within the grace period, as the kubelet does",
 }
 
 

