@@ -65,16 +65,26 @@ def add_subscriber(
     return user
 
 
+PORT_ATTEMPTS = 3  # a port picked free can be taken by another process before ours binds it
+
+
 def start_stack(root: Path, **settings: Any) -> Stack:
     settings.setdefault("media_dir", TEST_MEDIA)
-    stack = Stack(StackSettings(root=root, ports=StackPorts.free(), **settings))
-    stack.ensure_media()
-    try:
-        stack.start(COMPONENTS)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        stack = Stack(StackSettings(root=root, ports=StackPorts.free(), **settings))
+        stack.ensure_media()
+        try:
+            stack.start(COMPONENTS)
+        except RuntimeError as exc:
+            stack.stop()
+            if "Address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                raise
+            continue  # the same stack on other free ports
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+    raise AssertionError("unreachable")
 
 
 # What each replica (a pod: Envoy beside authz, extproc and the broker) has of its own; the
