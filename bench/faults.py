@@ -24,8 +24,8 @@ two pods run. Traffic alternates between the two gateways, open loop (request i 
 Faults, each for ``--window`` seconds, then ``--after`` seconds of recovery:
 
     nats_node        SIGKILL the NATS node most publishers are connected to (restarted after)
-    billing_restart  the Billing emulator stopped, and started again after 1 s at least (its
-                     state restored, as a real Billing keeps it)
+    billing_restart  the Billing emulator answers 503 for 1 s, then is stopped and started
+                     again (its state restored, as a real Billing keeps it)
     vault_stop       OpenBao stopped (SIGSTOP: connections hang) for the window
     provider_slow    the DRM provider emulator answers Widevine in 2 s
     provider_errors  the DRM provider emulator answers Widevine with HTTP 500
@@ -460,12 +460,15 @@ class Injector:
             self._killed = index
             return f"killed node :{node.port}, which {users} of our publishers used"
         if name == "billing_restart":
+            # down for billing_down first (answering 503 keeps the viewers it was told about, which
+            # a stopped process forgets), then the process itself restarted
+            _http_json(rig.billing("/admin/fail?status=503"), "POST")
+            time.sleep(self.billing_down)
             started = time.monotonic()
             rig.first.stop_component("billing-emulator")
-            time.sleep(max(0.0, self.billing_down - (time.monotonic() - started)))
             rig.first.start_component("billing-emulator")
             rig.provision_billing()
-            return f"down {time.monotonic() - started:.1f} s"
+            return f"503 for {self.billing_down:g} s, then down {time.monotonic() - started:.1f} s"
         if name == "vault_stop":
             proc = rig.vault.process.proc
             assert proc is not None
