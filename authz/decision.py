@@ -43,6 +43,7 @@ class CheckInput:
     mode: str
     content_type: str | None = None
     body: bytes = b""
+    limit_user: bool = False  # count the viewer against the per-user limit (the route asks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class Deny:
     www_authenticate: str | None = None
     user: str | None = None  # who was refused, when authz knew (for the PlaybackError event)
     video: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # beside content-type and cache-control
 
 
 Decision = Allow | Deny

@@ -94,6 +94,15 @@ class StreamLimitReached(AuthzError):
     title = "Concurrent stream limit reached"
 
 
+class RateLimited(AuthzError):
+    """The viewer is over the per-user rate limit (``authz.ratelimit``): 429, with Retry-After
+    and the quota headers added where the check answers (``authz.server``)."""
+
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+
 class SessionEnded(AuthzError):
     """A session-bound URL whose playback session was ended (explicitly, by a license release or
     by idleness) or is unknown: playback has to start again from the manifest."""

@@ -1,4 +1,5 @@
-"""Per-user sliding-window rate limiting behind Envoy's rate limit service API.
+"""Per-user sliding-window rate limiting, inside the ext_authz check or behind Envoy's rate limit
+service API.
 
 Envoy's ``local_ratelimit`` is per replica and token-bucket shaped; with two or more replicas a
 per-user limit needs shared state. This module counts requests per descriptor (``user=<id>``) in a
@@ -7,8 +8,12 @@ sliding log of the last ``window`` seconds: exactly ``limit`` requests pass in a
 - :class:`RedisSlidingWindow`: one atomic Lua script per check (ZSET per key, Redis' own clock so
   replicas agree), one round trip.
 - :class:`MemorySlidingWindow`: the same semantics in process (a single replica).
+- :class:`UserLimit`: the limit as ext_authz keeps it inside its check (the sidecar's default,
+  ``ENVOY_PER_USER_LIMIT=check``): no second gRPC call per request, and where the check runs a
+  session-store script about the viewer anyway, the hit rides in it (:class:`Charge`): one Redis
+  round trip for both.
 
-Both return a :class:`WindowResult`; the gRPC adapter lives in ``authz.server``.
+All return a :class:`WindowResult`; the gRPC adapters live in ``authz.server``.
 """
 
 from __future__ import annotations
@@ -18,13 +23,32 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from playback_drm.redisconn import RedisClient
 
 log = logging.getLogger(__name__)
+
+
+DOMAIN = "playback"  # the rate limit domain of our Envoy configurations (envoyconf.filters)
+POLICY_NAME = "per_user"
+RATE_LIMITED = "rate_limited"  # the problem code of a refusal
+
+
+def user_window_key(user: str) -> str:
+    """A viewer's window, in the viewer's hash slot (``{u:<id>}``, as the session store's keys):
+    one script may count a request and take a stream slot on a Redis Cluster."""
+    return f"{{u:{user}}}:rate"
+
+
+def descriptor_key(domain: str, entries: Sequence[tuple[str, str]]) -> str:
+    """The window of a rate limit service descriptor. The per-user one (``user=<id>`` in our
+    domain) is the viewer's window: one budget per viewer whichever way Envoy asks."""
+    if domain == DOMAIN and len(entries) == 1 and entries[0][0] == "user":
+        return user_window_key(entries[0][1])
+    return domain + "|" + "|".join(f"{k}={v}" for k, v in entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +129,46 @@ return {1, count + hits, -1, now}
 """
 
 
+def window_result(
+    limit: int, window_us: int, allowed: int, count: int, oldest: int, now: int
+) -> WindowResult:
+    """What the window script's reply ``{allowed, count_after, oldest_us_or_-1, now_us}`` means."""
+    window = window_us / 1e6
+    if allowed:
+        return WindowResult(True, limit, limit - count, window)
+    reset = (oldest + window_us - now) / 1e6 if oldest >= 0 else 0.0
+    return WindowResult(False, limit, max(0, limit - count), max(reset, 0.0))
+
+
+@dataclass(slots=True)
+class Charge:
+    """One request's hit on its viewer's window, pending until counted: a session-store script
+    about the same viewer counts it in its own round trip (``authz.sessionstore``, the window
+    key shares the viewer's ``{u:<id>}`` hash slot), else the check asks the window itself.
+    ``failed``: the store could not be asked, so neither can the window now (fail open at once,
+    no second wait)."""
+
+    limit: int
+    window_us: int
+    member: str  # unique per hit (replica id + counter): the window's sorted-set member
+    prefix: str
+    user: str | None = None
+    result: WindowResult | None = None
+    failed: bool = False
+
+    @property
+    def pending(self) -> bool:
+        return self.result is None and not self.failed
+
+    def key(self, user: str) -> str:
+        return self.prefix + user_window_key(user)
+
+    def settle(self, user: str, allowed: int, count: int, oldest: int, now: int) -> WindowResult:
+        self.user = user
+        self.result = window_result(self.limit, self.window_us, allowed, count, oldest, now)
+        return self.result
+
+
 class RateLimitBackendUnavailable(Exception):
     """Redis could not be asked; the adapter decides (Envoy's failure_mode_deny)."""
 
@@ -122,15 +186,69 @@ class RedisSlidingWindow:
         self._replica = uuid.uuid4().hex[:12]
         self._calls = itertools.count()
 
+    def _member(self) -> str:
+        return f"{self._replica}:{next(self._calls)}"
+
     async def hit(self, key: str, hits: int = 1) -> WindowResult:
         try:
             allowed, count, oldest, now = await self._script(
                 keys=[self._prefix + key],
-                args=[self._limit, self._window_us, hits, f"{self._replica}:{next(self._calls)}"],
+                args=[self._limit, self._window_us, hits, self._member()],
             )
         except Exception as exc:
             raise RateLimitBackendUnavailable(type(exc).__name__) from exc
-        if allowed:
-            return WindowResult(True, self._limit, self._limit - int(count), self._window)
-        reset = (int(oldest) + self._window_us - int(now)) / 1e6 if int(oldest) >= 0 else 0.0
-        return WindowResult(False, self._limit, max(0, self._limit - int(count)), max(reset, 0.0))
+        return window_result(
+            self._limit, self._window_us, int(allowed), int(count), int(oldest), int(now)
+        )
+
+    def charge(self) -> Charge:
+        """A hit for a session-store script to count in its own round trip (:class:`Charge`)."""
+        return Charge(self._limit, self._window_us, self._member(), self._prefix)
+
+
+# ------------------------------------------------------------------ the per-user limit in a check
+
+
+def quota_headers(limit: int, window: float, result: WindowResult) -> tuple[tuple[str, str], ...]:
+    """The RateLimit header fields (IETF draft 03) as Envoy's ratelimit filter writes them
+    (``enable_x_ratelimit_headers: DRAFT_VERSION_03``) from the rate limit service's answer."""
+    return (
+        ("x-ratelimit-limit", f'{limit}, {limit};w={max(1, round(window))};name="{POLICY_NAME}"'),
+        ("x-ratelimit-remaining", str(result.remaining)),
+        ("x-ratelimit-reset", str(int(result.reset_after))),
+    )
+
+
+def retry_after(result: WindowResult) -> int:
+    """Whole seconds until the window admits one more request (at least 1)."""
+    return max(1, int(result.reset_after + 0.999))
+
+
+class UserLimit:
+    """The per-user limit as ext_authz keeps it inside its check (EnvoySettings.per_user_limit
+    ``check``): the same window and keys as the rate limit service, one Redis round trip and no
+    second gRPC call per request. Fails open, as the ratelimit filter does (availability over a
+    global limit): the backend away reads as admitted, without quota headers."""
+
+    def __init__(self, window: SlidingWindow, limit: int, window_seconds: float) -> None:
+        self._window = window
+        self.limit = limit
+        self.window_seconds = window_seconds
+
+    def charge(self) -> Charge | None:
+        """A pending hit a session-store script may count in its round trip (a window in Redis);
+        None: the window is asked on its own (in memory, nothing to save)."""
+        return self._window.charge() if isinstance(self._window, RedisSlidingWindow) else None
+
+    async def hit(self, user: str, charge: Charge | None = None) -> WindowResult | None:
+        """The viewer's request counted, by the charge's script when it ran for this viewer,
+        else now; None when the backend could not be asked (fail open)."""
+        if charge is not None:
+            if charge.failed:
+                return None
+            if charge.result is not None and charge.user == user:
+                return charge.result
+        try:
+            return await self._window.hit(user_window_key(user))
+        except RateLimitBackendUnavailable:
+            return None

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 from authz import metrics
-from authz.errors import SessionEnded, StreamLimitReached
+from authz.errors import RateLimited, SessionEnded, StreamLimitReached
+from authz.ratelimit import Charge
 from authz.sessions import (
     Kind,
     Outcome,
@@ -166,9 +167,14 @@ class SessionRegistry:
         finally:
             del inflight[key]
 
-    async def check(self, facts: SessionFacts, limit: int, kind: Kind) -> Outcome | None:
+    async def check(
+        self, facts: SessionFacts, limit: int, kind: Kind, charge: Charge | None = None
+    ) -> Outcome | None:
         """A sign of life (LIFE) or a slot request (SLOT) of a session. Raises
-        :class:`SessionEnded` or :class:`StreamLimitReached`; None when it went unchecked."""
+        :class:`SessionEnded` or :class:`StreamLimitReached`; None when it went unchecked.
+        ``charge``: the request's hit on the per-user rate limit, counted by the store in the
+        same round trip when this request is the one asking it (:class:`RateLimited` when the
+        viewer is over the limit)."""
         view = self._views.get(facts.sid)
         if needs_check(view, self._monotonic(), self._interval, kind):
             key = (facts.sid, kind)
@@ -177,19 +183,24 @@ class SessionRegistry:
                 view = await asyncio.shield(pending)
             else:
                 view = await self._shared(
-                    self._inflight, key, lambda: self._ask(facts, limit, kind)
+                    self._inflight, key, lambda: self._ask(facts, limit, kind, charge)
                 )
         assert view is not None
         return self._verdict(facts, limit, view)
 
-    async def _ask(self, facts: SessionFacts, limit: int, kind: Kind) -> View:
+    async def _ask(
+        self, facts: SessionFacts, limit: int, kind: Kind, charge: Charge | None
+    ) -> View:
         now_ms = self._now_ms()
+        take = kind is Kind.SLOT
         try:
-            result = await self.store.touch(facts, limit, now_ms, take=kind is Kind.SLOT)
+            result = await self.store.touch(facts, limit, now_ms, take=take, charge=charge)
+            if result.outcome is Outcome.RATE_LIMITED:
+                raise RateLimited("per-user limit reached")
             if result.outcome is Outcome.ENDED and facts.sid in self._unrecorded:
                 # started while the store was away: record it now, then ask again
                 await self.store.create(facts, now_ms)
-                result = await self.store.touch(facts, limit, now_ms, take=kind is Kind.SLOT)
+                result = await self.store.touch(facts, limit, now_ms, take=take)
             self._unrecorded.pop(facts.sid, None)
         except SessionStoreUnavailable as exc:
             self._error("touch", exc)
@@ -224,6 +235,7 @@ class SessionRegistry:
         label: str,
         limit: int,
         release: bool = False,
+        charge: Charge | None = None,
     ) -> str:
         """The JWT-only rule (``authz.sessions``): the session a license request without a
         session-bound URL belongs to, its slot taken (or the session ended, for a release)."""
@@ -237,11 +249,15 @@ class SessionRegistry:
                     _RELEASED.inc()
                 _lru_put(self._views, sid, View(Outcome.ENDED, self._monotonic()), self._entries)
                 return sid
-            result = await self.store.license(user, video, label, fallback, plan, limit, now_ms)
+            result = await self.store.license(
+                user, video, label, fallback, plan, limit, now_ms, charge
+            )
         except SessionStoreUnavailable as exc:
             self._error("license", exc)
             _UNCHECKED.inc()
             return fallback
+        if result.outcome is Outcome.RATE_LIMITED:
+            raise RateLimited("per-user limit reached")
         view = View(result.outcome, self._monotonic())
         _lru_put(self._views, result.sid, view, self._entries)
         if result.outcome is Outcome.TAKEN:

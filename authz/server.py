@@ -34,10 +34,17 @@ from authz.entitlement import (
     redis_client,
 )
 from authz.ratelimit import (
+    RATE_LIMITED,
+    Charge,
     MemorySlidingWindow,
     RateLimitBackendUnavailable,
     RedisSlidingWindow,
     SlidingWindow,
+    UserLimit,
+    WindowResult,
+    descriptor_key,
+    quota_headers,
+    retry_after,
 )
 from authz.registry import SessionRegistry
 from authz.service import Authorizer, UrlVerifier
@@ -46,15 +53,17 @@ from authz.sessionstore import MemorySessionStore, RedisSessionStore, SessionSto
 from authz.tokens import JwksCache, TokenVerifier
 from playback_drm import tracing, urlsign
 from playback_drm.contract import (
+    AUTHZ_LIMIT_KEY,
     AUTHZ_MODE_KEY,
     EXTERNAL_ADDRESS_HEADER,
+    LIMIT_PER_USER,
     MODE_SESSION_END,
     MODE_SESSION_HEARTBEAT,
     authz_mode_for_path,
 )
 from playback_drm.events import AUTHZ_SOURCE, EventSink, NullSink, playback_error
 from playback_drm.health import OK, Check, Readiness, health_app
-from playback_drm.identity import IDENTITY_HEADERS
+from playback_drm.identity import IDENTITY_HEADERS, USER_HEADER, VIDEO_HEADER
 from playback_drm.problem import PROBLEM_CONTENT_TYPE, PlaybackError, problem_body
 from playback_drm.redisconn import RedisClient, SharedRedis
 from playback_drm.runtime import serving_grpc, serving_http
@@ -90,7 +99,8 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     headers = http.headers
     # Our sidecar and Envoy Gateway name the mode per route; Istio's CUSTOM action cannot, so the
     # path decides (one definition: playback_drm.contract).
-    mode = attrs.context_extensions.get(AUTHZ_MODE_KEY) or authz_mode_for_path(path)
+    extensions = attrs.context_extensions
+    mode = extensions.get(AUTHZ_MODE_KEY) or authz_mode_for_path(path)
     body = http.raw_body or (http.body.encode() if http.body else b"")
     # the viewer's address as Envoy derived it past the trusted gateway hop; the connection's
     # peer is the gateway itself
@@ -106,6 +116,7 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         mode=mode,
         content_type=headers.get("content-type"),
         body=body,
+        limit_user=extensions.get(AUTHZ_LIMIT_KEY) == LIMIT_PER_USER,
     )
 
 
@@ -127,6 +138,12 @@ def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
         )
         return external_auth_pb2.CheckResponse(status=_OK_STATUS, ok_response=ok)
     headers = [_CONTENT_TYPE, _NO_STORE]
+    headers.extend(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE
+        )
+        for k, v in decision.headers
+    )
     if decision.www_authenticate is not None:
         headers.append(
             base_pb2.HeaderValueOption(
@@ -150,10 +167,18 @@ def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     )
 
 
+_RL_OK = metrics.RATE_LIMIT.labels("ok")
+_RL_OVER = metrics.RATE_LIMIT.labels("over_limit")
+_RL_UNCHECKED = metrics.RATE_LIMIT.labels("unavailable")
+
+
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, authorizer: Authorizer, events: EventSink) -> None:
+    def __init__(
+        self, authorizer: Authorizer, events: EventSink, user_limit: UserLimit | None = None
+    ) -> None:
         self._authorizer = authorizer
         self._events = events
+        self._user_limit = user_limit
         self._responses: dict[Allow, tuple[float, external_auth_pb2.CheckResponse]] = {}
 
     async def Check(
@@ -169,22 +194,77 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             with tracing.span(
                 tracing.AUTHZ_CHECK_TOKEN, parent=parent, kind=SpanKind.SERVER, mode=inp.mode
             ) as current:
-                decision = await self._authorizer.check(inp)
+                decision, quota = await self._decide(inp)
                 if isinstance(decision, Deny):
                     if current is not None:
                         current.set_attribute("playback.code", decision.code)
                     self._record_denial(inp, decision)  # inside the span: events carry its id
         else:
-            decision = await self._authorizer.check(inp)
+            decision, quota = await self._decide(inp)
             if isinstance(decision, Deny):
                 self._record_denial(inp, decision)
         elapsed = time.perf_counter() - started
         if isinstance(decision, Allow):
             metrics.REQUESTS.observe(inp.mode, "ok", "ok", elapsed)
-            return self._allow_response(decision)
+            response = self._allow_response(decision)
+            return with_response_headers(response, quota) if quota else response
         outcome = "error" if decision.status >= 500 else "rejected"
         metrics.REQUESTS.observe(inp.mode, outcome, decision.code, elapsed)
         return to_response(decision)
+
+    async def _decide(self, inp: CheckInput) -> tuple[Decision, tuple[tuple[str, str], ...]]:
+        """The authorizer's decision, then the per-user limit when the route asks for it; with
+        the quota headers for an admitted viewer's response."""
+        limit = self._user_limit if inp.limit_user else None
+        if limit is None:
+            return await self._authorizer.check(inp), ()
+        charge = limit.charge()
+        decision = await self._authorizer.check(inp, charge)
+        if isinstance(decision, Allow):
+            return await self._count(decision, limit, charge)
+        if decision.code == RATE_LIMITED and charge is not None and charge.result is not None:
+            return self._refusal(limit, charge.result, decision.user, decision.video), ()
+        return decision, ()
+
+    async def _count(
+        self, allow: Allow, limit: UserLimit, charge: Charge | None
+    ) -> tuple[Decision, tuple[tuple[str, str], ...]]:
+        """The per-user limit, kept inside the check (the route asks, see
+        ``authz.ratelimit.UserLimit``): counted by the session store's script when the check
+        ran one for the viewer (the charge), else now. An admitted viewer's response carries the
+        quota headers, one over the limit gets 429 ``rate_limited``. A request without a viewer
+        (a bearer media URL) is not counted, as the ratelimit filter skips it."""
+        user = next((v for k, v in allow.headers if k == USER_HEADER), None)
+        if user is None:
+            return allow, ()
+        result = await limit.hit(user, charge)
+        if result is None:  # fails open, as the ratelimit filter's failure_mode_deny false
+            _RL_UNCHECKED.inc()
+            return allow, ()
+        if result.allowed:
+            _RL_OK.inc()
+            return allow, quota_headers(limit.limit, limit.window_seconds, result)
+        video = next((v for k, v in allow.headers if k == VIDEO_HEADER), None)
+        return self._refusal(limit, result, user, video), ()
+
+    @staticmethod
+    def _refusal(
+        limit: UserLimit, result: WindowResult, user: str | None, video: str | None
+    ) -> Deny:
+        _RL_OVER.inc()
+        wait = retry_after(result)
+        return Deny(
+            429,
+            RATE_LIMITED,
+            "Too many requests",
+            f"per-user limit reached; retry in {wait}s",
+            user=user,
+            video=video,
+            headers=(
+                ("retry-after", str(wait)),
+                *quota_headers(limit.limit, limit.window_seconds, result),
+            ),
+        )
 
     def _allow_response(self, decision: Allow) -> external_auth_pb2.CheckResponse:
         """Admissions repeat (same viewer, same video): reuse the built message for a second."""
@@ -199,6 +279,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         return response
 
     def _record_denial(self, inp: CheckInput, decision: Deny) -> None:
+        if decision.code == RATE_LIMITED:
+            return  # counted (playback_ratelimit_decisions_total); a flood is not an event each
         log.info(
             "denied %s %s: %s",
             inp.method,
@@ -217,6 +299,22 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 path=inp.path,
             )
         )
+
+
+def with_response_headers(
+    response: external_auth_pb2.CheckResponse, headers: tuple[tuple[str, str], ...]
+) -> external_auth_pb2.CheckResponse:
+    """An admission's response (possibly shared, see ``_allow_response``) plus headers for the
+    viewer's response: a copy, the shared one stays as it is."""
+    out = external_auth_pb2.CheckResponse()
+    out.CopyFrom(response)
+    out.ok_response.response_headers_to_add.extend(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE
+        )
+        for k, v in headers
+    )
+    return out
 
 
 def _video_or_none(inp: CheckInput) -> str | None:
@@ -248,7 +346,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         overall = rls_pb2.RateLimitResponse.OK
         retry_after = 0.0
         for descriptor in request.descriptors:
-            key = request.domain + "|" + "|".join(f"{e.key}={e.value}" for e in descriptor.entries)
+            key = descriptor_key(request.domain, [(e.key, e.value) for e in descriptor.entries])
             try:
                 result = await self._window.hit(key, hits)
             except RateLimitBackendUnavailable:
@@ -392,7 +490,12 @@ async def running_authz(
 
     def register(server: Any) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationService(authorizer, events), server
+            AuthorizationService(
+                authorizer,
+                events,
+                UserLimit(window, config.rate_limit_per_user, config.rate_limit_window),
+            ),
+            server,
         )
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
             RateLimitService(window, config.rate_limit_per_user), server

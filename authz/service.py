@@ -42,6 +42,7 @@ from authz.errors import (
     SessionsUnavailable,
     TokenMissing,
 )
+from authz.ratelimit import Charge
 from authz.registry import SessionRegistry
 from authz.sessions import Kind, SessionFacts, jwt_label
 from authz.tokens import Identity, TokenVerifier
@@ -82,6 +83,10 @@ class _Who:
 
     user: str | None = None
     video: str | None = None
+    # the request's hit on the per-user rate limit, for the session store to count in the round
+    # trip it makes anyway (authz.ratelimit.Charge); None: the route does not count, or the
+    # window is not in Redis
+    charge: Charge | None = None
 
 
 Flow = Callable[["Authorizer", CheckInput, _Who], Awaitable[Decision]]
@@ -103,8 +108,8 @@ class Authorizer:
         self.sessions = sessions
         self._clock = clock
 
-    async def check(self, inp: CheckInput) -> Decision:
-        who = _Who()
+    async def check(self, inp: CheckInput, charge: Charge | None = None) -> Decision:
+        who = _Who(charge=charge)
         try:
             flow = _FLOWS.get(inp.mode, Authorizer._check_jwt)
             return await flow(self, inp, who)
@@ -273,16 +278,16 @@ class Authorizer:
                 ((identity.VIDEO_HEADER, video), (identity.SESSION_HEADER, sid)), _URL_TOKEN_ONLY
             )
         limit = self.sessions.limits.limit_for(facts.plan, facts.max_streams)
-        await self.sessions.check(facts, limit, Kind.LIFE)
+        await self.sessions.check(facts, limit, Kind.LIFE, who.charge)
         if playlist and not expired:  # (_renew checked the entitlement already)
             await self._revalidate(facts, video)
         headers = decision.viewer_headers(facts.user, facts.plan, video, facts.entitlement, sid)
         return Allow(headers, _URL_TOKEN_ONLY)
 
-    async def _take_slot(self, facts: SessionFacts, video: str) -> Decision:
+    async def _take_slot(self, facts: SessionFacts, video: str, who: _Who) -> Decision:
         """What decrypts content, through a session: entitlement re-checked, a slot taken."""
         ent = await self._entitlement(facts.user, video)
-        await self.sessions.check(facts, self._limit(ent), Kind.SLOT)
+        await self.sessions.check(facts, self._limit(ent), Kind.SLOT, who.charge)
         return Allow(_headers(facts.user, ent, facts.sid, video), _URL_TOKEN_ONLY)
 
     async def _check_key(self, inp: CheckInput, who: _Who) -> Decision:
@@ -290,7 +295,7 @@ class Authorizer:
         _sid, facts = await self._session_of(inp, who)
         if facts is None:
             raise SessionsUnavailable("the playback session cannot be looked up; retry")
-        return await self._take_slot(facts, video)
+        return await self._take_slot(facts, video, who)
 
     async def _check_license(self, inp: CheckInput, who: _Who) -> Decision:
         message = license_message(inp.path, inp.body)
@@ -306,7 +311,7 @@ class Authorizer:
             limit = self.sessions.limits.limit_for(facts.plan, facts.max_streams)
             await self.sessions.check(facts, limit, Kind.LIFE)
         else:  # a challenge or a renewal: what decrypts content
-            return await self._take_slot(facts, facts.video)
+            return await self._take_slot(facts, facts.video, who)
         headers = decision.viewer_headers(
             facts.user, facts.plan, facts.video, facts.entitlement, facts.sid
         )
@@ -325,6 +330,7 @@ class Authorizer:
             label=jwt_label(ident.session),
             limit=self._limit(ent),
             release=message is LicenseMessage.RELEASE,
+            charge=who.charge,
         )
         return Allow(_headers(ident.sub, ent, sid), removed)
 
@@ -343,7 +349,7 @@ class Authorizer:
         if facts is None:
             return Allow((), _URL_TOKEN_ONLY)
         limit = self.sessions.limits.limit_for(facts.plan, facts.max_streams)
-        await self.sessions.check(facts, limit, Kind.LIFE)
+        await self.sessions.check(facts, limit, Kind.LIFE, who.charge)
         return Allow(((identity.USER_HEADER, facts.user),), _URL_TOKEN_ONLY)
 
 

@@ -193,6 +193,9 @@ class Outcome(enum.IntEnum):
     HELD = 2  # live, its slot refreshed
     TAKEN = 3  # live, a slot taken now (first key, or again after losing it to idleness)
     REFUSED = 4  # live, but as many other slots are held as the limit allows
+    # not looked at: the request's hit on the per-user rate limit, counted by the same script
+    # (authz.ratelimit.Charge), found the viewer over the limit
+    RATE_LIMITED = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from typing import Any, Final, Protocol
 
 from redis.exceptions import NoScriptError
 
+from authz.ratelimit import Charge
 from authz.sessions import Lifetimes, Outcome, SessionFacts, SlotResult, UserSessions
 from playback_drm.redisconn import RedisClient
 
@@ -56,13 +57,32 @@ class SessionStore(Protocol):
         ...
 
     async def touch(
-        self, facts: SessionFacts, limit: int, now_ms: int, *, take: bool
-    ) -> SlotResult: ...
+        self,
+        facts: SessionFacts,
+        limit: int,
+        now_ms: int,
+        *,
+        take: bool,
+        charge: Charge | None = None,
+    ) -> SlotResult:
+        """A sign of life or a slot request. ``charge``: the request's pending hit on its
+        viewer's rate limit window, counted in the same round trip where the store can (then
+        settled, and a viewer over the limit gets :attr:`Outcome.RATE_LIMITED`)."""
+        ...
 
     async def license(
-        self, user: str, video: str, label: str, fallback: str, plan: str, limit: int, now_ms: int
+        self,
+        user: str,
+        video: str,
+        label: str,
+        fallback: str,
+        plan: str,
+        limit: int,
+        now_ms: int,
+        charge: Charge | None = None,
     ) -> SlotResult:
-        """A slot request under the JWT-only rule (:meth:`UserSessions.license`)."""
+        """A slot request under the JWT-only rule (:meth:`UserSessions.license`); ``charge``
+        as for :meth:`touch`."""
         ...
 
     async def release(
@@ -138,7 +158,13 @@ class MemorySessionStore:
         return found[0] if found is not None else None
 
     async def touch(
-        self, facts: SessionFacts, limit: int, now_ms: int, *, take: bool
+        self,
+        facts: SessionFacts,
+        limit: int,
+        now_ms: int,
+        *,
+        take: bool,
+        charge: Charge | None = None,  # (in memory there is no round trip to share)
     ) -> SlotResult:
         result = self._user(facts.user, now_ms).touch(
             facts.sid, now_ms, limit, self._life, take=take
@@ -153,7 +179,15 @@ class MemorySessionStore:
         return found[0] if found is not None and found[1] > now else None
 
     async def license(
-        self, user: str, video: str, label: str, fallback: str, plan: str, limit: int, now_ms: int
+        self,
+        user: str,
+        video: str,
+        label: str,
+        fallback: str,
+        plan: str,
+        limit: int,
+        now_ms: int,
+        charge: Charge | None = None,  # (in memory there is no round trip to share)
     ) -> SlotResult:
         linked = self._linked(user, video, label, now_ms)
         result = self._user(user, now_ms).license(linked, fallback, now_ms, limit, self._life)
@@ -196,9 +230,15 @@ class MemorySessionStore:
 
 # ----------------------------------------------------------------------------------- Redis
 
-# UserSessions in Lua. KEYS: live, slots[, link]. ARGV: op, sid, now, session_idle, stream_idle,
-# limit, max_sessions (milliseconds). Ops: create, touch, take, license, release, end.
-# Returns {outcome, held, sid}; for end and release the outcome is 1 when a live session ended.
+# UserSessions in Lua. KEYS: live, slots[, link][, window]. ARGV: op, sid, now, session_idle,
+# stream_idle, limit, max_sessions (milliseconds)[, window_limit, window_us, window_member].
+# Ops: create, touch, take, license, release, end.
+# With a window (a Charge of authz.ratelimit: the request's hit on its viewer's per-user window,
+# the last key, in the same {u:<id>} slot), the hit is counted first, as the window script of
+# authz.ratelimit does; a viewer over the limit gets outcome 5 and nothing else is touched.
+# Returns {outcome, held, sid, window_allowed, window_count, window_oldest_us, window_now_us}
+# (the window's fields -1 without one); for end and release the outcome is 1 when a live
+# session ended.
 _SESSIONS_LUA: Final = """
 local live, slots = KEYS[1], KEYS[2]
 local op, sid = ARGV[1], ARGV[2]
@@ -208,11 +248,32 @@ local stream_idle = tonumber(ARGV[5])
 local limit = tonumber(ARGV[6])
 local max_sessions = tonumber(ARGV[7])
 
+local w_allowed, w_count, w_oldest, w_now = -1, -1, -1, -1
+local w_limit = tonumber(ARGV[8] or '0')
+if w_limit > 0 then
+  local window, w_span = KEYS[#KEYS], tonumber(ARGV[9])
+  local t = redis.call('TIME')
+  w_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('ZREMRANGEBYSCORE', window, '-inf', w_now - w_span)
+  w_count = redis.call('ZCARD', window)
+  if w_count + 1 > w_limit then
+    local oldest = redis.call('ZRANGE', window, 0, 0, 'WITHSCORES')
+    if oldest[2] then w_oldest = tonumber(oldest[2]) end
+    return {5, 0, sid, 0, w_count, w_oldest, w_now}
+  end
+  redis.call('ZADD', window, w_now, ARGV[10])
+  redis.call('PEXPIRE', window, math.ceil(w_span / 1000) + 1000)
+  w_allowed, w_count = 1, w_count + 1
+end
+
 redis.call('ZREMRANGEBYSCORE', live, '-inf', ARGV[3])
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now - session_idle)
 
 local function held()
   return redis.call('ZCOUNT', slots, '(' .. ARGV[3], '+inf')
+end
+local function reply(outcome, id)
+  return {outcome, held(), id, w_allowed, w_count, w_oldest, w_now}
 end
 local function keep()
   redis.call('PEXPIRE', live, session_idle + stream_idle)
@@ -231,7 +292,7 @@ if op == 'create' then
   create(sid)
   redis.call('SET', KEYS[3], sid, 'PX', session_idle)
   keep()
-  return {1, held(), sid}
+  return reply(1, sid)
 end
 if op == 'license' or op == 'release' then
   local linked = redis.call('GET', KEYS[3])
@@ -244,10 +305,10 @@ end
 if op == 'end' or op == 'release' then
   local was = redis.call('ZREM', live, sid)
   redis.call('ZREM', slots, sid)
-  return {was, held(), sid}
+  return reply(was, sid)
 end
 if not redis.call('ZSCORE', live, sid) then
-  return {0, held(), sid}
+  return reply(0, sid)
 end
 redis.call('ZADD', live, now + session_idle, sid)
 local slot = redis.call('ZSCORE', slots, sid)
@@ -263,7 +324,7 @@ elseif outcome == 4 and not slot then
   redis.call('ZADD', slots, now, sid)
 end
 keep()
-return {outcome, held(), sid}
+return reply(outcome, sid)
 """
 
 
@@ -313,11 +374,28 @@ class RedisSessionStore:
         life = self._life
         return [op, sid, now, life.session_idle_ms, life.stream_idle_ms, limit, life.max_sessions]
 
-    async def _call(self, keys: list[str], args: list[str | int]) -> tuple[int, int, str]:
+    async def _call(
+        self,
+        keys: list[str],
+        args: list[str | int],
+        charge: Charge | None = None,
+        user: str = "",
+    ) -> tuple[int, int, str]:
+        counted = charge is not None and charge.pending
+        if counted:
+            assert charge is not None
+            keys = [*keys, charge.key(user)]
+            args = [*args, charge.limit, charge.window_us, charge.member]
         try:
             reply = await self._script(keys=keys, args=args)
         except Exception as exc:  # redis errors never leave this module
+            if counted:
+                assert charge is not None
+                charge.failed = True
             raise SessionStoreUnavailable(type(exc).__name__) from exc
+        if counted:
+            assert charge is not None
+            charge.settle(user, int(reply[3]), int(reply[4]), int(reply[5]), int(reply[6]))
         return int(reply[0]), int(reply[1]), _text(reply[2])
 
     async def _after(self, sid: str, plan: str, result: SlotResult, now: int) -> None:
@@ -393,23 +471,39 @@ class RedisSessionStore:
             return None  # not a record we wrote: no such session
 
     async def touch(
-        self, facts: SessionFacts, limit: int, now_ms: int, *, take: bool
+        self,
+        facts: SessionFacts,
+        limit: int,
+        now_ms: int,
+        *,
+        take: bool,
+        charge: Charge | None = None,
     ) -> SlotResult:
         keys = [user_key(facts.user, "live"), user_key(facts.user, "slots")]
-        outcome, held, sid = await self._call(
-            keys, self._args("take" if take else "touch", facts.sid, now_ms, limit)
-        )
+        args = self._args("take" if take else "touch", facts.sid, now_ms, limit)
+        outcome, held, sid = await self._call(keys, args, charge, facts.user)
         result = SlotResult(Outcome(outcome), held, sid)
-        await self._after(facts.sid, facts.plan, result, now_ms)
+        if result.outcome is not Outcome.RATE_LIMITED:
+            await self._after(facts.sid, facts.plan, result, now_ms)
         return result
 
     async def license(
-        self, user: str, video: str, label: str, fallback: str, plan: str, limit: int, now_ms: int
+        self,
+        user: str,
+        video: str,
+        label: str,
+        fallback: str,
+        plan: str,
+        limit: int,
+        now_ms: int,
+        charge: Charge | None = None,
     ) -> SlotResult:
         keys = [user_key(user, "live"), user_key(user, "slots"), link_key(user, video, label)]
-        outcome, held, sid = await self._call(keys, self._args("license", fallback, now_ms, limit))
+        args = self._args("license", fallback, now_ms, limit)
+        outcome, held, sid = await self._call(keys, args, charge, user)
         result = SlotResult(Outcome(outcome), held, sid)
-        await self._after(sid, plan, result, now_ms)
+        if result.outcome is not Outcome.RATE_LIMITED:
+            await self._after(sid, plan, result, now_ms)
         return result
 
     async def release(

@@ -128,6 +128,9 @@ class StackSettings:
     url_token_ttl: int = 300
     per_user_rps: int = 200
     per_user_burst: int = 100
+    # who keeps the per-user limit (EnvoySettings.per_user_limit); None: authz inside its check
+    # with Redis, else a bucket in Envoy
+    per_user_limit: str | None = None
     envoy_access_log: bool = True
     otlp_endpoint: str | None = None  # OTLP/gRPC collector for Envoy and the services
     instance: str = "main"  # a second replica in the same root gets its own logs and config
@@ -271,7 +274,8 @@ class Stack:
             sds_dir=str(self.root / f"sds-{self.settings.instance}"),
             per_user_rps=self.settings.per_user_rps,
             per_user_burst=self.settings.per_user_burst,
-            use_rate_limit_service=self.settings.redis_url is not None,
+            per_user_limit=self.settings.per_user_limit
+            or ("check" if self.settings.redis_url is not None else "local"),
             otlp_collector=self._otlp_endpoint(),
             access_log=self.settings.envoy_access_log,
             cors=self.settings.cors or local_cors(p.gateway, p.site),

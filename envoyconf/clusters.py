@@ -82,7 +82,7 @@ def clusters(s: EnvoySettings) -> list[dict[str, Any]]:
             tls={"sni": s.origin_host_header or s.origin.host} if s.origin_tls else None,
         ),
     ]
-    if s.use_rate_limit_service:
+    if s.per_user_limit == "service":
         clusters.append(cluster("ratelimit", s.rate_limit_service or s.authz_grpc, http2=True))
     if s.otlp_collector is not None:
         clusters.append(cluster("otel_collector", s.otlp_collector, http2=True, dns=dns))

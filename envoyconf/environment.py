@@ -108,6 +108,15 @@ def _bool(raw: str) -> bool:
     raise Invalid(f"{raw!r} is not a boolean (true or false)")
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise Invalid(f"{raw!r} is not one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
 def _size(raw: str) -> int:
     """Bytes: an integer, or with a Kubernetes binary suffix (``512Mi``)."""
     for suffix, factor in _SIZE_UNITS.items():
@@ -300,6 +309,8 @@ PATH = Kind("absolute path", _path)
 MILLISECONDS = Kind("milliseconds", _int(1, 60_000))
 RATE = Kind("requests per second", _int(1, 1_000_000))
 BURST = Kind("requests", _int(1, 1_000_000))
+PER_USER_LIMITS = ("check", "service", "local")
+PER_USER_LIMIT = Kind(" or ".join(PER_USER_LIMITS), _one_of(PER_USER_LIMITS))
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -349,29 +360,31 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("ENVOY_PER_IP_RPS", "per_ip_rps", RATE, "per-address limit, refilled each second"),
     Setting("ENVOY_PER_IP_BURST", "per_ip_burst", BURST, "per-address bucket size"),
     Setting(
-        "ENVOY_RATE_LIMIT_SERVICE",
-        "use_rate_limit_service",
-        BOOL,
-        "per-user limit by the rate limit service (authz, shared across pods: RATE_LIMIT_* "
-        "settings); false: a local bucket per pod (ENVOY_PER_USER_*)",
+        "ENVOY_PER_USER_LIMIT",
+        "per_user_limit",
+        PER_USER_LIMIT,
+        "who keeps the per-user limit: check (authz, inside its ext_authz check, shared across "
+        "pods: RATE_LIMIT_* settings), service (Envoy asks ENVOY_RATE_LIMIT_SERVICE_ADDR), local "
+        "(a bucket per pod: ENVOY_PER_USER_*)",
     ),
     Setting(
         "ENVOY_RATE_LIMIT_SERVICE_ADDR",
         "rate_limit_service",
         OPTIONAL_ENDPOINT,
-        "the rate limit service; empty: authz (ENVOY_AUTHZ_GRPC_ADDR)",
+        "the rate limit service (ENVOY_PER_USER_LIMIT=service); empty: authz "
+        "(ENVOY_AUTHZ_GRPC_ADDR)",
     ),
     Setting(
         "ENVOY_PER_USER_RPS",
         "per_user_rps",
         RATE,
-        "per-user local limit (only with ENVOY_RATE_LIMIT_SERVICE=false)",
+        "per-user local limit (only with ENVOY_PER_USER_LIMIT=local)",
     ),
     Setting(
         "ENVOY_PER_USER_BURST",
         "per_user_burst",
         BURST,
-        "per-user local bucket size (only with ENVOY_RATE_LIMIT_SERVICE=false)",
+        "per-user local bucket size (only with ENVOY_PER_USER_LIMIT=local)",
     ),
     Setting("ENVOY_AUTHZ_TIMEOUT_MS", "authz_timeout_ms", MILLISECONDS, "ext_authz call timeout"),
     Setting(

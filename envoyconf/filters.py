@@ -1,8 +1,9 @@
 """The sidecar's HTTP filter chain and the per-route settings of its filters.
 
 Order: header_mutation (strip forged identity headers) -> cors -> local_ratelimit per IP -> rbac
-(per route) -> ext_authz -> per-user limit (rate limit service, or local_ratelimit) -> ext_proc
-(manifest routes only) -> router.
+(per route) -> ext_authz -> per-user limit (ratelimit with a rate limit service, or
+local_ratelimit; none when authz keeps it inside the check) -> ext_proc (manifest routes only) ->
+router.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from envoyconf.typeurls import (
     T_ROUTER,
 )
 from playback_drm.contract import (
+    AUTHZ_LIMIT_KEY,
     AUTHZ_MAX_BODY_BYTES,
     AUTHZ_MODE_KEY,
     AUTHZ_REQUEST_HEADERS,
     EXTPROC_ATTRIBUTES,
     EXTPROC_JSON_FORM_PROCESSING_MODE,
     EXTPROC_PROCESSING_MODE,
+    LIMIT_PER_USER,
 )
 from playback_drm.identity import IDENTITY_HEADERS, USER_HEADER
 
@@ -39,9 +42,13 @@ def disable_authz() -> dict[str, Any]:
     return {"envoy.filters.http.ext_authz": {"@type": T_EXT_AUTHZ_ROUTE, "disabled": True}}
 
 
-def authz_mode(mode: str) -> dict[str, Any]:
-    settings: dict[str, Any] = {"context_extensions": {AUTHZ_MODE_KEY: mode}}
-    return {"@type": T_EXT_AUTHZ_ROUTE, "check_settings": settings}
+def authz_mode(mode: str, *, per_user_limit: bool = False) -> dict[str, Any]:
+    """The route's check; ``per_user_limit``: authz also counts the viewer's request against
+    the per-user limit (EnvoySettings.per_user_limit ``check``)."""
+    extensions = {AUTHZ_MODE_KEY: mode}
+    if per_user_limit:
+        extensions[AUTHZ_LIMIT_KEY] = LIMIT_PER_USER
+    return {"@type": T_EXT_AUTHZ_ROUTE, "check_settings": {"context_extensions": extensions}}
 
 
 def enable_extproc(*, request_headers: bool = False) -> dict[str, Any]:
@@ -120,7 +127,10 @@ def _cidr(value: str) -> dict[str, Any]:
     return {"address_prefix": prefix, "prefix_len": int(length)}
 
 
-def per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
+def per_user_limit_filter(s: EnvoySettings) -> dict[str, Any] | None:
+    """The filter keeping the per-user limit; None when authz keeps it inside the check."""
+    if s.per_user_limit == "check":
+        return None
     action = {
         "actions": [
             {
@@ -132,7 +142,7 @@ def per_user_limit_filter(s: EnvoySettings) -> dict[str, Any]:
             }
         ]
     }
-    if s.use_rate_limit_service:
+    if s.per_user_limit == "service":
         return {
             "name": "envoy.filters.http.ratelimit",
             "typed_config": {
@@ -199,6 +209,7 @@ def _local_limit(
 
 def sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
     strip = [{"remove": h} for h in (*IDENTITY_HEADERS, *s.extra_headers_to_strip)]
+    per_user = per_user_limit_filter(s)
     return [
         {
             "name": "envoy.filters.http.header_mutation",
@@ -246,7 +257,7 @@ def sidecar_filters(s: EnvoySettings) -> list[dict[str, Any]]:
                 "stat_prefix": "playback",
             },
         },
-        per_user_limit_filter(s),
+        *([per_user] if per_user is not None else []),
         {
             "name": "envoy.filters.http.ext_proc",
             "disabled": True,  # enabled per route where there is a manifest to rewrite

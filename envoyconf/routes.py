@@ -45,6 +45,9 @@ def _seconds(ms: int) -> str:
 
 
 def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
+    def check(mode: str) -> dict[str, Any]:
+        return authz_mode(mode, per_user_limit=s.per_user_limit == "check")
+
     hls_rewrite = template_to_rewrite(s.hls_path_template)
     dash_rewrite = template_to_rewrite(s.dash_path_template)
     origin_route: dict[str, Any] = {"cluster": "origin", "timeout": _seconds(s.origin_timeout_ms)}
@@ -71,7 +74,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
     }
     # An entry manifest starts a playback session (authz), whose id every signed URL carries.
     manifest_filters = {
-        "envoy.filters.http.ext_authz": authz_mode(MODE_SESSION_START),
+        "envoy.filters.http.ext_authz": check(MODE_SESSION_START),
         "envoy.filters.http.ext_proc": enable_extproc(),
     }
     return [
@@ -100,7 +103,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
                     "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
                 },
                 "direct_response": {"status": 204},
-                "typed_per_filter_config": {"envoy.filters.http.ext_authz": authz_mode(mode)},
+                "typed_per_filter_config": {"envoy.filters.http.ext_authz": check(mode)},
             }
             for name, path, mode in (
                 ("session_end", SESSION_END_PATH, MODE_SESSION_END),
@@ -129,7 +132,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
                 },
             },
             "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_SESSION_START),
+                "envoy.filters.http.ext_authz": check(MODE_SESSION_START),
                 "envoy.filters.http.ext_proc": enable_extproc(request_headers=True),
             },
         },
@@ -174,7 +177,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
                 "regex_rewrite": {"pattern": {"regex": "^/media/"}, "substitution": "/"},
             },
             "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_SIGNED_URL),
+                "envoy.filters.http.ext_authz": check(MODE_SIGNED_URL),
                 "envoy.filters.http.ext_proc": enable_extproc(),
             },
         },
@@ -182,15 +185,13 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
             "name": "media",
             "match": {"prefix": "/media/"},
             "route": {**origin_route, "prefix_rewrite": "/"},
-            "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_SIGNED_URL)
-            },
+            "typed_per_filter_config": {"envoy.filters.http.ext_authz": check(MODE_SIGNED_URL)},
         },
         {
             "name": "hls_key",
             "match": {"prefix": KEY_PATH_PREFIX},
             "route": {"cluster": "license_broker", "timeout": "5s"},
-            "typed_per_filter_config": {"envoy.filters.http.ext_authz": authz_mode(MODE_KEY)},
+            "typed_per_filter_config": {"envoy.filters.http.ext_authz": check(MODE_KEY)},
         },
         {
             "name": "drm_certificate",
@@ -203,7 +204,7 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
             "match": {"prefix": LICENSE_PATH},
             "route": {"cluster": "license_broker", "timeout": _seconds(s.license_timeout_ms)},
             "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": authz_mode(MODE_LICENSE),
+                "envoy.filters.http.ext_authz": check(MODE_LICENSE),
                 "envoy.filters.http.rbac": license_rbac(s),
             },
         },

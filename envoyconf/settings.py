@@ -73,7 +73,13 @@ class EnvoySettings:
     per_ip_burst: int = 1000
     per_user_rps: int = 200
     per_user_burst: int = 100
-    use_rate_limit_service: bool = False
+    # Who keeps the per-user limit (x-playback-user, set by authz):
+    #   check    authz, inside the ext_authz check it answers anyway (shared across pods through
+    #            Redis: RATE_LIMIT_* in authz); no second call per request
+    #   service  Envoy's ratelimit filter, asking a rate limit service (rate_limit_service;
+    #            None: authz's own, the API a mesh or gateway uses)
+    #   local    a token bucket per Envoy (per_user_rps, per_user_burst)
+    per_user_limit: str = "local"
     rate_limit_service: Endpoint | None = None  # defaults to authz_grpc
     hls_path_template: str = "{videoId}/master.m3u8"
     dash_path_template: str = "{videoId}/manifest.mpd"
@@ -129,6 +135,6 @@ def k8s_settings() -> EnvoySettings:
         # next to envoy.yaml, where the init container renders both (envoyconf.entrypoint)
         sds_dir="/etc/envoy/rendered",
         license_peer_cidrs=("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"),
-        use_rate_limit_service=True,
+        per_user_limit="check",
         access_log=True,
     )

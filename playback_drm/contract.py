@@ -27,6 +27,10 @@ from playback_drm.identity import REQUEST_ID_HEADER, SESSION_HEADER, USER_HEADER
 # them to. Never X-Forwarded-For itself, whose first entries a client writes.
 EXTERNAL_ADDRESS_HEADER: Final = "x-envoy-external-address"
 AUTHZ_MODE_KEY: Final = "mode"  # the context extension naming the mode
+# The context extension asking authz to keep the per-user limit inside the check (its value:
+# LIMIT_PER_USER), instead of Envoy asking a rate limit service in a second call.
+AUTHZ_LIMIT_KEY: Final = "limit"
+LIMIT_PER_USER: Final = "user"
 MODE_JWT: Final = "jwt"  # viewer JWT + entitlement for the video the request names
 MODE_JWT_ONLY: Final = "jwt_only"  # viewer JWT, no particular video (e.g. DRM certificates)
 MODE_SIGNED_URL: Final = "signed_url"  # a signed media URL (``pdt``), no JWT: a sign of life
@@ -183,6 +187,7 @@ EXTPROC_JSON_FORM_PROCESSING_MODE: Final = {
 }
 
 __all__ = [
+    "AUTHZ_LIMIT_KEY",
     "AUTHZ_MAX_BODY_BYTES",
     "AUTHZ_MODES",
     "AUTHZ_MODE_KEY",
@@ -198,6 +203,7 @@ __all__ = [
     "KEY_PATH_PREFIX",
     "LICENSE_KEY_SYSTEMS",
     "LICENSE_PATH",
+    "LIMIT_PER_USER",
     "MEDIA_MANIFEST_REGEX",
     "MEDIA_PATH_PREFIX",
     "MODE_JWT",

@@ -71,8 +71,9 @@ def test_every_yaml_under_envoy_dir_is_rendered_and_checked() -> None:
     assert on_disk == set(RENDERED_FILES)
 
 
-def test_rate_limit_service_variant_validates(tmp_path: Path) -> None:
-    settings = dataclasses.replace(settings_for("local"), use_rate_limit_service=True)
+@pytest.mark.parametrize("per_user_limit", ["service", "check"])
+def test_per_user_limit_variants_validate(tmp_path: Path, per_user_limit: str) -> None:
+    settings = dataclasses.replace(settings_for("local"), per_user_limit=per_user_limit)
     config = tmp_path / "envoy.yaml"
     config.write_text(_certificates_for(render(settings), tmp_path))
     result = envoy_validate(config)

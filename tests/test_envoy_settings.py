@@ -40,7 +40,8 @@ BAD_VALUES = [
     ("ENVOY_PER_IP_RPS", "0", "outside 1..1000000"),
     ("ENVOY_PER_USER_BURST", "1e3", "not an integer"),
     ("ENVOY_AUTHZ_TIMEOUT_MS", "500ms", "not an integer"),
-    ("ENVOY_RATE_LIMIT_SERVICE", "enabled", "not a boolean"),
+    ("ENVOY_PER_USER_LIMIT", "redis", "'redis' is not one of check, service, local"),
+    ("ENVOY_ACCESS_LOG", "enabled", "not a boolean"),
     ("ENVOY_ORIGIN_ADDR", "origin", "not host:port"),
     ("ENVOY_ORIGIN_ADDR", "origin:0", "not host:port"),
     ("ENVOY_ORIGIN_ADDR", "::1:80", "IPv6 address in brackets"),
@@ -105,7 +106,7 @@ def test_good_values_are_canonicalised() -> None:
             "CORS_ALLOWED_ORIGINS": "HTTPS://WWW.Example.TV:443,https://*.example.tv",
             "ENVOY_ORIGIN_ADDR": "[2001:db8::1]:8443",
             "ENVOY_MAX_HEAP": "1Gi",
-            "ENVOY_RATE_LIMIT_SERVICE": "false",
+            "ENVOY_PER_USER_LIMIT": "service",
             "ENVOY_STRIP_REQUEST_HEADERS": "X-Debug",
         },
         DEFAULTS,
@@ -115,7 +116,7 @@ def test_good_values_are_canonicalised() -> None:
     assert settings.cors.origins == ("https://www.example.tv", "https://*.example.tv")
     assert settings.origin.host == "2001:db8::1"
     assert settings.max_heap_bytes == 2**30
-    assert settings.use_rate_limit_service is False
+    assert settings.per_user_limit == "service"
     assert settings.extra_headers_to_strip == ("x-debug",)
 
 

@@ -190,6 +190,12 @@ async def _every_operation(client: RedisClient) -> None:
     await store.license(user, "v", first.label, "U" * 22, first.plan, 1, T0 + 5)
     await store.license(user, "fresh", first.label, "V" * 22, first.plan, 2, T0 + 6)
     await store.release(user, "v", first.label, "U" * 22, first.plan, T0 + 7)
+    # the per-user rate limit riding in the session script (authz.ratelimit.Charge): its window
+    # is in the viewer's slot; admitted twice, then refused
+    charged = RedisSlidingWindow(client, 2, 5.0)
+    for _ in range(3):
+        await store.touch(first, 1, T0 + 8, take=False, charge=charged.charge())
+    await store.license(user, "v", first.label, "X" * 22, first.plan, 1, T0 + 9, charged.charge())
     for n in range(LIFE.max_sessions + 1):  # past the per-viewer maximum: the oldest goes
         await store.create(facts(f"W{n:021d}", user=user), T0 + 10 + n)
     await store.end(second, T0 + 20)

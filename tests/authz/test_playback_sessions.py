@@ -280,11 +280,13 @@ class CountingStore(MemorySessionStore):
         self.touches = 0
         self.down = False
 
-    async def touch(self, facts: SessionFacts, limit: int, now_ms: int, *, take: bool) -> Any:
+    async def touch(
+        self, facts: SessionFacts, limit: int, now_ms: int, *, take: bool, charge: Any = None
+    ) -> Any:
         self.touches += 1
         if self.down:
             raise SessionStoreUnavailable("ConnectionError")
-        return await super().touch(facts, limit, now_ms, take=take)
+        return await super().touch(facts, limit, now_ms, take=take, charge=charge)
 
     async def create(self, facts: SessionFacts, now_ms: int) -> None:
         if self.down:

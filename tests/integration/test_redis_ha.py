@@ -172,7 +172,7 @@ def check_decisions(stack: Stack, shape: Shape, viewer: str) -> None:
     codes = _burst(stack, burster, 2 * PER_USER_RPS)
     assert codes.count(429) >= PER_USER_RPS // 2, codes
     assert set(codes) <= {200, 429}, codes
-    assert shape.keys(f"playback:rl:*user={burster}")
+    assert shape.keys(f"playback:rl:{{u:{burster}}}:rate")  # in the viewer's slot
 
 
 class Probe:

@@ -8,6 +8,7 @@ tests/mesh/test_modes.py runs the same resources, translated, through a real Env
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -292,6 +293,15 @@ def _sidecar_filter(name: str) -> dict[str, Any]:
     return found
 
 
+def _rate_limit_filter() -> dict[str, Any]:
+    """The sidecar's ratelimit filter when it asks a rate limit service, as a mesh does (the
+    sidecar's default keeps the per-user limit inside authz's check: no filter)."""
+    assert SIDECAR.per_user_limit == "check"
+    service = dataclasses.replace(SIDECAR, per_user_limit="service")
+    [found] = [f for f in sidecar_filters(service) if f["name"] == "envoy.filters.http.ratelimit"]
+    return found
+
+
 def _patches(objs: list[Obj], envoy_filter: str) -> list[Obj]:
     patches: list[Obj] = _get(objs, "EnvoyFilter", envoy_filter)["spec"]["configPatches"]
     return patches
@@ -307,7 +317,7 @@ def test_istio_envoy_filters_carry_the_sidecars_filters() -> None:
     assert strip == _sidecar_filter("envoy.filters.http.header_mutation")
 
     limit, vhost = _patches(objs, "playback-gateway-ratelimit")
-    ours = _sidecar_filter("envoy.filters.http.ratelimit")["typed_config"]
+    ours = _rate_limit_filter()["typed_config"]
     theirs = limit["patch"]["value"]["typed_config"]
     assert _without(theirs, "rate_limit_service") == _without(
         ours, "rate_limit_service", "rate_limits"
@@ -684,6 +694,6 @@ def test_the_per_user_limit_is_the_sidecars() -> None:
     ]
     assert rule["shared"] is True  # one budget per viewer across routes, as the sidecar
     config = yaml.safe_load((ENVOY_GATEWAY / "envoy-gateway-config.yaml").read_text())
-    ours = _sidecar_filter("envoy.filters.http.ratelimit")["typed_config"]
+    ours = _rate_limit_filter()["typed_config"]
     assert eg_translation._duration(config["rateLimit"]["timeout"]) == ours["timeout"]
     assert config["rateLimit"]["failClosed"] is ours["failure_mode_deny"] is False
