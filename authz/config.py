@@ -20,7 +20,7 @@
 | ENTITLEMENT_DENY_TTL_SECONDS | 10 | cache lifetime of a denial |
 | REDIS_URL | (unset) | entitlements, rate limits, sessions; in memory when unset (redisconn) |
 | URL_SIGNING_KEYS | (required) | `kid:base64secret,...` keys that verify signed media URLs |
-| RATE_LIMIT_PER_USER | 200 | requests per window per user (inside the check, or as the rate limit service) |
+| RATE_LIMIT_PER_USER | 200 | requests per window per user (in the check, or the rate limit API) |
 | RATE_LIMIT_WINDOW_SECONDS | 1 | sliding window length |
 | STREAM_LIMITS | premium=4,standard=2,basic=2,default=1 | streams per plan (0: no limit) |
 | STREAM_IDLE_SECONDS | 60 | a slot is freed this long after the session's last sign of life |
