@@ -12,7 +12,7 @@ REQUESTS = request_metrics("authz")
 CACHE = CACHE_REQUESTS  # shared across services: playback_cache_requests_total{cache,result}
 RATE_LIMIT = Counter(
     "playback_ratelimit_decisions_total",
-    "Rate limit service decisions",
+    "Per-user rate limit decisions (inside the check, or as the rate limit service)",
     ["outcome"],
 )
 
