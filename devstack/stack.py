@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from devstack import media
@@ -449,10 +450,11 @@ class Stack:
         self.issued_tokens.append(token)
         return token
 
-    def events(self) -> list[dict[str, object]]:
+    def events(self) -> list[dict[str, Any]]:
+        """The events the services logged (CloudEvents JSON documents), oldest first."""
         if not self.events_log.exists():
             return []
-        out: list[dict[str, object]] = []
+        out: list[dict[str, Any]] = []
         for line in self.events_log.read_text(encoding="utf-8").splitlines():
             try:
                 doc = json.loads(line)

@@ -37,7 +37,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as proc_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hpack import Encoder
-from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, SettingsFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, SettingsFrame, WindowUpdateFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1482,7 +1482,9 @@ async def test_credit_returns_once_the_handler_takes_the_messages(harness: Harne
     frames = await raw.read_until(
         lambda r: r.frame.type == WINDOW_UPDATE and r.frame.stream_id == 1
     )
-    assert frames[-1].frame.window_increment >= 4 << 20
+    credit = frames[-1].frame
+    assert isinstance(credit, WindowUpdateFrame)
+    assert credit.window_increment >= 4 << 20
     raw.send(frame(DATA, END_STREAM, 1, b""))
     response = await raw.response(1)
     assert response.trailers["grpc-status"] == "0"

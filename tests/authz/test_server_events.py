@@ -22,7 +22,7 @@ async def test_a_denial_is_a_playback_error_about_the_video() -> None:
     request = external_auth_pb2.CheckRequest()
     request.attributes.request.http.method = "GET"
     request.attributes.request.http.path = "/playback/demo-uhd/manifest"
-    response = await service.Check(request, None)  # type: ignore[arg-type]
+    response = await service.Check(request, None)
     assert response.denied_response.status.code == 403
     [event] = sink.events
     assert (event.type, event.source, event.subject) == ("PlaybackError", AUTHZ_SOURCE, "demo-uhd")

@@ -41,7 +41,7 @@ class Admitting:
         self.user = user
 
     async def check(self, inp: CheckInput, charge: Charge | None = None) -> Decision:
-        headers = ((VIDEO_HEADER, "demo"),)
+        headers: tuple[tuple[str, str], ...] = ((VIDEO_HEADER, "demo"),)
         if self.user is not None:
             headers = ((USER_HEADER, self.user), *headers)
         return Allow(headers)
@@ -68,7 +68,7 @@ def _service(
     return AuthorizationService(
         Admitting(user),  # type: ignore[arg-type]
         sink or MemorySink(),
-        UserLimit(window, LIMIT, 1.0),  # type: ignore[arg-type]
+        UserLimit(window, LIMIT, 1.0),
     )
 
 
@@ -79,14 +79,14 @@ def _added(response: external_auth_pb2.CheckResponse) -> dict[str, str]:
 async def test_the_viewer_past_the_limit_gets_a_429_problem_and_no_event() -> None:
     sink = MemorySink()
     service = _service("alice", MemorySlidingWindow(LIMIT, 60.0), sink)
-    admitted = [await service.Check(_request(limited=True), None) for _ in range(LIMIT)]  # type: ignore[arg-type]
+    admitted = [await service.Check(_request(limited=True), None) for _ in range(LIMIT)]
     assert [r.status.code for r in admitted] == [0] * LIMIT
     assert [_added(r)["x-ratelimit-remaining"] for r in admitted] == ["2", "1", "0"]
     assert _added(admitted[0])["x-ratelimit-limit"] == '3, 3;w=1;name="per_user"'
     # the identity headers are the authorizer's, untouched by the quota headers
     assert [h.header.key for h in admitted[0].ok_response.headers] == [USER_HEADER, VIDEO_HEADER]
 
-    refused = await service.Check(_request(limited=True), None)  # type: ignore[arg-type]
+    refused = await service.Check(_request(limited=True), None)
     denied = refused.denied_response
     assert denied.status.code == 429
     headers = {h.header.key: h.header.value for h in denied.headers}
@@ -101,12 +101,12 @@ async def test_only_routes_that_ask_are_counted_and_only_viewers() -> None:
     window = MemorySlidingWindow(LIMIT, 60.0)
     unlimited = _service("alice", window)
     for _ in range(LIMIT + 2):
-        response = await unlimited.Check(_request(limited=False), None)  # type: ignore[arg-type]
+        response = await unlimited.Check(_request(limited=False), None)
         assert response.status.code == 0
         assert _added(response) == {}
     bearer = _service(None, window)  # a bearer media URL names no viewer: nothing to count
     for _ in range(LIMIT + 2):
-        response = await bearer.Check(_request(limited=True), None)  # type: ignore[arg-type]
+        response = await bearer.Check(_request(limited=True), None)
         assert response.status.code == 0
     # none of it was counted: alice still has her whole budget
     assert (await window.hit("playback|user=alice")).remaining == LIMIT - 1
@@ -114,9 +114,9 @@ async def test_only_routes_that_ask_are_counted_and_only_viewers() -> None:
 
 async def test_a_window_that_cannot_be_asked_admits_without_quota_headers() -> None:
     """Fail open, as the ratelimit filter does with failure_mode_deny false."""
-    service = _service("alice", Unreachable())  # type: ignore[arg-type]
+    service = _service("alice", Unreachable())
     for _ in range(LIMIT + 1):
-        response = await service.Check(_request(limited=True), None)  # type: ignore[arg-type]
+        response = await service.Check(_request(limited=True), None)
         assert response.status.code == 0
         assert _added(response) == {}
 
@@ -124,13 +124,13 @@ async def test_a_window_that_cannot_be_asked_admits_without_quota_headers() -> N
 async def test_the_check_and_the_rate_limit_service_share_one_budget_per_viewer() -> None:
     window = MemorySlidingWindow(LIMIT, 60.0)
     service = _service("alice", window)
-    await service.Check(_request(limited=True), None)  # type: ignore[arg-type]
+    await service.Check(_request(limited=True), None)
     rls = RateLimitService(window, LIMIT)
     request = rls_pb2.RateLimitRequest(domain="playback", hits_addend=LIMIT - 1)
     request.descriptors.add().entries.add(key="user", value="alice")
-    answer = await rls.ShouldRateLimit(request, None)  # type: ignore[arg-type]
+    answer = await rls.ShouldRateLimit(request, None)
     assert answer.overall_code == rls_pb2.RateLimitResponse.OK
-    refused = await service.Check(_request(limited=True), None)  # type: ignore[arg-type]
+    refused = await service.Check(_request(limited=True), None)
     assert refused.denied_response.status.code == 429
 
 

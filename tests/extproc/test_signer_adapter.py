@@ -296,7 +296,6 @@ async def test_each_request_keeps_its_own_viewer_facts() -> None:
     """Request contexts are remembered per (path, viewer, session, address), never per request:
     each PlaybackStarted carries its own request id, and another viewer is another context."""
     proc, sink = processor()
-    facts = {"x_playback_video": "demo", "x_playback_session": "s1"}
     for user, request_id in (("alice", "r1"), ("alice", "r2"), ("bob", "r3")):
         await _run(
             proc,
@@ -305,7 +304,8 @@ async def test_each_request_keeps_its_own_viewer_facts() -> None:
                 MASTER,
                 x_playback_user=user,
                 x_request_id=request_id,
-                **facts,
+                x_playback_video="demo",
+                x_playback_session="s1",
             ),
         )
     assert [(e.data["userId"], e.data["requestId"], e.data["sessionId"]) for e in sink.events] == [

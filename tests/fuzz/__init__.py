@@ -30,7 +30,7 @@ FUZZ_FACTOR = 4
 def fuzz_settings(share: float = 1.0) -> settings:
     """``share`` of ``FUZZ_FACTOR`` times the loaded profile's ``max_examples``, no deadline."""
     return settings(
-        max_examples=max(10, round(settings.default.max_examples * FUZZ_FACTOR * share)),
+        max_examples=max(10, round(settings().max_examples * FUZZ_FACTOR * share)),
         deadline=None,
         suppress_health_check=[
             HealthCheck.too_slow,

@@ -17,7 +17,7 @@ DEV_TIMEOUT_S = 300
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    scale = max(1.0, settings.default.max_examples / DEV_EXAMPLES)
+    scale = max(1.0, settings().max_examples / DEV_EXAMPLES)
     for item in items:
         if item.nodeid.startswith("tests/fuzz/") and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEV_TIMEOUT_S * scale))

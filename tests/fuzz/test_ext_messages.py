@@ -100,7 +100,7 @@ def authorization_service() -> AuthorizationService:
 
 
 AUTHZ = authorization_service()
-AUTHZ_ERRORS = [*AuthzError.__subclasses__(), urlsign.UrlTokenError]
+AUTHZ_ERRORS: list[Any] = [*AuthzError.__subclasses__(), urlsign.UrlTokenError]
 AUTHZ_ERRORS += [sub for parent in AUTHZ_ERRORS for sub in parent.__subclasses__()]
 AUTHZ_REFUSALS = {cls.code: cls.status for cls in AUTHZ_ERRORS if cls.status < 500}
 SIGNED = urlsign.sign(RING, "/media/demo/seg.ts", expires_at=NOW + 300, scope="/media/demo/")
@@ -247,7 +247,8 @@ PROCESSOR = processor_for(
     ),
     MemorySink(),
 )
-ORIGIN_CODES = {cls.code for cls in (ManifestError, *ManifestError.__subclasses__())}
+_ORIGIN_ERRORS: list[type[ManifestError]] = [ManifestError, *ManifestError.__subclasses__()]
+ORIGIN_CODES = {cls.code for cls in _ORIGIN_ERRORS}
 
 
 def _header_map(headers: dict[str, str], raw: bool) -> base_pb2.HeaderMap:

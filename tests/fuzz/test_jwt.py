@@ -37,11 +37,8 @@ MAX_TOKEN = 8192
 AUTH = AuthEmulator(issuer=ISS)
 KID = kid_for(AUTH.signing_key)
 # every code a token can be refused with (401s, and the 403/400 of the decision after it)
-REFUSALS = {
-    cls.code: cls.status
-    for cls in (*TokenError.__subclasses__(), TokenError, *AuthzError.__subclasses__())
-    if cls.status < 500
-}
+_REFUSING: list[Any] = [*TokenError.__subclasses__(), TokenError, *AuthzError.__subclasses__()]
+REFUSALS = {cls.code: cls.status for cls in _REFUSING if cls.status < 500}
 MEMORY = MemoryBound(4 << 20)
 
 

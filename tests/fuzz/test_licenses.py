@@ -163,7 +163,7 @@ async def check(resp: Any, what: str) -> None:
     problem = json.loads(body) if resp.content_type == "application/problem+json" else {}
     code = problem.get("code")
     event(f"{what}: {resp.status} {code} {problem.get('detail', '')[:40]}")
-    assert REFUSALS.get(code) == resp.status, (resp.status, body[:300])
+    assert REFUSALS.get(str(code)) == resp.status, (resp.status, body[:300])
 
 
 LICENSE_FUZZ = settings(

@@ -36,7 +36,8 @@ CONFIG = ExtprocConfig.from_env(
     }
 )
 # the refusals an origin's document can cause: 502 with one of the manifest codes
-ORIGIN_CODES = frozenset(cls.code for cls in (ManifestError, *ManifestError.__subclasses__()))
+_ORIGIN_ERRORS: list[type[ManifestError]] = [ManifestError, *ManifestError.__subclasses__()]
+ORIGIN_CODES = frozenset(cls.code for cls in _ORIGIN_ERRORS)
 # the document's bytes (and what gzip inflates them to) times this, plus a constant
 MEMORY_FACTOR = 24
 MEMORY_BASE = 2 << 20

@@ -159,6 +159,7 @@ def test_any_path_and_query_is_a_typed_403_or_a_token_we_minted(
     data: st.DataObject | None, mint: tuple[str, str]
 ) -> None:
     minted_for, token = mint
+    ip: str | None
     if data is None:
         path, query, ip = "/media/demo/%2e%2e/x", "pdt=" + token, IP
     else:

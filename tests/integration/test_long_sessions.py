@@ -68,7 +68,7 @@ def _expiry(url: str) -> int:
 def _variant(stack: Stack, session: dict[str, Any]) -> str:
     master = _ok(session["url"]).body.decode()
     variant = next(line for line in master.splitlines() if line and not line.startswith("#"))
-    return urllib.parse.urljoin(session["url"], variant)
+    return urllib.parse.urljoin(str(session["url"]), variant)
 
 
 def _hls_refresh(url: str) -> tuple[int, list[str], list[str]]:

@@ -96,11 +96,11 @@ def limit_errors(stack: Stack, user: str, at_least: int) -> list[dict[str, Any]]
             e["data"]
             for e in stack.events()
             if str(e.get("type", "")).endswith(("PlaybackError", ".playback.error.v1"))
-            and e.get("data", {}).get("userId") == user  # type: ignore[union-attr]
-            and e.get("data", {}).get("code") == "stream_limit_reached"  # type: ignore[union-attr]
+            and e.get("data", {}).get("userId") == user
+            and e.get("data", {}).get("code") == "stream_limit_reached"
         ]
         if len(found) >= at_least or time.monotonic() > deadline:
-            return found  # type: ignore[return-value]
+            return found
         time.sleep(0.2)
 
 

@@ -28,7 +28,7 @@ BROKEN_LITERALS = (
 )
 # The envoy container started from a file nobody renders (the pre-rendered copy's old path).
 # Strategic merge: containers are matched by name (their order changes along the overlays).
-STALE_CONFIG_PATH = {
+STALE_CONFIG_PATH: dict[str, object] = {
     "patch": (
         "apiVersion: apps/v1\n"
         "kind: Deployment\n"
@@ -92,7 +92,7 @@ def test_a_broken_overlay_is_refused_with_every_problem_named(broken: str) -> No
 
 def test_a_changed_port_needs_the_container_port_too(tmp_path: Path) -> None:
     """Changed together, the port is fine: check-config follows the pod, not the base values."""
-    port_patch = {
+    port_patch: dict[str, object] = {
         "patch": (
             "apiVersion: apps/v1\n"
             "kind: Deployment\n"

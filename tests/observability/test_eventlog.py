@@ -21,6 +21,7 @@ from playback_drm.events import (
     open_sink,
     playback_started,
 )
+from playback_drm.events.files import append_bytes
 from playback_drm.events.jsonlines import JsonLinesSink, read_events
 from playback_drm.events.reader import print_events
 
@@ -53,7 +54,7 @@ async def test_a_steady_stream_is_written_once_per_linger(
     """Events that arrive while a batch is being written wait for the next linger: a busy
     process makes one write (and one worker-thread hop) per linger, not one per few events."""
     writes: list[int] = []
-    append = jsonlines.append_bytes
+    append = append_bytes  # what jsonlines writes with (imported from events.files)
 
     def counting_append(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         writes.append(data.count(b"\n"))

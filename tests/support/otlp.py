@@ -24,7 +24,7 @@ class CollectedSpan:
 
 
 @dataclass
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     port: int = 0
     spans: list[CollectedSpan] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,7 +66,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mi
 def otlp_collector() -> Iterator[Collector]:
     collector = Collector(port=free_port())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{collector.port}")
     server.start()
     yield collector
