@@ -42,6 +42,12 @@ ADAPTATIONS = {
     "init containers": "init containers run as podman's `always` kind (pod annotation "
     "io.podman.annotations.init.container.type): its default `once` kind fails the pod's start "
     "in podman 4.3 when it removes an init container that has not finished exiting",
+    "restartPolicy": "pods run with restartPolicy OnFailure instead of the Deployment's Always: "
+    "podman 4.3 gives init containers the pod's restart policy, and under Always it starts them "
+    "again as soon as they exit, in a loop (the edge's render and validate steps ran about once "
+    "a second for the pod's whole life, two cores' worth of CPU); under OnFailure an init "
+    "container runs once and again only on failure, as in Kubernetes, and the app containers, "
+    "which exit only when stopped, restart when they fail",
     "preStop": "podman ignores lifecycle hooks (kept in the pod as written): the restart "
     "measurement (make pods-restart, not passing yet) runs each hook with podman exec and stops "
     "each container when its hook returns, within the grace period, as the kubelet does",
@@ -203,7 +209,7 @@ def convert(
                         "io.podman.annotations.init.container.type": "always",
                     },
                 },
-                "spec": spec,
+                "spec": {**spec, "restartPolicy": "OnFailure"},
             }
             plans.append(plan)
     return plans
