@@ -48,8 +48,8 @@ ADAPTATIONS = {
     "a second for the pod's whole life, two cores' worth of CPU); under OnFailure an init "
     "container runs once and again only on failure, as in Kubernetes, and the app containers, "
     "which exit only when stopped, restart when they fail",
-    "preStop": "podman ignores lifecycle hooks (kept in the pod as written): the restart "
-    "measurement (make pods-restart, not passing yet) runs each hook with podman exec and stops "
+    "preStop": "podman ignores lifecycle hooks (kept in the pod as written): the restart test "
+    "(tests/pods/restart.py) runs each hook with podman exec and stops "
     "each container when its hook returns, within the grace period, as the kubelet does",
 }
 
