@@ -9,9 +9,13 @@ the way Kubernetes does it. Two ways, both from the manifests:
              maxSurge 25 %, maxUnavailable 0): a new pod starts first (init containers, then the
              containers), joins the endpoints once every readiness probe answers, and only then
              is an old pod terminated and removed.
-``evict``    what a node drain or an eviction does: the old pod is terminated first and its
-             replacement started afterwards; the Deployment's other replica carries all the
-             traffic meanwhile.
+``evict``    what a node drain or an eviction does: the old pod is terminated first and the
+             ReplicaSet's new pod started afterwards; the Deployment's other replica carries
+             all the traffic meanwhile.
+
+A new pod joins the endpoints (the headless Service's DNS answers, the gateway's rotation) only
+when every readiness probe answers, as in Kubernetes; podman alone would publish its Service
+aliases at once, and the edge's Envoy connected to a broker that was not listening yet.
 
 Terminating a pod is the kubelet's sequence: the pod leaves the endpoints (the test's gateway
 stops picking an edge replica; a broker pod leaves the headless Service's DNS answers), every
@@ -122,16 +126,42 @@ class RestartRun:
         return "\n".join(lines)
 
 
+def _aardvark_table(cluster: Cluster) -> Path:
+    return Path("/run/containers/networks/aardvark-dns") / f"{cluster.prefix}net"
+
+
+def _aardvark_reload(cluster: Cluster) -> None:
+    pid = int((_aardvark_table(cluster).parent / "aardvark.pid").read_text().strip())
+    os.kill(pid, signal.SIGHUP)
+
+
 def _aardvark_hide(cluster: Cluster, pod: str) -> None:
-    """The pod leaves the headless Service's DNS answers (the endpoints controller's part when
-    a pod terminates): its entry goes from the network's aardvark-dns table, reloaded with
-    SIGHUP; podman writes it back when the pod starts again."""
-    table = Path("/run/containers/networks/aardvark-dns") / f"{cluster.prefix}net"
+    """The pod leaves the Services' DNS answers (the endpoints controller's part when a pod
+    terminates): its entry goes from the network's aardvark-dns table, reloaded with SIGHUP."""
+    table = _aardvark_table(cluster)
     infra = cluster.podman.out("pod", "inspect", pod, "--format", "{{.InfraContainerID}}")
     lines = table.read_text().splitlines()
     table.write_text("\n".join(line for line in lines if not line.startswith(infra)) + "\n")
-    pid = int((table.parent / "aardvark.pid").read_text().strip())
-    os.kill(pid, signal.SIGHUP)
+    _aardvark_reload(cluster)
+
+
+def _aardvark_publish(cluster: Cluster, pod: str, names: list[str]) -> None:
+    """The pod joins the Services' DNS answers (the endpoints controller's part when a pod
+    becomes ready): ``names`` are added to its entry (``<id> <ipv4> <ipv6> <names>``)."""
+    table = _aardvark_table(cluster)
+    infra = cluster.podman.out("pod", "inspect", pod, "--format", "{{.InfraContainerID}}")
+    lines = table.read_text().splitlines()
+    for i, line in enumerate(lines):
+        parts = line.split(" ")
+        if line.startswith(infra) and len(parts) == 4:
+            known = parts[3].split(",")
+            parts[3] = ",".join([*known, *(n for n in names if n not in known)])
+            lines[i] = " ".join(parts)
+            break
+    else:
+        raise AssertionError(f"{pod} has no entry in {table}")
+    table.write_text("\n".join(lines) + "\n")
+    _aardvark_reload(cluster)
 
 
 def _ready(cluster: Cluster, plan: PodPlan, timeout: float = 180) -> None:
@@ -200,40 +230,49 @@ def surge_plan(plan: PodPlan, name: str) -> PodPlan:
     )
 
 
+def _start_new(cluster: Cluster, new: PodPlan, rotation: Rotation) -> None:
+    """The ReplicaSet's new pod: started (init containers, then the containers) outside the
+    Services, and in their endpoints (DNS names; the gateway's rotation for the edge) only once
+    every readiness probe answers, as Kubernetes publishes only ready pods. podman would
+    publish the Services' aliases at once, before anything listens."""
+    kube_play(
+        cluster.podman,
+        new.yaml(),
+        cluster.root / f"{new.name}.yaml",
+        f"{cluster.prefix}net",
+        [],
+    )
+    _ready(cluster, new)
+    _aardvark_publish(cluster, new.name, new.aliases)
+    if new.deployment == "playback-edge":
+        rotation.add(new.published[8443])
+
+
 def _rollout(cluster: Cluster, plan: PodPlan, rotation: Rotation) -> dict[str, float]:
     """maxSurge 1, maxUnavailable 0: the new pod first, ready and in the endpoints, then the old
     one terminated and removed. ``cluster.plans`` has the new pod in the old one's place."""
     started = time.monotonic()
-    surge = surge_plan(plan, f"{plan.name}-r{int(time.time()) % 100000}")
-    kube_play(
-        cluster.podman,
-        surge.yaml(),
-        cluster.root / f"{surge.name}.yaml",
-        f"{cluster.prefix}net",
-        surge.aliases,
-    )
-    _ready(cluster, surge)
-    if surge.deployment == "playback-edge":
-        rotation.add(surge.published[8443])
+    new = surge_plan(plan, f"{plan.name}-r{int(time.time()) % 100000}")
+    _start_new(cluster, new, rotation)
     ready = time.monotonic()
     _terminate(cluster, plan, rotation)
     stopped = time.monotonic()
     cluster.podman.run("pod", "rm", "--force", plan.name, timeout=120)
-    cluster.plans[cluster.plans.index(plan)] = surge
+    cluster.plans[cluster.plans.index(plan)] = new
     return {"new_pod_ready_s": ready - started, "old_pod_terminating_s": stopped - ready}
 
 
 def _evict(cluster: Cluster, plan: PodPlan, rotation: Rotation) -> dict[str, float]:
-    """The old pod terminated first, then started again (its init containers run again) and
-    back in the endpoints once ready."""
+    """The old pod terminated and removed first, then the ReplicaSet's new pod started, in the
+    endpoints once ready. ``cluster.plans`` has the new pod in the old one's place."""
     started = time.monotonic()
     _terminate(cluster, plan, rotation)
+    cluster.podman.run("pod", "rm", "--force", plan.name, timeout=120)
     stopped = time.monotonic()
-    cluster.podman.run("pod", "start", plan.name, timeout=300)
-    _ready(cluster, plan)
-    if plan.deployment == "playback-edge":
-        rotation.add(plan.published[8443])
-    return {"terminating_s": stopped - started, "back_s": time.monotonic() - stopped}
+    new = surge_plan(plan, f"{plan.name}-e{int(time.time()) % 100000}")
+    _start_new(cluster, new, rotation)
+    cluster.plans[cluster.plans.index(plan)] = new
+    return {"terminating_s": stopped - started, "new_pod_ready_s": time.monotonic() - stopped}
 
 
 def _license_body() -> bytes:
