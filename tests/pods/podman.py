@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -19,6 +21,27 @@ from pathlib import Path
 from devstack.supervise import free_port, port_open
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+_HANDED_OUT: set[int] = set()
+
+
+def host_port() -> int:
+    """A loopback port for a pod's published container port, free right now, below the
+    kernel's ephemeral range: podman binds it only at ``kube play``, seconds after the pick, and
+    a port of the ephemeral range (``free_port``) can be taken meanwhile by any outgoing
+    connection on this shared machine (kube play failed with "address already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12000), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 class PodmanUnavailable(RuntimeError):

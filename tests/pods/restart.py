@@ -42,11 +42,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.supervise import free_port
 from license_broker.demo_keys import DEMO_KID
 from tests.pods.cluster import Cluster
 from tests.pods.convert import PodPlan
-from tests.pods.podman import kube_play
+from tests.pods.podman import host_port, kube_play
 
 LOAD_VIEWER = "pods-load"
 LOAD_RPS = 100
@@ -214,7 +213,7 @@ def surge_plan(plan: PodPlan, name: str) -> PodPlan:
         for mount in c.get("volumeMounts") or []:
             mount["name"] = mount["name"].replace(plan.name, name, 1)
         for p in c.get("ports") or []:
-            p["hostPort"] = free_port()
+            p["hostPort"] = host_port()
             published[int(p["containerPort"])] = p["hostPort"]
     return PodPlan(
         name=name,
