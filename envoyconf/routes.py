@@ -13,6 +13,7 @@ from envoyconf.filters import (
     refuse_unknown_path,
 )
 from envoyconf.settings import EnvoySettings
+from envoyconf.typeurls import T_PREVIOUS_HOSTS
 from playback_drm.contract import (
     KEY_PATH_PREFIX,
     LICENSE_PATH,
@@ -44,13 +45,34 @@ def _seconds(ms: int) -> str:
     return f"{ms / 1000:g}s"
 
 
+# A request the upstream never received is retried on another host: a connection that could
+# not be opened (a broker or origin pod that died is still in the headless Service's DNS answers
+# until its readiness fails and Envoy re-resolves, up to 15 s) or an HTTP/2 stream refused.
+# Nothing was sent, so even a license POST is safe to send again.
+UNSENT_RETRY: dict[str, Any] = {
+    "retry_on": "connect-failure,refused-stream",
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": T_PREVIOUS_HOSTS},
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
+
+
 def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
     def check(mode: str) -> dict[str, Any]:
         return authz_mode(mode, per_user_limit=s.per_user_limit == "check")
 
     hls_rewrite = template_to_rewrite(s.hls_path_template)
     dash_rewrite = template_to_rewrite(s.dash_path_template)
-    origin_route: dict[str, Any] = {"cluster": "origin", "timeout": _seconds(s.origin_timeout_ms)}
+    origin_route: dict[str, Any] = {
+        "cluster": "origin",
+        "timeout": _seconds(s.origin_timeout_ms),
+        "retry_policy": UNSENT_RETRY,
+    }
     if s.origin_host_header:
         origin_route["host_rewrite_literal"] = s.origin_host_header
     # The signer handles gzip and deflate (and answers in the same encoding), but identity is
@@ -190,19 +212,23 @@ def sidecar_routes(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": "hls_key",
             "match": {"prefix": KEY_PATH_PREFIX},
-            "route": {"cluster": "license_broker", "timeout": "5s"},
+            "route": {"cluster": "license_broker", "timeout": "5s", "retry_policy": UNSENT_RETRY},
             "typed_per_filter_config": {"envoy.filters.http.ext_authz": check(MODE_KEY)},
         },
         {
             "name": "drm_certificate",
             "match": {"prefix": "/drm/certificate/"},
-            "route": {"cluster": "license_broker", "timeout": "5s"},
+            "route": {"cluster": "license_broker", "timeout": "5s", "retry_policy": UNSENT_RETRY},
             "typed_per_filter_config": disable_authz(),
         },
         {
             "name": "license",
             "match": {"prefix": LICENSE_PATH},
-            "route": {"cluster": "license_broker", "timeout": _seconds(s.license_timeout_ms)},
+            "route": {
+                "cluster": "license_broker",
+                "timeout": _seconds(s.license_timeout_ms),
+                "retry_policy": UNSENT_RETRY,
+            },
             "typed_per_filter_config": {
                 "envoy.filters.http.ext_authz": check(MODE_LICENSE),
                 "envoy.filters.http.rbac": license_rbac(s),

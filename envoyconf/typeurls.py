@@ -40,3 +40,6 @@ T_CONN_MONITOR = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
     "DownstreamConnectionsConfig"
 )
+T_PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)

@@ -256,6 +256,26 @@ def test_a_renewed_certificate_reaches_the_running_pod(cluster: Cluster, tmp_pat
     assert cluster.request("/health", replica=0).status == 200
 
 
+def test_a_broker_that_dies_loses_no_license(cluster: Cluster) -> None:
+    """A broker whose process dies (a crash, an OOM kill) stays in the headless Service's DNS
+    answers until its readiness probe fails twice and Envoy re-resolves (up to 15 s): Envoy
+    retries a connection it could not open on the other broker (the request was never sent)."""
+    plan = cluster.pods("license-broker")[1]
+    name = f"{plan.name}-license-broker"
+    cluster.podman.run("kill", name)
+    try:
+        time.sleep(1)
+        statuses = [_license(cluster, replica=n % 2).status for n in range(20)]
+    finally:
+        if cluster.podman.inspect(name)["State"]["Status"] != "running":  # type: ignore[index]
+            cluster.podman.run("start", name)
+        deadline = time.monotonic() + 60
+        while cluster.podman.exec_http(name, 9003, "/health") != 200:
+            assert time.monotonic() < deadline, f"{name} not ready again"
+            time.sleep(1)
+    assert statuses == [200] * 20, statuses
+
+
 def test_zero_downtime_rollout_restart_under_load(cluster: Cluster) -> None:
     """``kubectl rollout restart`` of one replica of each Deployment, as the RollingUpdate
     strategy (maxSurge 25 %, maxUnavailable 0) runs it, under 100 req/s of manifests and
