@@ -26,14 +26,18 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
+import dataclasses
 import functools
 import json
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +47,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Request, RunResult, run_open_loop, table
+from bench.ramp import ratio
 from devstack import media
 from devstack.stack import Stack, StackPorts, StackSettings
 from devstack.supervise import ManagedProcess, binary, free_port, port_open
-from envoyconf.filters import authz_mode
+from envoyconf import EnvoySettings
+from envoyconf.filters import authz_mode, disable_authz
 from playback_drm.contract import (
     EXTPROC_ATTRIBUTES,
     EXTPROC_PROCESSING_MODE,
@@ -525,10 +531,118 @@ async def scenario_manifest(seconds: float) -> list[RunResult]:
         return results
 
 
+# Stands in for the broker's ClearKey answer on the direct-response twin of the license route:
+# a JSON Web Key set of one key, about the size of the real one.
+LICENSE_STANDIN = json.dumps(
+    {
+        "keys": [{"kty": "oct", "kid": "A" * 22, "k": "B" * 22}],
+        "type": "temporary",
+    }
+)
+
+
+def _alone_route(route: dict[str, Any]) -> dict[str, Any]:
+    """A sidecar route as Envoy alone serves it: no ext_authz, no ext_proc, and the broker's
+    routes answered by Envoy itself (a direct response). Every other filter (header mutation,
+    CORS, per-IP limit, the license route's mTLS RBAC) stays."""
+    out = copy.deepcopy(route)
+    per_filter = out.setdefault("typed_per_filter_config", {})
+    per_filter.update(disable_authz())
+    per_filter.pop("envoy.filters.http.ext_proc", None)
+    if out.get("route", {}).get("cluster") == "license_broker":
+        del out["route"]
+        out["direct_response"] = {"status": 200, "body": {"inline_string": LICENSE_STANDIN}}
+        out["response_headers_to_add"] = [
+            {"header": {"key": "content-type", "value": "application/json"}}
+        ]
+    return out
+
+
+def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def add_alone_twin(config: dict[str, Any], gateway_port: int, sidecar_port: int) -> None:
+    """Add to the stack's Envoy configuration a twin of its gateway and sidecar listeners: the
+    same hops (gateway -> mTLS -> sidecar, the same filters and TLS), every route as Envoy alone
+    serves it (:func:`_alone_route`). Requests identical to the real ones but for the port."""
+    resources = config["static_resources"]
+    listeners = {item["name"]: item for item in resources["listeners"]}
+    clusters = {item["name"]: item for item in resources["clusters"]}
+    sidecar = copy.deepcopy(listeners["sidecar"])
+    sidecar["name"] = "sidecar_alone"
+    sidecar["address"]["socket_address"]["port_value"] = sidecar_port
+    hcm = _hcm(sidecar)
+    hcm["stat_prefix"] = "sidecar_alone"
+    hcm["route_config"]["name"] = "sidecar_alone"
+    for host in hcm["route_config"]["virtual_hosts"]:
+        host["routes"] = [_alone_route(r) for r in host["routes"]]
+    gateway = copy.deepcopy(listeners["gateway"])
+    gateway["name"] = "gateway_alone"
+    gateway["address"]["socket_address"]["port_value"] = gateway_port
+    hcm = _hcm(gateway)
+    hcm["stat_prefix"] = "gateway_alone"
+    hcm["route_config"]["name"] = "gateway_alone"
+    for host in hcm["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            if route.get("route", {}).get("cluster") == "sidecar":
+                route["route"]["cluster"] = "sidecar_alone"
+    upstream = copy.deepcopy(clusters["sidecar"])
+    upstream["name"] = "sidecar_alone"
+    upstream["load_assignment"]["cluster_name"] = "sidecar_alone"
+    for group in upstream["load_assignment"]["endpoints"]:
+        for endpoint in group["lb_endpoints"]:
+            endpoint["endpoint"]["address"]["socket_address"]["port_value"] = sidecar_port
+    resources["listeners"] += [sidecar, gateway]
+    resources["clusters"].append(upstream)
+
+
+class BenchStack(Stack):
+    """The local stack, its Envoy also serving :func:`add_alone_twin` on ``alone_gateway``;
+    ``per_ip_rps`` raises the sidecar's per-IP limit (every bench request comes from 127.0.0.1)."""
+
+    def __init__(self, settings: StackSettings, *, per_ip_rps: int | None = None) -> None:
+        super().__init__(settings)
+        self.alone_gateway_port = free_port()
+        self.alone_sidecar_port = free_port()
+        self.per_ip_rps = per_ip_rps
+
+    @property
+    def alone_gateway(self) -> str:
+        return f"http://127.0.0.1:{self.alone_gateway_port}"
+
+    def envoy_settings(self) -> EnvoySettings:
+        settings = super().envoy_settings()
+        if self.per_ip_rps is not None:
+            settings = dataclasses.replace(
+                settings, per_ip_rps=self.per_ip_rps, per_ip_burst=self.per_ip_rps
+            )
+        return settings
+
+    def prepare(self) -> None:
+        super().prepare()
+        config = yaml.safe_load(self.envoy_config_path.read_text())
+        add_alone_twin(config, self.alone_gateway_port, self.alone_sidecar_port)
+        self.envoy_config_path.write_text(yaml.safe_dump(config, sort_keys=False, width=100))
+
+
+@dataclass
+class LicenseBench:
+    """The license scenario's stack on real Redis, OpenBao and NATS."""
+
+    stack: BenchStack
+    manifest: media.MediaManifest
+    nats: Any  # tests.support.servers.NatsServer
+    redis: Any  # tests.support.servers.RedisServer
+
+
 @contextlib.contextmanager
-def license_stack() -> Iterator[tuple[Stack, media.MediaManifest, Any]]:
-    """The local stack on real Redis, OpenBao and NATS, as the license scenario measures it:
-    (stack, demo media, NATS server). Every server is stopped on the way out."""
+def license_stack(
+    *, per_user_rps: int = 200, per_ip_rps: int | None = None
+) -> Iterator[LicenseBench]:
+    """The local stack on real Redis, OpenBao and NATS, as the license scenario measures it.
+    Every server is stopped on the way out."""
     from tests.support.servers import start_nats, start_redis, start_vault
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
@@ -541,7 +655,7 @@ def license_stack() -> Iterator[tuple[Stack, media.MediaManifest, Any]]:
         servers.callback(nats_server.process.stop)
         manifest = media.generate(Path(".local/test-media"))
         media.load_keys_into_vault(manifest, url=vault.url, token=vault.token)
-        stack = Stack(
+        stack = BenchStack(
             StackSettings(
                 root=root,
                 ports=StackPorts.free(),
@@ -551,23 +665,28 @@ def license_stack() -> Iterator[tuple[Stack, media.MediaManifest, Any]]:
                 vault_token=vault.token,
                 nats_url=nats_server.url,
                 envoy_access_log=False,
+                per_user_rps=per_user_rps,
                 extra_env=dict(
                     item.split("=", 1) for item in os.environ.get("BENCH_ENV", "").split() if item
                 ),
-            )
+            ),
+            per_ip_rps=per_ip_rps,
         )
         servers.callback(stack.stop)
         stack.start()
-        yield stack, manifest, nats_server
+        yield LicenseBench(stack, manifest, nats_server, redis)
 
 
 async def scenario_license(seconds: float) -> list[RunResult]:
-    with license_stack() as (stack, manifest, nats_server):
-        return await _license_runs(stack, manifest, nats_server, seconds)
+    with license_stack() as bench:
+        return await _license_runs(bench, seconds)
 
 
-def license_requests(stack: Stack, manifest: media.MediaManifest) -> Callable[[int], Request]:
-    """The i-th ClearKey license request of the bench's two viewers, through the gateway."""
+def license_requests(
+    stack: Stack, manifest: media.MediaManifest, base: str | None = None
+) -> Callable[[int], Request]:
+    """The i-th ClearKey license request of the bench's two viewers, through the gateway (or
+    another gateway ``base``, e.g. the stack's Envoy-alone twin)."""
     tokens = [stack.token("alice"), stack.token("bob")]  # 100 req/s each: under the limit
     kid = manifest.videos["demo"].video_key.kid
     kid_b64 = base64.urlsafe_b64encode(bytes.fromhex(kid)).rstrip(b"=").decode()
@@ -580,7 +699,7 @@ def license_requests(stack: Stack, manifest: media.MediaManifest) -> Callable[[i
             "keySystem": "org.w3.clearkey",
         }
     ).encode()
-    lic = f"{stack.gateway}/drm/license"
+    lic = f"{base or stack.gateway}/drm/license"
 
     def license_request(i: int) -> Request:
         return Request("POST", lic, viewers[i % 2], body)
@@ -588,20 +707,41 @@ def license_requests(stack: Stack, manifest: media.MediaManifest) -> Callable[[i
     return license_request
 
 
-async def _license_runs(
-    stack: Stack, manifest: media.MediaManifest, nats_server: Any, seconds: float
-) -> list[RunResult]:
-    license_request = license_requests(stack, manifest)
+async def _restart_during(
+    run: Awaitable[RunResult],
+    after: float,
+    down: float,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+) -> RunResult:
+    """``run`` while a server is stopped ``after`` seconds into it and started again ``down``
+    seconds later (in a thread: starting waits for readiness, the load must go on)."""
+
+    async def restart() -> None:
+        await asyncio.sleep(after)
+        await asyncio.to_thread(stop)
+        await asyncio.sleep(down)
+        await asyncio.to_thread(start)
+
+    restarting = asyncio.create_task(restart())
+    result = await run
+    await restarting
+    return result
+
+
+async def _license_runs(bench: LicenseBench, seconds: float) -> list[RunResult]:
+    stack = bench.stack
+    license_request = license_requests(stack, bench.manifest)
     processes = {
         name: stack.processes[name].proc.pid  # type: ignore[union-attr]
         for name in ("envoy", "authz", "broker")
     }
-    alone = f"{stack.gateway}/health/live"
 
+    # the same requests, the same hops (gateway -> mTLS -> sidecar), Envoy answering itself
     results = [
         await run_open_loop(
-            "sidecar_alone",
-            lambda _i: Request("GET", alone, {}),
+            "license_direct",
+            license_requests(stack, bench.manifest, base=stack.alone_gateway),
             rate=200,
             seconds=seconds,
             processes=processes,
@@ -620,7 +760,7 @@ async def _license_runs(
                 warmup=200 if leg == 0 else 0,
             )
         )
-        nats_server.process.stop()
+        bench.nats.process.stop()
         results.append(
             await run_open_loop(
                 f"license_nats_down_{leg}",
@@ -631,8 +771,58 @@ async def _license_runs(
                 warmup=0,
             )
         )
-        nats_server.restart()
+        bench.nats.restart()
+    # issue 16: Redis stopped a third into the run, started again (empty) a second later
+    results.append(
+        await _restart_during(
+            run_open_loop(
+                "license_redis_restart",
+                license_request,
+                rate=200,
+                seconds=seconds,
+                processes=processes,
+                warmup=0,
+            ),
+            after=seconds / 3,
+            down=1.0,
+            stop=bench.redis.process.stop,
+            start=bench.redis.process.start,
+        )
+    )
     return results
+
+
+def license_goals(results: Sequence[RunResult]) -> str:
+    """Issue 16's goals for the license path, as ratios within one run: the license p99 over
+    the p99 of the same route ending in Envoy's direct response (median of the NATS-up legs),
+    Python CPU (authz + broker) over both Envoy hops' CPU per license, and the p99 through the
+    NATS-down legs and the Redis restart against the seed's 50 ms."""
+    by_name = {r.name: r for r in results}
+    direct = by_name["license_direct"]
+    up = [r for r in results if r.name.startswith("license_up_")]
+    p99s = sorted(r.percentile(99) for r in up)
+    p99 = statistics.median(p99s)
+    count = sum(r.count for r in up)
+    python_us = 1e6 * sum(r.cpu.get("authz", 0) + r.cpu.get("broker", 0) for r in up) / count
+    envoy_us = 1e6 * sum(r.cpu.get("envoy", 0) for r in up) / count
+    lines = [
+        f"license p99 at {direct.rate:.0f} req/s: {1e3 * p99:.2f} ms (median of "
+        f"{', '.join(f'{1e3 * v:.2f}' for v in p99s)}) / direct response "
+        f"{1e3 * direct.percentile(99):.2f} ms = "
+        f"{ratio(p99, direct.percentile(99)):.2f}x (goal <= 2x)",
+        f"Python CPU per license: authz + broker {python_us:.0f} us / Envoy, both hops "
+        f"{envoy_us:.0f} us = {ratio(python_us, envoy_us):.2f}x (goal <= 1x); Envoy alone "
+        f"on the direct route: {direct.cpu_us_per_request('envoy'):.0f} us",
+    ]
+    for r in results:
+        if "down" in r.name or "restart" in r.name:
+            errors = r.errors + sum(v for k, v in r.statuses.items() if k != 200)
+            verdict = "ok" if r.percentile(99) < 0.05 and not errors else "MISSED"
+            lines.append(
+                f"{r.name}: p99 {1e3 * r.percentile(99):.2f} ms, {errors} errors "
+                f"(goal < 50 ms, none): {verdict}"
+            )
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ live
@@ -764,30 +954,50 @@ async def scenario_live(seconds: float) -> list[RunResult]:
 SCENARIOS = {
     "authz": (scenario_authz, "envoy_alone"),
     "manifest": (scenario_manifest, None),
-    "license": (scenario_license, "sidecar_alone"),
+    "license": (scenario_license, "license_direct"),
     "live": (scenario_live, "live_alone"),
 }
 
 
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages (the box is shared: say how busy it was)."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("scenario", choices=[*SCENARIOS, "saturate", "all"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per run (not saturate)")
+    parser.add_argument("--step-seconds", type=float, default=3.0, help="saturate: per step")
+    parser.add_argument("--cap", type=float, default=3200.0, help="saturate: highest rate")
+    parser.add_argument("--max-steps", type=int, default=9, help="saturate: steps per ramp")
     args = parser.parse_args()
     # `timeout` or a CI runner ends a run with SIGTERM: unwind like Ctrl-C, so that every
     # server the scenario started is stopped on the way out instead of left running
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.scenario == "saturate":
+        from bench.saturate import saturate
+
+        print(f"load average at start: {load_average()}")
+        print(saturate(args.step_seconds, args.cap, args.max_steps))
+        print(f"load average at end: {load_average()}")
+        return 0
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     for name in names:
         run, baseline = SCENARIOS[name]
+        before = load_average()
         results = asyncio.run(run(args.seconds))
-        print(f"\n== {name} ({args.seconds:.0f}s per run)")
+        print(
+            f"\n== {name} ({args.seconds:.0f}s per run; load average {before} -> {load_average()})"
+        )
         if name == "manifest":
             for label in ("hls150", "dash2p"):
                 subset = [r for r in results if r.name.startswith(label)]
                 print(table(subset, baseline=f"{label}_alone"))
         else:
             print(table(results, baseline=baseline))
+        if name == "license":
+            print(license_goals(results))
     return 0
 
 

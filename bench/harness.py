@@ -3,7 +3,8 @@
 Open loop: request i is sent at ``start + i / rate`` whether or not earlier ones finished, so a
 slow server shows up as latency (no coordinated omission). Latency is measured from the scheduled
 send time. CPU time per request comes from ``/proc/<pid>/stat`` (utime + stime, all threads)
-before and after a run, divided by the requests sent.
+before and after a run, divided by the requests sent; the load generator's own CPU (this process,
+which shares the box with the servers) is counted too, as ``loadgen``.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ async def run_open_loop(
     processes: Mapping[str, int],
     warmup: int = 200,
     ssl: object = None,
+    timeout_s: float = 10.0,
 ) -> RunResult:
     connector = aiohttp.TCPConnector(limit=256, ssl=ssl)  # type: ignore[arg-type]
-    timeout = aiohttp.ClientTimeout(total=10)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def send(req: Request) -> int:
@@ -106,6 +108,7 @@ async def run_open_loop(
         statuses: dict[int, int] = {}
         errors = 0
         cpu_before = {k: cpu_seconds(pid) for k, pid in processes.items()}
+        own_before = time.process_time()
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
 
@@ -127,6 +130,7 @@ async def run_open_loop(
         await asyncio.gather(*(one(i) for i in range(total)))
         wall = time.perf_counter() - wall
         cpu = {k: cpu_seconds(pid) - cpu_before[k] for k, pid in processes.items()}
+        cpu["loadgen"] = time.process_time() - own_before
     return RunResult(name, rate, wall, latencies, statuses, cpu, errors)
 
 

@@ -72,8 +72,9 @@ def _short(frame: str) -> str:
 
 def profile_license(seconds: float, rate: float, top: int, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    with license_stack() as (stack, manifest, _nats):
-        request = license_requests(stack, manifest)
+    with license_stack() as bench:
+        stack = bench.stack
+        request = license_requests(stack, bench.manifest)
         pids = {
             name: stack.processes[name].proc.pid  # type: ignore[union-attr]
             for name in ("envoy", *SERVICES)
