@@ -12,7 +12,7 @@ PODMAN_STAMP := .local/.podman-installed
 PYTEST_ARGS ?=
 
 .PHONY: run test lint setup setup-python setup-node setup-tools setup-podman images pods-test pods-restart e2e \
-	unit bench bench-faults profile envoy-config clean
+	unit bench bench-saturate bench-faults profile envoy-config clean
 
 $(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,12 @@ e2e: setup
 bench: setup-python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/edge.py all
+
+# Saturation per pod (issue 16): a bounded rate ramp per path, about 5 min; apart from `make
+# bench` so that the two stay a few minutes each.
+bench-saturate: setup-python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/edge.py saturate
 
 bench-faults: setup-python
 	$(BIN)/python bench/faults.py

@@ -4,20 +4,30 @@
     python bench/edge.py manifest   # issue 3: Envoy alone vs authz + ext_proc, 150-segment HLS
                                     #          media playlist and a 2-period DASH MPD (200 req/s),
                                     #          each request a new playback session (issue 21)
-    python bench/edge.py license    # issue 4: license requests through the sidecar (mTLS, authz,
-                                    #          broker, Redis, Vault-cached keys) vs Envoy alone
+    python bench/edge.py license    # issues 4, 5, 16: license requests through the gateway,
+                                    #          mTLS, sidecar, authz, broker (Redis, Vault-cached
+                                    #          keys, NATS) vs the same route ending in Envoy's
+                                    #          direct response; NATS down, a Redis restart; prints
+                                    #          issue 16's ratios
     python bench/edge.py live       # issue 15: 1,000 live sessions each refreshing its HLS media
                                     #          playlist every 2 s (500 req/s): authz (session,
                                     #          entitlement re-check) + ext_proc vs Envoy alone
-    python bench/edge.py all
+    python bench/edge.py all        # the four above (several minutes)
+    python bench/edge.py saturate   # issue 16: the highest rate the manifest, media and license
+                                    #          paths hold (p99 < 50 ms, no errors) vs Envoy alone,
+                                    #          CPU per request, requests per replica at 60% CPU
+                                    #          (bench/saturate.py; about 5 min)
 
-Options: --seconds N (per run, default 10). Prints p50/p99 latency, throughput and CPU µs per
-request of each process, with the difference to Envoy alone at the same rate.
+Options: --seconds N (per run, default 10); saturate: --step-seconds, --cap, --max-steps. Prints
+p50/p99 latency, throughput and CPU µs per request of each process (the load generator's own as
+``loadgen``: it shares the box), with the difference to Envoy alone at the same rate, and the load
+average before and after.
 
 The authz and manifest scenarios use a dedicated bench Envoy (plain HTTP listeners: "alone" routes
-straight to the origin, the others add the filters under test); the license scenario uses the real
-local stack (gateway -> mTLS -> sidecar) and compares with a route of the same path that ends in a
-direct response.
+straight to the origin, the others add the filters under test); the license and saturate
+scenarios use the real local stack (gateway -> mTLS -> sidecar), whose Envoy also serves a twin of
+those two listeners (:func:`add_alone_twin`): the same hops and filters without ext_authz and
+ext_proc, the broker's routes ending in a direct response.
 """
 
 from __future__ import annotations

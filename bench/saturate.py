@@ -67,6 +67,13 @@ class RampOutcome:
             return held[-1]
         return min(self.steps, key=lambda s: s.rate) if self.steps else None
 
+    @property
+    def busiest_served(self) -> RunResult | None:
+        """The step at the highest rate whose every request was answered (p99 aside): its CPU
+        per request is the least diluted by what a process spends idle."""
+        served = [s for s in self.steps if s.count > 0 and errors(s) == 0]
+        return max(served, key=lambda s: s.rate) if served else None
+
 
 def errors(result: RunResult) -> int:
     return result.errors + sum(v for k, v in result.statuses.items() if k != 200)
@@ -91,20 +98,25 @@ async def run_ramp(
     steps: list[RunResult] = []
     warmup = 100  # connections, caches; later steps only reopen a few connections
     while (rate := ramp.next_rate()) is not None:
-        result = await run_open_loop(
-            f"{path}_{variant}",
-            requests,
-            rate=rate,
-            seconds=step_seconds,
-            processes=processes,
-            warmup=warmup,
-            timeout_s=2.0,  # anything slower misses the budget anyway
-        )
-        warmup = 10
-        held = held_budget(result)
+        # a missed step runs once more after a pause: on a shared box one stall of another
+        # process's making is enough to put a 3-second step's p99 over the budget
+        for attempt in range(2):
+            result = await run_open_loop(
+                f"{path}_{variant}" + ("_retry" if attempt else ""),
+                requests,
+                rate=rate,
+                seconds=step_seconds,
+                processes=processes,
+                warmup=warmup,
+                timeout_s=2.0,  # anything slower misses the budget anyway
+            )
+            warmup = 10
+            steps.append(result)
+            held = held_budget(result)
+            await asyncio.sleep(0.5 if held else 2.0)  # let a missed step's backlog drain
+            if held:
+                break
         ramp.record(rate, held)
-        steps.append(result)
-        await asyncio.sleep(0.5 if held else 2.0)  # let a missed step's backlog drain
     return RampOutcome(path, variant, ramp, steps)
 
 
@@ -115,7 +127,8 @@ def _steps_line(outcome: RampOutcome) -> str:
         if s.errors:
             failed["timeout/reset"] = s.errors
         mark = "ok" if held_budget(s) else f"MISSED (errors: {failed or 'none'})"
-        parts.append(f"{s.rate:.0f}: p99 {1e3 * s.percentile(99):.1f} ms {mark}")
+        again = " (again)" if s.name.endswith("_retry") else ""
+        parts.append(f"{s.rate:.0f}{again}: p99 {1e3 * s.percentile(99):.1f} ms {mark}")
     return f"  {outcome.path} {outcome.variant} steps: " + "; ".join(parts)
 
 
@@ -150,7 +163,7 @@ def report(outcomes: list[RampOutcome]) -> str:
             f"{alone.ramp.held:.0f} req/s = {100 * ratio(full.ramp.held, alone.ramp.held):.0f}%"
             f"{goal}"
         )
-        r = full.at_held
+        r = full.busiest_served
         if r is None:
             continue
         cpu = {k: r.cpu_us_per_request(k) for k in pod}
@@ -159,8 +172,10 @@ def report(outcomes: list[RampOutcome]) -> str:
             name, rps = bottleneck(per)
             each = ", ".join(f"{k} {v:.0f}" for k, v in per.items())
             lines.append(
-                f"  requests per replica at 60% CPU (one core per process): {each} -> "
-                f"bottleneck {name} at {rps:.0f} req/s"
+                f"  requests per replica at 60% CPU (one core per process; CPU per request at "
+                f"{r.rate:.0f} req/s, the busiest step served in full: "
+                + ", ".join(f"{k} {v:.0f} us" for k, v in cpu.items())
+                + f"): {each} -> bottleneck {name} at {rps:.0f} req/s"
             )
     lines.append("")
     lines += [_steps_line(o) for o in outcomes]
