@@ -43,7 +43,7 @@ def message() -> bytes:
     )
     request = ep.ProcessingRequest(response_body=ep.HttpBody(body=BODY, end_of_stream=True))
     request.attributes["envoy.filters.http.ext_proc"].CopyFrom(facts)
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
 async def one(proc: ExternalProcessor, raw: bytes) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ssl
 import sys
 import tempfile
@@ -26,6 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import Request, RunResult, run_open_loop, table
 from tests.mesh.harness import start_modes
 from tests.support.servers import start_redis
+
+
+def _same(request: Request, _i: int) -> Request:
+    """The i-th request of a run that sends one request over and over."""
+    return request
 
 
 async def _measure(seconds: float, rate: float) -> list[RunResult]:
@@ -47,10 +53,11 @@ async def _measure(seconds: float, rate: float) -> list[RunResult]:
                 url = mode.base + "/playback/demo/manifest"
                 headers = {"Authorization": f"Bearer {token}"}
                 context: ssl.SSLContext | bool = mode.context or False
+                manifest = Request("GET", url, headers)
                 results.append(
                     await run_open_loop(
                         name,
-                        lambda _i, u=url, h=headers: Request("GET", u, h),
+                        functools.partial(_same, manifest),
                         rate=rate,
                         seconds=seconds,
                         processes=pids,
