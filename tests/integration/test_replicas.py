@@ -112,6 +112,27 @@ async def test_limit_holds_across_two_replicas(replicas: tuple[Stack, Stack]) ->
         assert over.json()["code"] == "rate_limited"
 
 
+def test_admitted_answers_carry_the_viewers_quota_from_the_shared_window(
+    replicas: tuple[Stack, Stack],
+) -> None:
+    """authz counts the per-user limit inside its check (ENVOY_PER_USER_LIMIT=check) and Envoy
+    adds the quota headers (IETF draft 03) to the admitted answer: one window for both
+    replicas, so the second replica's answer counts the first one's request too."""
+    first, second = replicas
+    token = first.token(new_viewer(first, 0))  # a viewer of its own: an empty window
+    started = time.monotonic()
+    answers = [
+        http(f"{s.gateway}/playback/demo/manifest", headers={"Authorization": f"Bearer {token}"})
+        for s in (first, second)
+    ]
+    elapsed = time.monotonic() - started
+    assert [a.status for a in answers] == [200, 200], [a.body[:200] for a in answers]
+    assert answers[0].headers["x-ratelimit-limit"].startswith(f"{PER_USER}, {PER_USER};w=1")
+    assert answers[0].headers["x-ratelimit-remaining"] == str(PER_USER - 1)
+    if elapsed < 1.0:  # both in one window (a second stalled box would let the first one out)
+        assert answers[1].headers["x-ratelimit-remaining"] == str(PER_USER - 2)
+
+
 def _on(stack: Stack, url: str) -> str:
     """``url`` (on any replica's gateway) through ``stack``'s gateway instead."""
     parts = urllib.parse.urlsplit(url)
