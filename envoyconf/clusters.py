@@ -36,6 +36,14 @@ def cluster(
                     "max_connections": 1024,
                     "max_pending_requests": 1024,
                     "max_requests": max_requests,
+                    # Retries in flight (the routes retry only what an upstream never received,
+                    # envoyconf.routes.UNSENT_RETRY) in proportion to the traffic, not Envoy's
+                    # fixed 3: when a pod behind a name is gone, every request in flight to it
+                    # needs its retry at once.
+                    "retry_budget": {
+                        "budget_percent": {"value": 20.0},
+                        "min_retry_concurrency": 16,
+                    },
                 }
             ]
         },
