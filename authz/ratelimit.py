@@ -25,7 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from playback_drm.redisconn import RedisClient
 
@@ -103,30 +103,37 @@ class MemorySlidingWindow:
             del self._logs[key]
 
 
-# KEYS[1] = window key. ARGV = limit, window_us, hits, unique call id.
-# Scores are Redis' own clock in µs (exact in a double); members never derive from floats.
-# Returns {allowed(0/1), count_after, oldest_score_us_or_-1, now_us}.
-_SLIDING_WINDOW_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local hits = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count + hits > limit then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  local first = -1
-  if oldest[2] then first = tonumber(oldest[2]) end
-  return {0, count, first, now}
+# One hit of ``hits`` requests on a window, in Lua: the window's own script and the session
+# store's (which counts a request's hit in the round trip it makes anyway, see Charge) both use
+# this function, so the algorithm is written once. ``span`` in µs; ``member`` unique per call
+# (replica id + counter). Scores are Redis' own clock in µs (exact in a double); members never
+# derive from floats. Returns {allowed(0/1), count_after, oldest_score_us_or_-1, now_us}.
+WINDOW_HIT_LUA: Final = """
+local function window_hit(key, limit, span, hits, member)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - span)
+  local count = redis.call('ZCARD', key)
+  if count + hits > limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local first = -1
+    if oldest[2] then first = tonumber(oldest[2]) end
+    return {0, count, first, now}
+  end
+  for i = 1, hits do
+    redis.call('ZADD', key, now, member .. ':' .. i)
+  end
+  redis.call('PEXPIRE', key, math.ceil(span / 1000) + 1000)
+  return {1, count + hits, -1, now}
 end
-for i = 1, hits do
-  -- members must be unique per hit: ARGV[4] is unique per call (replica id + counter)
-  redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i)
-end
-redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-return {1, count + hits, -1, now}
 """
+
+# KEYS[1] = window key. ARGV = limit, window_us, hits, unique call id.
+_SLIDING_WINDOW_LUA: Final = (
+    WINDOW_HIT_LUA
+    + "return window_hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), "
+    + "ARGV[4])\n"
+)
 
 
 def window_result(

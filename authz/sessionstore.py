@@ -34,7 +34,7 @@ from typing import Any, Final, Protocol
 
 from redis.exceptions import NoScriptError
 
-from authz.ratelimit import Charge
+from authz.ratelimit import WINDOW_HIT_LUA, Charge
 from authz.sessions import Lifetimes, Outcome, SessionFacts, SlotResult, UserSessions
 from playback_drm.redisconn import RedisClient
 
@@ -234,12 +234,15 @@ class MemorySessionStore:
 # stream_idle, limit, max_sessions (milliseconds)[, window_limit, window_us, window_member].
 # Ops: create, touch, take, license, release, end.
 # With a window (a Charge of authz.ratelimit: the request's hit on its viewer's per-user window,
-# the last key, in the same {u:<id>} slot), the hit is counted first, as the window script of
-# authz.ratelimit does; a viewer over the limit gets outcome 5 and nothing else is touched.
+# the last key, in the same {u:<id>} slot), the hit is counted first by the window's own Lua
+# (authz.ratelimit.WINDOW_HIT_LUA); a viewer over the limit gets outcome 5 and nothing else is
+# touched.
 # Returns {outcome, held, sid, window_allowed, window_count, window_oldest_us, window_now_us}
 # (the window's fields -1 without one); for end and release the outcome is 1 when a live
 # session ended.
-_SESSIONS_LUA: Final = """
+_SESSIONS_LUA: Final = (
+    WINDOW_HIT_LUA
+    + """
 local live, slots = KEYS[1], KEYS[2]
 local op, sid = ARGV[1], ARGV[2]
 local now = tonumber(ARGV[3])
@@ -248,22 +251,13 @@ local stream_idle = tonumber(ARGV[5])
 local limit = tonumber(ARGV[6])
 local max_sessions = tonumber(ARGV[7])
 
-local w_allowed, w_count, w_oldest, w_now = -1, -1, -1, -1
+local w = {-1, -1, -1, -1}
 local w_limit = tonumber(ARGV[8] or '0')
 if w_limit > 0 then
-  local window, w_span = KEYS[#KEYS], tonumber(ARGV[9])
-  local t = redis.call('TIME')
-  w_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  redis.call('ZREMRANGEBYSCORE', window, '-inf', w_now - w_span)
-  w_count = redis.call('ZCARD', window)
-  if w_count + 1 > w_limit then
-    local oldest = redis.call('ZRANGE', window, 0, 0, 'WITHSCORES')
-    if oldest[2] then w_oldest = tonumber(oldest[2]) end
-    return {5, 0, sid, 0, w_count, w_oldest, w_now}
+  w = window_hit(KEYS[#KEYS], w_limit, tonumber(ARGV[9]), 1, ARGV[10])
+  if w[1] == 0 then
+    return {5, 0, sid, w[1], w[2], w[3], w[4]}
   end
-  redis.call('ZADD', window, w_now, ARGV[10])
-  redis.call('PEXPIRE', window, math.ceil(w_span / 1000) + 1000)
-  w_allowed, w_count = 1, w_count + 1
 end
 
 redis.call('ZREMRANGEBYSCORE', live, '-inf', ARGV[3])
@@ -273,7 +267,7 @@ local function held()
   return redis.call('ZCOUNT', slots, '(' .. ARGV[3], '+inf')
 end
 local function reply(outcome, id)
-  return {outcome, held(), id, w_allowed, w_count, w_oldest, w_now}
+  return {outcome, held(), id, w[1], w[2], w[3], w[4]}
 end
 local function keep()
   redis.call('PEXPIRE', live, session_idle + stream_idle)
@@ -326,6 +320,7 @@ end
 keep()
 return reply(outcome, sid)
 """
+)
 
 
 def user_key(user: str, part: str) -> str:
