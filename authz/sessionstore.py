@@ -376,20 +376,18 @@ class RedisSessionStore:
         charge: Charge | None = None,
         user: str = "",
     ) -> tuple[int, int, str]:
-        counted = charge is not None and charge.pending
-        if counted:
-            assert charge is not None
+        if charge is not None and not charge.pending:
+            charge = None  # counted already (or failed): this call leaves the window alone
+        if charge is not None:
             keys = [*keys, charge.key(user)]
             args = [*args, charge.limit, charge.window_us, charge.member]
         try:
             reply = await self._script(keys=keys, args=args)
         except Exception as exc:  # redis errors never leave this module
-            if counted:
-                assert charge is not None
+            if charge is not None:
                 charge.failed = True
             raise SessionStoreUnavailable(type(exc).__name__) from exc
-        if counted:
-            assert charge is not None
+        if charge is not None:
             charge.settle(user, int(reply[3]), int(reply[4]), int(reply[5]), int(reply[6]))
         return int(reply[0]), int(reply[1]), _text(reply[2])
 
