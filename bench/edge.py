@@ -573,6 +573,17 @@ def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
     return hcm
 
 
+def _listener_twin(listener: dict[str, Any], name: str, port: int) -> dict[str, Any]:
+    """A copy of ``listener`` named ``name`` on ``port`` (its stats and route table too)."""
+    twin = copy.deepcopy(listener)
+    twin["name"] = name
+    twin["address"]["socket_address"]["port_value"] = port
+    hcm = _hcm(twin)
+    hcm["stat_prefix"] = name
+    hcm["route_config"]["name"] = name
+    return twin
+
+
 def add_alone_twin(config: dict[str, Any], gateway_port: int, sidecar_port: int) -> None:
     """Add to the stack's Envoy configuration a twin of its gateway and sidecar listeners: the
     same hops (gateway -> mTLS -> sidecar, the same filters and TLS), every route as Envoy alone
@@ -580,21 +591,11 @@ def add_alone_twin(config: dict[str, Any], gateway_port: int, sidecar_port: int)
     resources = config["static_resources"]
     listeners = {item["name"]: item for item in resources["listeners"]}
     clusters = {item["name"]: item for item in resources["clusters"]}
-    sidecar = copy.deepcopy(listeners["sidecar"])
-    sidecar["name"] = "sidecar_alone"
-    sidecar["address"]["socket_address"]["port_value"] = sidecar_port
-    hcm = _hcm(sidecar)
-    hcm["stat_prefix"] = "sidecar_alone"
-    hcm["route_config"]["name"] = "sidecar_alone"
-    for host in hcm["route_config"]["virtual_hosts"]:
+    sidecar = _listener_twin(listeners["sidecar"], "sidecar_alone", sidecar_port)
+    for host in _hcm(sidecar)["route_config"]["virtual_hosts"]:
         host["routes"] = [_alone_route(r) for r in host["routes"]]
-    gateway = copy.deepcopy(listeners["gateway"])
-    gateway["name"] = "gateway_alone"
-    gateway["address"]["socket_address"]["port_value"] = gateway_port
-    hcm = _hcm(gateway)
-    hcm["stat_prefix"] = "gateway_alone"
-    hcm["route_config"]["name"] = "gateway_alone"
-    for host in hcm["route_config"]["virtual_hosts"]:
+    gateway = _listener_twin(listeners["gateway"], "gateway_alone", gateway_port)
+    for host in _hcm(gateway)["route_config"]["virtual_hosts"]:
         for route in host["routes"]:
             if route.get("route", {}).get("cluster") == "sidecar":
                 route["route"]["cluster"] = "sidecar_alone"
