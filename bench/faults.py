@@ -139,8 +139,8 @@ class Rig:
         return f"http://127.0.0.1:{self.first.ports.billing}{path}"
 
     def provision_billing(self) -> None:
-        """What the Billing emulator forgets on a restart: alice streams without a limit here
-        (each cold video is a stream of its own)."""
+        """alice streams without a limit here (each cold video is a stream of its own); the
+        Billing emulator keeps it across its restart (BILLING_STATE_FILE)."""
         set_viewer(self.first, "alice", "premium", max_streams=0)
         set_viewer(self.first, MEDIA_VIEWER, "premium", max_streams=0)
 
@@ -460,14 +460,14 @@ class Injector:
             self._killed = index
             return f"killed node :{node.port}, which {users} of our publishers used"
         if name == "billing_restart":
-            # down for billing_down first (answering 503 keeps the viewers it was told about, which
-            # a stopped process forgets), then the process itself restarted
+            # down for billing_down first (answering 503), then the process itself restarted: it
+            # comes back with the viewers it was told about (BILLING_STATE_FILE), as a real
+            # Billing comes back with its database
             _http_json(rig.billing("/admin/fail?status=503"), "POST")
             time.sleep(self.billing_down)
             started = time.monotonic()
             rig.first.stop_component("billing-emulator")
             rig.first.start_component("billing-emulator")
-            rig.provision_billing()
             return f"503 for {self.billing_down:g} s, then down {time.monotonic() - started:.1f} s"
         if name == "vault_stop":
             proc = rig.vault.process.proc

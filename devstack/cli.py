@@ -60,8 +60,11 @@ async def _serve_billing_emulator(env: Mapping[str, str]) -> None:
     from devstack.emulators.billing import BillingEmulator
 
     origin = (env.get("ORIGIN_URL") or "").rstrip("/") or None
+    state = env.get("BILLING_STATE_FILE")
+    emulator = BillingEmulator(origin_url=origin, state_file=Path(state) if state else None)
+    emulator.load()
     await _run_app(
-        BillingEmulator(origin_url=origin).build_app(),
+        emulator.build_app(),
         *env_addr(env, "BILLING_EMULATOR_ADDR", "127.0.0.1:9102"),
     )
 

@@ -330,6 +330,7 @@ class Stack:
             "BROKER_PORT": str(p.broker),
             "AUTH_EMULATOR_ADDR": f"127.0.0.1:{p.auth}",
             "BILLING_EMULATOR_ADDR": f"127.0.0.1:{p.billing}",
+            "BILLING_STATE_FILE": str(self.billing_state),
             "DRM_EMULATOR_ADDR": f"127.0.0.1:{p.drm}",
             "DRM_EMULATOR_URL": f"http://127.0.0.1:{p.drm}",
             "ORIGIN_ADDR": f"127.0.0.1:{p.origin}",
@@ -400,6 +401,8 @@ class Stack:
         for name in wanted:
             if name not in COMPONENTS:
                 raise ValueError(f"unknown component {name!r}")
+        if "billing-emulator" in wanted:
+            self.billing_state.unlink(missing_ok=True)
         # Dependencies first (the emulators and the origin), then our services, Envoy last: each
         # finds what it needs ready. Within a group, processes start in parallel.
         groups = [
@@ -417,6 +420,12 @@ class Stack:
             proc = self._process("envoy")
             self.processes["envoy"] = proc
             proc.start()
+
+    @property
+    def billing_state(self) -> Path:
+        """Where the Billing emulator keeps what its admin API was told: a restarted emulator
+        (:meth:`start_component`) keeps its viewers; a stack that starts begins afresh."""
+        return self.root / self._per_instance("billing-state.json")
 
     def start_component(self, name: str) -> None:
         proc = self._process(name)

@@ -9,6 +9,10 @@
     POST /admin/fail?status=503 | /admin/recover                    simulate an outage
     GET  /health
 
+What the admin API changes is kept in ``BILLING_STATE_FILE`` when set (the local stack sets it),
+and read back when the emulator starts: a restarted Billing keeps its subscribers, as the real
+one does with its database (an outage is ``/admin/fail``, or the process stopped).
+
 Local defaults: alice (premium, entitled to all), bob (basic: `demo` yes, `demo-uhd` no),
 carol (no subscription). Videos: `demo` (tier HD, basic plan), `demo-uhd` (tier UHD, premium plan),
 `live-demo` (the live channel; tier HD, basic plan). Taking a viewer's plan away (``PUT
@@ -23,9 +27,12 @@ video another plan (e.g. ``basic``, so basic viewers may watch it).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -107,7 +114,30 @@ class BillingEmulator:
     failing_status: int | None = None
     requests: int = 0
     origin_url: str | None = None  # None: every video exists
+    state_file: Path | None = None  # where admin changes are kept across restarts
     _at_origin: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def load(self) -> None:
+        """The subscribers, stream limits and catalog a previous run of this emulator was told
+        (``state_file``); nothing when there is none yet."""
+        if self.state_file is None or not self.state_file.exists():
+            return
+        try:
+            doc = json.loads(self.state_file.read_text(encoding="utf-8"))
+            users, streams, catalog = doc["users"], doc["maxStreams"], doc["catalog"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"BILLING_STATE_FILE {self.state_file}: not our state ({exc})"
+            ) from exc
+        self.users, self.max_streams, self.catalog = users, streams, catalog
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        doc = {"users": self.users, "maxStreams": self.max_streams, "catalog": self.catalog}
+        partial = self.state_file.with_name(self.state_file.name + ".partial")
+        partial.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(partial, self.state_file)  # a restart reads all of it or the last one
 
     async def origin_has(self, session: aiohttp.ClientSession | None, video: str) -> bool:
         """Whether the origin serves ``video`` (an HLS or DASH manifest answers 200)."""
@@ -165,6 +195,7 @@ class BillingEmulator:
                 self.max_streams.pop(user, None)
             else:
                 self.max_streams[user] = streams
+            self._save()
             return web.json_response({"userId": user, "plan": plan, "maxStreams": streams})
 
         async def set_video(request: web.Request) -> web.Response:
@@ -173,6 +204,7 @@ class BillingEmulator:
             if plan not in PLANS or not isinstance(tier, str):
                 return web.json_response({"error": "tier and a known plan required"}, status=400)
             self.catalog[request.match_info["video"]] = {"tier": tier, "plan": plan}
+            self._save()
             return web.json_response({"videoId": request.match_info["video"], "plan": plan})
 
         async def fail(request: web.Request) -> web.Response:

@@ -36,7 +36,7 @@ from tests.integration.test_stream_limits import (
     refused,
     start,
 )
-from tests.support.stack import http, set_viewer, start_stack, stop_and_audit
+from tests.support.stack import http, start_stack, stop_and_audit
 
 pytestmark = pytest.mark.integration
 
@@ -204,8 +204,12 @@ def test_billing_outage_is_503_not_403(stack: Stack) -> None:
         assert health.json()["checks"]["billing"] == "unreachable"
     finally:
         stack.start_component("billing-emulator")
-        # the emulator keeps its viewers in memory: alice's shared-stack override comes back
-        set_viewer(stack, "alice", "premium", max_streams=0)
+    # a restarted Billing keeps its subscribers (BILLING_STATE_FILE): the shared stack's override
+    # of alice's stream limit is still there
+    kept = http(
+        f"http://127.0.0.1:{stack.ports.billing}/v1/entitlements?userId=alice&videoId=demo"
+    ).json()
+    assert kept["maxStreams"] == 0, kept
     # recovery: readiness turns green again within a few seconds, and decisions resume
     deadline = time.monotonic() + 5
     while http(f"{stack.gateway}/health").status != 200:
